@@ -1,0 +1,141 @@
+"""The ``kubegate`` command: ``serve``, ``compile``, ``echo``, ``crd`` (``operator`` with the operator extra).
+
+Argument parsing only; each subcommand hands off to the module that does the work, imported lazily so that
+``kubegate serve`` never imports the operator or kopf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+QUICKSTART = Path(__file__).parent / "quickstart.yaml"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    return os.environ.get(f"KUBEGATE_{name}", default)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kubegate", description="A Kubernetes-native API gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run a data-plane process (traffic port + admin port)")
+    s.add_argument(
+        "--routes", type=Path, default=_env("ROUTES"), help="GatewayRoute YAML file (standalone mode)"
+    )
+    s.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the built-in quickstart routes and run their echo backend on 127.0.0.1:9001",
+    )
+    s.add_argument(
+        "--bootstrap", type=Path, default=_env("BOOTSTRAP"), help="compiled table to serve at start-up"
+    )
+    s.add_argument(
+        "--host", default=_env("HOST", "0.0.0.0"), help="bind address of both ports (default 0.0.0.0)"
+    )
+    s.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080), help="traffic port (8080)")
+    s.add_argument("--admin-host", default=_env("ADMIN_HOST"), help="bind address of the admin port (--host)")
+    s.add_argument(
+        "--admin-port", type=int, default=int(_env("ADMIN_PORT", "9090") or 9090), help="admin port (9090)"
+    )
+    s.add_argument(
+        "--push-token-file",
+        type=Path,
+        default=_env("PUSH_TOKEN_FILE"),
+        help="file holding the bearer token for PUT /table (else $KUBEGATE_PUSH_TOKEN)",
+    )
+    s.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=float(_env("DRAIN_TIMEOUT", "25") or 25),
+        help="seconds to finish in-flight requests on SIGTERM (25)",
+    )
+    s.add_argument(
+        "--watch-interval",
+        type=float,
+        default=float(_env("WATCH_INTERVAL", "1") or 1),
+        help="seconds between checks of --routes for changes; 0 = only on SIGHUP (1)",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=float(_env("HEADER_TIMEOUT", "10") or 10),
+        help="seconds a client has to send a request head (10)",
+    )
+    s.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=float(_env("KEEPALIVE_TIMEOUT", "75") or 75),
+        help="seconds an idle client connection stays open (75)",
+    )
+    s.add_argument(
+        "--access-log", action="store_true", default=_env("ACCESS_LOG") == "1", help="JSON access log lines"
+    )
+    s.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+
+    c = sub.add_parser("compile", help="compile a GatewayRoute YAML file and print the table and statuses")
+    c.add_argument("file", type=Path)
+    c.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+
+    e = sub.add_parser("echo", help="run a small echo backend (for the quickstart and demos)")
+    e.add_argument("--host", default="127.0.0.1")
+    e.add_argument("--port", type=int, default=9001)
+    e.add_argument("--name", default=None, help="name reported in responses (default echo-PORT)")
+
+    d = sub.add_parser("crd", help="print the GatewayRoute CustomResourceDefinition (or --write it to crds/)")
+    d.add_argument("--write", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from kubegate.dataplane.server import ServeOptions, serve
+        from kubegate.logs import setup_logging
+
+        setup_logging(args.log_level)
+        opts = ServeOptions(
+            host=args.host,
+            port=args.port,
+            admin_host=args.admin_host or args.host,
+            admin_port=args.admin_port,
+            routes=args.routes or (QUICKSTART if args.demo else None),
+            demo=args.demo,
+            bootstrap=args.bootstrap,
+            push_token_file=args.push_token_file,
+            drain_timeout=args.drain_timeout,
+            access_log=args.access_log,
+            header_timeout=args.header_timeout,
+            watch_interval=args.watch_interval,
+            keepalive_timeout=args.keepalive_timeout,
+        )
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
+            return asyncio.run(serve(opts))
+        return uvloop.run(serve(opts))
+    if args.command == "compile":
+        from kubegate.compiler.render import compile_main
+
+        return compile_main(str(args.file), args.output, sys.stdout, sys.stderr, datetime.now(UTC))
+    if args.command == "echo":
+        from kubegate.echo import run_echo
+
+        run_echo(args.host, args.port, args.name or f"echo-{args.port}")
+        return 0
+    if args.command == "crd":
+        from kubegate.api import crd
+
+        return crd.main(["--write"] if args.write else [])
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+"""Small HTTP/1.1 facts the proxy needs as pre-encoded bytes: hop-by-hop headers, error responses.
+
+Kept apart from the protocol code so that the rules (RFC 9110 §7.6.1 hop-by-hop headers, the JSON error
+body) are readable in one place and testable without sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from http import HTTPStatus
+from itertools import count
+
+# RFC 9110 §7.6.1 (and the de-facto Proxy-Connection / Keep-Alive); plus anything named in Connection.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"proxy-connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    }
+)
+
+# Headers the proxy sets itself on the upstream request (client-supplied copies are replaced or extended).
+PROXY_SET: frozenset[bytes] = frozenset(
+    {b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for", b"x-request-id", b"expect", b"host"}
+)
+
+_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+
+
+def reason(status: int) -> bytes:
+    return _REASONS.get(status, b"Unknown")
+
+
+_COMMON_CONNECTION: dict[bytes, frozenset[bytes]] = {
+    v: frozenset({v.lower()}) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close")
+}
+
+
+def connection_tokens(value: bytes) -> frozenset[bytes]:
+    """Header names listed in a Connection header value (lower-cased)."""
+    common = _COMMON_CONNECTION.get(value)
+    if common is not None:
+        return common
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+def error_response(status: int, message: str, request_id: bytes, *, close: bool, head: bool = False) -> bytes:
+    """A complete HTTP/1.1 error response with a small JSON body naming the request ID."""
+    body = json.dumps(
+        {
+            "error": reason(status).decode(),
+            "status": status,
+            "message": message,
+            "requestId": request_id.decode(),
+        },
+        separators=(",", ":"),
+    ).encode()
+    lines = [
+        b"HTTP/1.1 %d %s" % (status, reason(status)),
+        b"content-type: application/json",
+        b"content-length: %d" % len(body),
+        b"x-request-id: " + request_id,
+    ]
+    if close:
+        lines.append(b"connection: close")
+    return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
+
+
+class RequestIds:
+    """Unique, cheap request IDs: a random per-process prefix and a counter (no uuid4 per request)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex().encode()
+        self._counter = count(1)
+
+    def next(self) -> bytes:
+        return b"%s-%x" % (self._prefix, next(self._counter))
+
+
+def valid_request_id(value: bytes) -> bool:
+    """Client-supplied IDs are kept only if short and printable (they end up in logs and headers)."""
+    return 0 < len(value) <= 128 and all(0x21 <= c <= 0x7E for c in value)

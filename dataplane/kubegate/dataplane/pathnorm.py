@@ -1,0 +1,96 @@
+"""Request-path normalisation: the one canonical form that route matching and upstreams both see.
+
+Routes are matched against the *normalised* path, never the raw one, so that ``/public/../admin``,
+``/public/%2e%2e/admin`` or ``//admin`` cannot reach a route the client was not meant to reach through a
+more permissive prefix. The rules:
+
+* percent-escapes of unreserved characters (ALPHA / DIGIT / ``-`` ``.`` ``_`` ``~``) are decoded, every other
+  escape keeps its encoding with upper-case hex (``%2f`` -> ``%2F``: an encoded slash is data, not a segment
+  separator); nothing is decoded twice;
+* runs of slashes are merged, then dot segments are removed (RFC 3986 §5.2.4), including dots that arrived
+  as ``%2e``; a trailing slash is kept;
+* :class:`BadPath` (answer 400) for anything that cannot be made safe: not starting with ``/``, climbing above
+  the root, malformed escapes, ``%00``, control characters or raw non-ASCII.
+
+It runs once per request, so the common case (an already-normal path) is a handful of C-level checks.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BadPath", "normalize_path"]
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
+_SHOWN = 80  # characters of the offending path quoted in error messages
+
+
+class BadPath(ValueError):
+    """The request path cannot be normalised safely; the request must be rejected with 400."""
+
+
+def normalize_path(raw: str) -> str:
+    """Return the normal form of ``raw`` (the path part of the request-target, query already split off).
+
+    Raises :class:`BadPath` when the path is malformed or would climb above ``/``.
+    """
+    # Fast path: nothing to decode, no empty segment and no segment starting with a dot (a superset of the
+    # dot segments), printable ASCII only. All of these run in C.
+    if (
+        raw[:1] == "/"
+        and "%" not in raw
+        and "//" not in raw
+        and "/." not in raw
+        and raw.isascii()
+        and raw.isprintable()
+    ):
+        return raw
+    return _normalize_slow(raw)
+
+
+def _normalize_slow(raw: str) -> str:
+    if raw[:1] != "/":
+        raise BadPath(f"path must start with '/': {raw[:_SHOWN]!r}")
+    if not raw.isascii():
+        raise BadPath(f"raw non-ASCII character in path: {raw[:_SHOWN]!r}")
+    if not raw.isprintable():  # for ASCII: the C0 controls and DEL
+        raise BadPath(f"control character in path: {raw[:_SHOWN]!r}")
+    path = _decode_unreserved(raw) if "%" in raw else raw
+    return _remove_dot_segments(path)
+
+
+def _decode_unreserved(raw: str) -> str:
+    parts = raw.split("%")
+    out = [parts[0]]
+    for part in parts[1:]:
+        hexpair = part[:2]
+        if len(hexpair) != 2 or hexpair[0] not in _HEXDIGITS or hexpair[1] not in _HEXDIGITS:
+            raise BadPath(f"malformed percent-escape in path: {raw[:_SHOWN]!r}")
+        char = chr(int(hexpair, 16))
+        if char in _UNRESERVED:
+            out.append(char)
+        elif char == "\x00":
+            raise BadPath(f"encoded NUL in path: {raw[:_SHOWN]!r}")
+        else:
+            out.append("%" + hexpair.upper())
+        out.append(part[2:])
+    return "".join(out)
+
+
+def _remove_dot_segments(path: str) -> str:
+    segments: list[str] = []
+    trailing_slash = False
+    # path starts with "/", so the first element of the split is always "" and is skipped.
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if not segments:
+                raise BadPath(f"path climbs above the root: {path[:_SHOWN]!r}")
+            segments.pop()
+            trailing_slash = True
+        elif segment in ("", "."):  # an empty segment is a duplicate (or trailing) slash
+            trailing_slash = True
+        else:
+            segments.append(segment)
+            trailing_slash = False
+    if not segments:
+        return "/"
+    return "/" + "/".join(segments) + ("/" if trailing_slash else "")

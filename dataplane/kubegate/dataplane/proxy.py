@@ -1,0 +1,847 @@
+"""The traffic listener's hot path: an HTTP/1.1 reverse proxy as a uvicorn protocol class.
+
+Why a protocol class and not an ASGI app: measured in ``bench/``, uvicorn's ASGI cycle alone costs about
+90 µs per request, which caps any ASGI proxy near a third of nginx. uvicorn accepts a custom HTTP protocol
+class (``Config(http=...)``), so the data plane stays a uvicorn server (lifecycle, graceful shutdown,
+connection tracking) while requests on the traffic port are parsed by llhttp (``httptools``) and proxied by
+callbacks, with no coroutine per request. The admin API, the lifespan and everything else off the hot path
+stay a Starlette application on the admin port.
+
+Pipeline per request: parse (llhttp) → normalise path → match (snapshot's matcher) → pick backend and
+endpoint (balancer) → upstream connection (pool) → stream the body both ways with back-pressure.
+
+Every failure gets a small JSON error with the request ID: 400 malformed / bad path, 404 no route,
+408 slow headers, 413 body too large, 417 unknown expectation, 431 headers too large, 500 unresolved
+backend, 502 upstream failure, 503 no endpoint, 504 timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import httptools
+import uvicorn
+
+from kubegate.dataplane import httpbits
+from kubegate.dataplane.pathnorm import BadPath, normalize_path
+from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
+from kubegate.dataplane.stats import Stats
+from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool
+
+access_logger = logging.getLogger("kubegate.access")
+logger = logging.getLogger("kubegate.proxy")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+BODY_BUFFER_LIMIT = 256 * 1024  # request body held while the upstream connection is being set up
+MAX_PIPELINED = 16
+
+# What the proxy does with a header, by lower-case name (one dict lookup per header on the hot path).
+_DROP, _HOST, _CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _XFF, _REQUEST_ID, _EXPECT = range(8)
+_REQUEST_SPECIAL: dict[bytes, int] = {
+    **dict.fromkeys(httpbits.HOP_BY_HOP, _DROP),
+    **dict.fromkeys(httpbits.PROXY_SET, _DROP),
+    b"host": _HOST,
+    b"content-length": _CONTENT_LENGTH,
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+    b"x-forwarded-for": _XFF,
+    b"x-request-id": _REQUEST_ID,
+    b"expect": _EXPECT,
+}
+_RESPONSE_SPECIAL: dict[bytes, int] = {
+    **dict.fromkeys(httpbits.HOP_BY_HOP, _DROP),
+    b"x-request-id": _DROP,
+    b"content-length": _CONTENT_LENGTH,
+    b"connection": _CONNECTION,
+    b"transfer-encoding": _TRANSFER_ENCODING,
+}
+# Connection header values that name no end-to-end header (the common case: nothing to filter).
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+
+# connection phases for the timeout sweeper
+IDLE, HEADERS, BODY, WAITING = 0, 1, 2, 3
+
+
+@dataclass
+class ProxySettings:
+    max_header_bytes: int = 32 * 1024
+    max_url_bytes: int = 8 * 1024
+    header_timeout: float = 10.0  # whole request head must arrive within this (slowloris)
+    body_idle_timeout: float = 60.0  # no request body byte for this long: close
+    keepalive_timeout: float = 75.0
+    access_log: bool = False
+
+
+@dataclass
+class Gateway:
+    """Everything shared by the traffic listener's connections."""
+
+    store: SnapshotStore
+    pool: UpstreamPool = field(default_factory=UpstreamPool)
+    stats: Stats = field(default_factory=Stats)
+    settings: ProxySettings = field(default_factory=ProxySettings)
+    ids: httpbits.RequestIds = field(default_factory=httpbits.RequestIds)
+    connections: set[ProxyProtocol] = field(default_factory=set)
+    draining: bool = False
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def sweep(self, now: float) -> None:
+        """Enforce the client-side timeouts; called about once a second with the loop's clock."""
+        s = self.settings
+        for conn in list(self.connections):
+            conn.check_timeouts(now, s)
+        self.pool.sweep()
+
+
+class GatewayConfig(uvicorn.Config):
+    """A uvicorn Config that carries the :class:`Gateway` to the protocol instances it creates."""
+
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        self.gateway = gateway
+        super().__init__(app=_unused_app, http=ProxyProtocol, lifespan="off", **kwargs)
+
+
+async def _unused_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never called
+    raise RuntimeError("the traffic listener is served by ProxyProtocol, not by an ASGI app")
+
+
+class _Reject(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _Headers(Mapping[str, str]):
+    """Request headers as the matcher wants them (lower-case str names), built only if a route asks."""
+
+    __slots__ = ("_d", "_raw")
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+        self._d: dict[str, str] | None = None
+
+    def _dict(self) -> dict[str, str]:
+        d = self._d
+        if d is None:
+            d = {}
+            for name, value in self._raw:
+                key = name.decode("latin-1").lower()
+                v = value.decode("latin-1")
+                d[key] = d[key] + "," + v if key in d else v
+            self._d = d
+        return d
+
+    def __getitem__(self, key: str) -> str:
+        return self._dict()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._dict())
+
+    def __len__(self) -> int:
+        return len(self._dict())
+
+
+class ProxyProtocol(asyncio.Protocol):
+    """One client connection on the traffic port."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        server_state: Any,
+        app_state: Any = None,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.gw = config.gateway
+        self.server_state = server_state
+        self.loop = _loop or asyncio.get_event_loop()
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.client_ip = b""
+        self.closing = False
+        self.write_paused = False
+        self.reading_paused = False
+        # request being parsed
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.parsing: Exchange | None = None
+        # request being served and the ones pipelined behind it
+        self.active: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.phase = IDLE
+        self.phase_since = 0.0
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.client_ip = str(peer[0]).encode()
+        self.server_state.connections.add(self)
+        self.gw.connections.add(self)
+        self.phase = IDLE
+        self.phase_since = self.loop.time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server_state.connections.discard(self)
+        self.gw.connections.discard(self)
+        if self.active is not None:
+            self.active.client_gone()
+        for ex in self.queue:
+            ex.client_gone()
+        self.queue.clear()
+        self.active = self.parsing = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.phase == BODY:
+            self.phase_since = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # Upgrades (WebSocket) are not proxied yet: the request is served as plain HTTP (Upgrade is a
+            # hop-by-hop header and is not forwarded); whatever followed the head goes to a fresh parser.
+            offset = int(exc.args[0]) if exc.args else len(data)
+            self.parser = httptools.HttpRequestParser(self)
+            rest = data[offset:]
+            if rest:
+                self.data_received(rest)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Reject):
+                self.reject(cause.status, cause.message)
+            else:
+                logger.exception("internal error while parsing a request", exc_info=cause)
+                self.reject(400, "malformed request")
+        except httptools.HttpParserInvalidMethodError:
+            self.reject(400, "invalid method")
+        except httptools.HttpParserError as exc:
+            self.reject(400, f"malformed request: {exc}")
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.active
+        if ex is not None and ex.conn is not None:
+            ex.conn.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.active
+        if ex is not None and ex.conn is not None:
+            ex.conn.resume_reading()
+
+    # --- httptools callbacks ----------------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        if self.phase == IDLE:
+            self.phase = HEADERS
+            self.phase_since = self.loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.gw.settings.max_url_bytes:
+            raise _Reject(414, "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > self.gw.settings.max_header_bytes:
+            raise _Reject(431, "request header fields too large")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.closing:
+            return
+        p = self.parser
+        ex = Exchange(
+            self,
+            p.get_method(),
+            self.url,
+            self.headers,
+            p.get_http_version(),
+            p.should_keep_alive() and not self.gw.draining,
+        )
+        self.server_state.total_requests += 1
+        self.parsing = ex
+        self.phase = BODY
+        self.phase_since = self.loop.time()
+        if self.active is None:
+            self.active = ex
+            ex.start()
+        else:
+            self.queue.append(ex)
+            if len(self.queue) >= MAX_PIPELINED:
+                self.pause_reading()
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is not None:
+            ex.client_body(body)
+
+    def on_message_complete(self) -> None:
+        ex, self.parsing = self.parsing, None
+        self.phase = WAITING if self.active is not None else IDLE
+        if ex is not None:
+            ex.client_body_done()
+
+    # --- connection control -----------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closing and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closing and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def reject(self, status: int, message: str) -> None:
+        """A request that cannot be parsed: answer it if nothing else is on the wire, and close."""
+        ex = self.parsing
+        active = self.active
+        if ex is not None and ex is active and not ex.done and not ex.resp_started:
+            ex.keep_alive = False
+            ex.fail(status, message)
+            self.close()
+            return
+        if active is not None and not active.done:
+            # A response is in flight for an earlier request: there is no clean way to answer.
+            active.client_gone()
+            self.abort()
+            return
+        rid = self.gw.ids.next()
+        self.write(httpbits.error_response(status, message, rid, close=True))
+        self.gw.stats.observe("", "-", status, 0.0)
+        if self.gw.settings.access_log:
+            _log_access(rid, "", b"-", self.url or b"-", status, 0.0, self.client_ip)
+        self.close()
+
+    def exchange_finished(self, ex: Exchange, keep_alive: bool) -> None:
+        if ex is not self.active:
+            return
+        self.active = None
+        if not keep_alive or self.closing or self.gw.draining:
+            self.close()
+            return
+        if self.queue:
+            nxt = self.active = self.queue.popleft()
+            self.resume_reading()
+            nxt.start()
+        elif self.parsing is None:
+            self.phase = IDLE
+            self.phase_since = self.loop.time()
+
+    def shutdown(self) -> None:
+        """Called by uvicorn on graceful shutdown: close now if idle, else after the current response."""
+        if self.active is None and self.parsing is None:
+            self.close()
+
+    def check_timeouts(self, now: float, s: ProxySettings) -> None:
+        if self.closing:
+            return
+        phase, since = self.phase, self.phase_since
+        if phase == IDLE and self.active is None:
+            if now - since > (0.0 if self.gw.draining else s.keepalive_timeout):
+                self.close()
+        elif phase == HEADERS and now - since > s.header_timeout:
+            self.reject(408, "request head not received in time")
+        elif phase == BODY and self.parsing is not None and now - since > s.body_idle_timeout:
+            self.reject(408, "request body stalled")
+
+
+def _log_access(
+    rid: bytes, route: str, method: bytes, path: bytes, status: int, seconds: float, client: bytes
+) -> None:
+    access_logger.info(
+        json.dumps(
+            {
+                "requestId": rid.decode(),
+                "route": route,
+                "method": method.decode("latin-1"),
+                "path": path.decode("latin-1"),
+                "status": status,
+                "durationMs": round(seconds * 1000, 3),
+                "client": client.decode(),
+            },
+            separators=(",", ":"),
+        )
+    )
+
+
+class Exchange:
+    """One request/response through the proxy. Implements the upstream connection's sink interface."""
+
+    __slots__ = (
+        "body_buf",
+        "body_buffered",
+        "body_done",
+        "body_sent",
+        "chunked",
+        "client",
+        "conn",
+        "content_length",
+        "done",
+        "head",
+        "head_only",
+        "keep_alive",
+        "method",
+        "out",
+        "path",
+        "raw_headers",
+        "request_id",
+        "resp_chunked",
+        "resp_close_delimited",
+        "resp_started",
+        "retried",
+        "route",
+        "started",
+        "status",
+        "t0",
+        "timer",
+        "url",
+        "version",
+    )
+
+    def __init__(
+        self,
+        client: ProxyProtocol,
+        method: bytes,
+        url: bytes,
+        headers: list[tuple[bytes, bytes]],
+        version: str,
+        keep_alive: bool,
+    ) -> None:
+        self.client = client
+        self.method = method
+        self.url = url
+        self.raw_headers = headers
+        self.version = version
+        self.keep_alive = keep_alive
+        self.request_id = b""
+        self.t0 = time.perf_counter()
+        self.route: RuntimeRoute | None = None
+        self.conn: UpstreamConnection | None = None
+        self.head = b""
+        self.head_only = method == b"HEAD"
+        self.path = b""
+        self.content_length: int | None = None
+        self.chunked = False
+        self.body_buf: list[bytes] = []
+        self.body_buffered = 0
+        self.body_done = False
+        self.body_sent = 0
+        self.started = False
+        self.resp_started = False
+        self.resp_chunked = False
+        self.resp_close_delimited = False
+        self.out: list[bytes] = []
+        self.status = 0
+        self.done = False
+        self.retried = False
+        self.timer: asyncio.TimerHandle | None = None
+
+    # --- request side -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Route the request and set the upstream request in motion (headers are complete)."""
+        self.started = True
+        client = self.client
+        gw = client.gw
+        host = b""
+        hosts = 0
+        xff = b""
+        rid = b""
+        expect = b""
+        tokens: frozenset[bytes] | None = None
+        out: list[bytes] = []
+        special = _REQUEST_SPECIAL
+        for name, value in self.raw_headers:
+            lname = name.lower()
+            act = special.get(lname)
+            if act is None:
+                out.append(lname + b": " + value)
+            elif act == _HOST:
+                host = value
+                hosts += 1
+            elif act == _CONTENT_LENGTH:
+                self.content_length = int(value)  # llhttp has validated it (digits, no conflicting dupes)
+                out.append(b"content-length: " + value)
+            elif act == _CONNECTION:
+                tokens = (
+                    httpbits.connection_tokens(value)
+                    if tokens is None
+                    else tokens | httpbits.connection_tokens(value)
+                )
+            elif act == _TRANSFER_ENCODING:
+                self.chunked = True
+            elif act == _XFF:
+                xff = xff + b", " + value if xff else value
+            elif act == _REQUEST_ID:
+                rid = value
+            elif act == _EXPECT:
+                expect = value.lower()
+            # _DROP: other hop-by-hop headers and X-Forwarded-Proto/Host, which the proxy sets itself
+        if tokens is not None and not tokens <= _PLAIN_CONNECTION:
+            out = [line for line in out if line.split(b":", 1)[0] not in tokens]
+        self.request_id = rid if rid and httpbits.valid_request_id(rid) else gw.ids.next()
+
+        # request target: origin-form, or absolute-form (whose authority replaces Host)
+        url = self.url
+        if url[:1] != b"/":
+            if url[:7].lower() in (b"http://", b"https:/"):
+                try:
+                    parsed = httptools.parse_url(url)
+                except httptools.HttpParserInvalidURLError:
+                    self.fail(400, "malformed request target")
+                    return
+                host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
+                url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
+                hosts = 1
+            else:
+                self.fail(400, "request target must be a path")
+                return
+        if hosts > 1 or (hosts == 0 and self.version == "1.1"):
+            self.fail(400, "exactly one Host header is required")
+            return
+        qpos = url.find(b"?")
+        raw_path, query = (url, b"") if qpos < 0 else (url[:qpos], url[qpos + 1 :])
+        try:
+            path = normalize_path(raw_path.decode("latin-1"))
+        except BadPath as exc:
+            self.fail(400, f"bad request path: {exc}")
+            return
+        except UnicodeDecodeError:
+            self.fail(400, "bad request path")
+            return
+        self.path = path.encode("latin-1")
+
+        snapshot = gw.store.current
+        if snapshot is None:
+            self.fail(503, "no route table loaded yet")
+            return
+        route = snapshot.matcher.match(
+            self.method.decode("latin-1"),
+            host.decode("latin-1"),
+            path,
+            query.decode("latin-1"),
+            _Headers(self.raw_headers),
+        )
+        if route is None:
+            self.fail(404, "no route matches this request")
+            return
+        self.route = route
+        if self.content_length is not None and self.content_length > route.max_body:
+            self.fail(413, f"request body larger than {route.max_body} bytes")
+            return
+        if expect and expect != b"100-continue":
+            self.fail(417, "unsupported expectation")
+            return
+        backend = route.split.pick()
+        if backend is None or backend.error is not None:
+            self.fail(500, backend.error if backend is not None and backend.error else "no usable backend")
+            return
+        endpoint = backend.pick()
+        if endpoint is None:
+            self.fail(503, f"no ready endpoint for backend {backend.name}")
+            return
+
+        lines = [b"%s %s%s HTTP/1.1" % (self.method, self.path, b"?" + query if qpos >= 0 else b"")]
+        if host:
+            lines.append(b"host: " + host)
+        lines.extend(out)
+        if self.chunked:
+            lines.append(b"transfer-encoding: chunked")
+        lines.append(b"x-forwarded-for: " + (xff + b", " + client.client_ip if xff else client.client_ip))
+        lines.append(b"x-forwarded-proto: http")
+        if host:
+            lines.append(b"x-forwarded-host: " + host)
+        lines.append(b"x-request-id: " + self.request_id)
+        self.head = b"\r\n".join(lines) + b"\r\n\r\n"
+
+        if expect and self.version == "1.1" and not self.body_done:
+            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        if route.timeout is not None:
+            self.timer = client.loop.call_later(route.timeout, self.on_timeout)
+        conn = gw.pool.acquire_idle(endpoint)
+        if conn is not None:
+            self.attach(conn)
+        else:
+            self.connect(endpoint)
+
+    def connect(self, endpoint: tuple[str, int]) -> None:
+        gw = self.client.gw
+        task = self.client.loop.create_task(gw.pool.connect(endpoint))
+        gw.tasks.add(task)
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+        gw = self.client.gw
+        gw.tasks.discard(task)
+        if task.cancelled():
+            if not self.done:
+                self.fail(502, "upstream connect cancelled")
+            return
+        exc = task.exception()
+        if exc is not None:
+            if self.done:
+                return
+            route = self.route.id if self.route else ""
+            if isinstance(exc, asyncio.TimeoutError):
+                gw.stats.upstream_error(route, "connect_timeout")
+                self.fail(504, "upstream connect timed out")
+            else:
+                gw.stats.upstream_error(route, "connect")
+                self.fail(502, f"upstream connect failed: {exc.__class__.__name__}")
+            return
+        conn = task.result()
+        if self.done:
+            gw.pool.release(conn)  # a fresh, unused connection: keep it for the next request
+            return
+        self.attach(conn)
+
+    def attach(self, conn: UpstreamConnection) -> None:
+        self.conn = conn
+        parts = [self.head]
+        if self.body_buf:
+            parts.extend(self.body_buf)
+            self.body_sent += self.body_buffered
+            self.body_buf = []
+            self.body_buffered = 0
+        if self.body_done and self.chunked:
+            parts.append(b"0\r\n\r\n")
+        conn.start(self, b"".join(parts), head_only=self.head_only)
+        if self.client.write_paused:
+            conn.pause_reading()
+        self.client.resume_reading()
+
+    def client_body(self, data: bytes) -> None:
+        if self.done:
+            return
+        size = self.body_sent + self.body_buffered + len(data)
+        route = self.route
+        if route is not None and size > route.max_body:
+            self.fail(413, f"request body larger than {route.max_body} bytes")
+            return
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        conn = self.conn
+        if conn is not None:
+            conn.write(data)
+            self.body_sent += len(data)
+            if conn.write_paused:
+                self.client.pause_reading()
+        else:
+            self.body_buf.append(data)
+            self.body_buffered += len(data)
+            if self.body_buffered > BODY_BUFFER_LIMIT:
+                self.client.pause_reading()
+
+    def client_body_done(self) -> None:
+        self.body_done = True
+        if self.done:
+            return
+        if self.conn is not None and self.chunked:
+            self.conn.write(b"0\r\n\r\n")
+
+    def client_gone(self) -> None:
+        """The client connection closed: drop the upstream connection (its state is unknown)."""
+        if self.done:
+            return
+        if self.conn is not None:
+            self.conn.abort()
+            self.conn = None
+        self.finish(499 if not self.resp_started else self.status, keep_alive=False)
+
+    # --- upstream side (UpstreamSink) -------------------------------------------------------------------
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.done:
+            return
+        self.status = status
+        self.resp_started = True
+        tokens: frozenset[bytes] | None = None
+        has_length = False
+        upstream_chunked = False
+        lines = [b"HTTP/1.1 %d %s" % (status, reason or httpbits.reason(status))]
+        special = _RESPONSE_SPECIAL
+        for name, value in headers:
+            lname = name.lower()
+            act = special.get(lname)
+            if act is None:
+                lines.append(name + b": " + value)
+            elif act == _CONTENT_LENGTH:
+                has_length = True
+                lines.append(name + b": " + value)
+            elif act == _CONNECTION:
+                tokens = (
+                    httpbits.connection_tokens(value)
+                    if tokens is None
+                    else tokens | httpbits.connection_tokens(value)
+                )
+            elif act == _TRANSFER_ENCODING:
+                upstream_chunked = True
+            # _DROP: other hop-by-hop headers, and X-Request-ID (the proxy sets its own)
+        if tokens is not None and not tokens <= _PLAIN_CONNECTION:
+            lines = [line for line in lines if line.split(b":", 1)[0].lower() not in tokens]
+        no_body = self.head_only or status in (204, 304)
+        if not no_body and not has_length:
+            if self.version == "1.1":
+                self.resp_chunked = True
+                lines.append(b"transfer-encoding: chunked")
+            else:
+                self.keep_alive = False  # HTTP/1.0 client: the body ends when we close
+            self.resp_close_delimited = not upstream_chunked
+        lines.append(b"x-request-id: " + self.request_id)
+        if not self.keep_alive or self.client.gw.draining:
+            self.keep_alive = False
+            lines.append(b"connection: close")
+        elif self.version == "1.0":
+            lines.append(b"connection: keep-alive")
+        self.out.append(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    def upstream_body(self, data: bytes) -> None:
+        if self.resp_chunked:
+            self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
+        else:
+            self.out.append(data)
+
+    def upstream_flush(self) -> None:
+        out = self.out
+        if out:
+            self.client.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    def upstream_done(self) -> None:
+        if self.done:
+            return
+        if self.resp_chunked:
+            self.client.write(b"0\r\n\r\n")
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            if self.body_done:
+                self.client.gw.pool.release(conn)
+            else:
+                conn.close()  # the upstream answered before reading the whole body: not reusable
+        self.finish(self.status, keep_alive=self.keep_alive and self.body_done)
+
+    def upstream_lost(self, exc: BaseException | None) -> None:
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        if self.resp_started:
+            if self.resp_close_delimited:
+                self.upstream_flush()
+                if self.resp_chunked:
+                    self.client.write(b"0\r\n\r\n")
+                self.finish(self.status, keep_alive=self.keep_alive and self.body_done)
+            else:
+                self._upstream_error("reset_mid_response")
+                self.client.abort()
+                self.finish(self.status, keep_alive=False)
+            return
+        if (
+            conn is not None
+            and conn.reused
+            and not conn.received
+            and not self.retried
+            and self.method in IDEMPOTENT
+            and not self.chunked
+            and not self.content_length
+        ):
+            # A pooled connection the upstream had closed while idle: resend once on a fresh one.
+            self.retried = True
+            self.connect(conn.key)
+            return
+        self._upstream_error("reset")
+        self.fail(502, "upstream closed the connection before responding")
+
+    def upstream_bad_response(self, exc: BaseException) -> None:
+        if self.done:
+            return
+        self.conn = None
+        self._upstream_error("protocol")
+        if self.resp_started:
+            self.client.abort()
+            self.finish(self.status, keep_alive=False)
+        else:
+            self.fail(502, "upstream sent a malformed response")
+
+    def upstream_write_paused(self, paused: bool) -> None:
+        if paused:
+            self.client.pause_reading()
+        else:
+            self.client.resume_reading()
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        self._upstream_error("timeout")
+        if self.resp_started:
+            self.client.abort()
+            self.finish(self.status, keep_alive=False)
+        else:
+            self.fail(504, "upstream did not answer in time")
+
+    # --- endings ----------------------------------------------------------------------------------------
+    def _upstream_error(self, kind: str) -> None:
+        self.client.gw.stats.upstream_error(self.route.id if self.route else "", kind)
+
+    def fail(self, status: int, message: str) -> None:
+        """Answer with a JSON error (nothing has been sent yet) and end the exchange."""
+        if self.done:
+            return
+        if not self.request_id:
+            self.request_id = self.client.gw.ids.next()
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        # Unread request body: close rather than read and discard it.
+        keep = self.keep_alive and self.body_done and not self.client.gw.draining
+        self.client.write(
+            httpbits.error_response(status, message, self.request_id, close=not keep, head=self.head_only)
+        )
+        self.finish(status, keep_alive=keep)
+
+    def finish(self, status: int, *, keep_alive: bool) -> None:
+        self.done = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        client = self.client
+        gw = client.gw
+        seconds = time.perf_counter() - self.t0
+        route = self.route.id if self.route is not None else ""
+        gw.stats.observe(route, self.method.decode("latin-1"), status, seconds)
+        if gw.settings.access_log:
+            _log_access(
+                self.request_id, route, self.method, self.path or self.url, status, seconds, client.client_ip
+            )
+        client.exchange_finished(self, keep_alive)

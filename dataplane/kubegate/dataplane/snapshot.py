@@ -1,0 +1,80 @@
+"""Versioned snapshots of the route table and the atomic swap between them.
+
+A :class:`Snapshot` is everything the hot path needs, built once from a validated
+:class:`~kubegate.compiler.table.RouteTable`: the matcher and, per route, its pre-encoded runtime form
+(balancer, timeout, body limit). Building happens *before* the swap, so a table that cannot be built is
+rejected while the old one keeps serving. The swap itself is one attribute assignment on the single
+event-loop thread: a request picks the snapshot once when its headers are complete and keeps using the
+objects it got, so requests in flight finish on the table they started with.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kubegate.compiler.table import CompiledRoute, RouteTable
+from kubegate.dataplane.balancer import WeightedSplit
+from kubegate.dataplane.matcher import Matcher
+
+
+class RuntimeRoute:
+    """A compiled route plus the per-table runtime state the proxy uses."""
+
+    __slots__ = ("id", "max_body", "route", "split", "timeout")
+
+    def __init__(self, route: CompiledRoute) -> None:
+        self.route = route
+        self.id = route.id
+        self.split = WeightedSplit(route.backends)
+        self.timeout: float | None = route.timeout_ms / 1000.0 if route.timeout_ms else None
+        self.max_body = route.max_body_bytes
+
+    def __repr__(self) -> str:
+        return f"<RuntimeRoute {self.id} {self.split!r}>"
+
+
+class Snapshot:
+    __slots__ = ("hash", "loaded_at", "matcher", "routes", "table", "version")
+
+    def __init__(self, table: RouteTable, *, loaded_at: float) -> None:
+        self.table = table
+        self.version = table.version
+        self.hash = table.content_hash()
+        self.routes = {r.id: RuntimeRoute(r) for r in table.routes}
+        self.matcher: Matcher[RuntimeRoute] = Matcher((rt.route, rt) for rt in self.routes.values())
+        self.loaded_at = loaded_at
+
+    def __repr__(self) -> str:
+        return f"<Snapshot version={self.version} routes={len(self.routes)} {self.hash[:19]}>"
+
+
+class SnapshotStore:
+    """Holds the current snapshot; ``None`` until the first table arrives (the data plane is not ready)."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self.current: Snapshot | None = None
+        self._clock = clock
+        self._listeners: list[Callable[[Snapshot], None]] = []
+
+    def build(self, table: RouteTable) -> Snapshot:
+        """Build (and so validate) a snapshot without serving it."""
+        return Snapshot(table, loaded_at=self._clock())
+
+    def swap(self, snapshot: Snapshot) -> Snapshot | None:
+        previous, self.current = self.current, snapshot
+        for listener in self._listeners:
+            listener(snapshot)
+        return previous
+
+    def load(self, table: RouteTable) -> Snapshot:
+        snapshot = self.build(table)
+        self.swap(snapshot)
+        return snapshot
+
+    def on_swap(self, listener: Callable[[Snapshot], None]) -> None:
+        self._listeners.append(listener)
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None

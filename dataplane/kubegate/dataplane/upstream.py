@@ -1,0 +1,283 @@
+"""Upstream HTTP/1.1 connections and the keep-alive pool they live in.
+
+This is the purpose-built upstream client that ``bench/`` chose over httpx and aiohttp (see
+``bench/README.md``): an :class:`asyncio.Protocol` per connection with llhttp (``httptools``) parsing the
+response, delivering head and body chunks straight to the exchange that owns the connection, with no
+coroutine, future or stream object per request. Parsing stays in the maintained parser; this module only
+moves bytes and decides connection reuse.
+
+Pool decisions follow httpcore's lesson: they are plain state transitions (pop an idle connection, push
+one back, drop closed or expired ones) with a few state predicates on the connection, and the clock is
+injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Protocol, cast
+
+import httptools
+
+MAX_RESPONSE_HEAD = 64 * 1024  # an upstream response head larger than this is a protocol error (502)
+
+
+class UpstreamSink(Protocol):
+    """What a connection reports to the exchange that currently owns it."""
+
+    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_flush(self) -> None: ...
+    def upstream_done(self) -> None: ...
+    def upstream_lost(self, exc: BaseException | None) -> None: ...
+    def upstream_bad_response(self, exc: BaseException) -> None: ...
+    def upstream_write_paused(self, paused: bool) -> None: ...
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to one endpoint. Owned by at most one exchange at a time."""
+
+    __slots__ = (
+        "_head_bytes",
+        "_headers",
+        "_reason",
+        "closed",
+        "head_only",
+        "idle_since",
+        "keep",
+        "key",
+        "message_done",
+        "parser",
+        "received",
+        "reused",
+        "sink",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, key: tuple[str, int]) -> None:
+        self.key = key
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.sink: UpstreamSink | None = None
+        self.closed = False
+        self.reused = False
+        self.head_only = False
+        self.message_done = False
+        self.received = False  # any response byte for the current request
+        self.write_paused = False
+        self.keep = True  # the last response allowed keep-alive
+        self.idle_since = 0.0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_bytes = 0
+        self._reason = b""
+
+    # --- asyncio.Protocol -------------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
+
+    def data_received(self, data: bytes) -> None:
+        sink = self.sink
+        if sink is None:  # an idle connection must not talk: the server is closing or misbehaving
+            self.close()
+            return
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self.message_done:
+                self.close()
+                sink.upstream_bad_response(exc)
+                return
+        sink.upstream_flush()
+        if self.message_done:
+            self.sink = None
+            sink.upstream_done()
+
+    def eof_received(self) -> bool | None:
+        return None  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        sink, self.sink = self.sink, None
+        if sink is not None and not self.message_done:
+            sink.upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.sink is not None:
+            self.sink.upstream_write_paused(True)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.sink is not None:
+            self.sink.upstream_write_paused(False)
+
+    # --- httptools callbacks ----------------------------------------------------------------------------
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > MAX_RESPONSE_HEAD:
+            raise ValueError("upstream response head too large")
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        headers, self._headers = self._headers, []
+        reason, self._reason = self._reason, b""
+        self._head_bytes = 0
+        if 100 <= status < 200:
+            return  # interim responses are not forwarded (the proxy answers 100-continue itself)
+        self.keep = self.parser.should_keep_alive()
+        if self.sink is not None and not self.message_done:
+            self.sink.upstream_head(status, reason, headers)
+        if self.head_only or status in (204, 304):
+            # llhttp (via httptools) cannot be told the request was HEAD; finish here and use a fresh
+            # parser for the next request on this connection.
+            self.message_done = True
+            self.head_only = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.sink is not None and not self.message_done:
+            self.sink.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() >= 200:
+            self.message_done = True
+
+    # --- use by the pool and exchanges ------------------------------------------------------------------
+    def start(self, sink: UpstreamSink, payload: bytes, *, head_only: bool) -> None:
+        """Attach to an exchange and send the request head (and any body bytes already available)."""
+        self.sink = sink
+        self.head_only = head_only
+        self.message_done = False
+        self.received = False
+        assert self.transport is not None
+        self.transport.write(payload)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def reset_for_reuse(self) -> bool:
+        """After a finished response: True if the connection may go back to the pool."""
+        if self.closed or not self.keep:
+            return False
+        if self.head_only:
+            self.parser = httptools.HttpResponseParser(self)
+            self.head_only = False
+        self.message_done = False
+        return True
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.sink = None
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.close()
+
+    def abort(self) -> None:
+        self.sink = None
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("active" if self.sink is not None else "idle")
+        return f"<UpstreamConnection {self.key[0]}:{self.key[1]} {state}>"
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per endpoint, most recently used first."""
+
+    def __init__(
+        self,
+        *,
+        max_idle_per_endpoint: int = 256,
+        idle_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self.max_idle_per_endpoint = max_idle_per_endpoint
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self._clock = clock
+        self.connects = 0
+
+    def acquire_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+        stack = self._idle.get(key)
+        if not stack:
+            return None
+        deadline = self._clock() - self.idle_timeout
+        while stack:
+            conn = stack.pop()
+            if conn.closed:
+                continue
+            if conn.idle_since < deadline:
+                conn.close()
+                continue
+            conn.reused = True
+            return conn
+        return None
+
+    async def connect(self, key: tuple[str, int]) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        self.connects += 1
+        conn = UpstreamConnection(key)
+        await asyncio.wait_for(loop.create_connection(lambda: conn, key[0], key[1]), self.connect_timeout)
+        return conn
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if not conn.reset_for_reuse():
+            conn.close()
+            return
+        stack = self._idle.setdefault(conn.key, [])
+        if len(stack) >= self.max_idle_per_endpoint:
+            conn.close()
+            return
+        conn.idle_since = self._clock()
+        stack.append(conn)
+
+    def sweep(self) -> int:
+        """Close idle connections past the idle timeout; returns how many were closed."""
+        deadline = self._clock() - self.idle_timeout
+        closed = 0
+        for key, stack in list(self._idle.items()):
+            keep = []
+            for c in stack:
+                if c.closed:
+                    continue
+                if c.idle_since < deadline:
+                    c.close()
+                    closed += 1
+                else:
+                    keep.append(c)
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        return closed
+
+    def close_all(self) -> None:
+        for stack in self._idle.values():
+            for c in stack:
+                c.close()
+        self._idle.clear()
+
+    def idle_count(self) -> int:
+        return sum(len(s) for s in self._idle.values())
+
+    def __repr__(self) -> str:
+        return f"<UpstreamPool {len(self._idle)} endpoints, {self.idle_count()} idle>"

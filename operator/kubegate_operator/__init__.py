@@ -1,0 +1,1 @@
+"""The kubegate operator (kopf): watches GatewayRoutes and EndpointSlices, compiles, pushes, writes status."""

@@ -1,0 +1,247 @@
+"""The generated CRD: up to date on disk, structural, and agreeing with the models.
+
+Aspects: the checked-in file equals a fresh generation; the schema is structural (every node typed, no
+$ref/title/nullable unions/additionalProperties/uniqueItems, junctors only constrain); every golden
+GatewayRoute the models accept is accepted by the schema; invalid objects are rejected by both (with a
+list of the known, documented gaps); compiler statuses validate against the status schema.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pydantic
+import pytest
+import yaml
+
+from kubegate.api import crd, models
+from kubegate.compiler import compile as compiler
+from kubegate.compiler import resources
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = ROOT / "tests" / "compiler" / "golden"
+CHECKED_IN = ROOT / "crds" / crd.CRD_FILENAME
+
+# Golden routes the models reject but the API server schema accepts, and why that is acceptable.
+KNOWN_SCHEMA_GAPS = {
+    "default/unknown-spec-field": "unknown fields are pruned (or refused by strict field validation)",
+    "default/unknown-match-field": "unknown fields are pruned (or refused by strict field validation)",
+    "default/url-bad-port": "the url pattern checks the port's digits, not its range",
+}
+
+
+def schema_validator() -> jsonschema.Draft4Validator:
+    return jsonschema.Draft4Validator(crd.openapi_schema())
+
+
+def golden_routes() -> Iterator[tuple[str, dict[str, Any]]]:
+    for path in sorted(GOLDEN.glob("*.in.yaml")):
+        bundle = resources.load_yaml(path.read_text(encoding="utf-8"), source=path.name)
+        for raw in bundle.routes:
+            yield raw.key, dict(raw.body)
+
+
+def model_accepts(body: dict[str, Any]) -> bool:
+    if set(body) - {"apiVersion", "kind", "metadata", "spec", "status"} or body.get("spec") is None:
+        return False
+    try:
+        models.GatewayRouteSpec.model_validate(body["spec"])
+    except pydantic.ValidationError:
+        return False
+    return True
+
+
+def test_checked_in_crd_is_up_to_date() -> None:
+    assert CHECKED_IN.exists(), f"{CHECKED_IN} is missing: run `python -m kubegate.api.crd --write`"
+    assert CHECKED_IN.read_text(encoding="utf-8") == crd.render_crd(), (
+        f"{CHECKED_IN.name} is stale (the models changed): run `python -m kubegate.api.crd --write`"
+    )
+
+
+def test_crd_shape() -> None:
+    body = yaml.safe_load(crd.render_crd())
+    assert body["metadata"]["name"] == "gatewayroutes.kubegate.dev"
+    spec = body["spec"]
+    assert spec["group"] == "kubegate.dev"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"] == {
+        "kind": "GatewayRoute",
+        "listKind": "GatewayRouteList",
+        "plural": "gatewayroutes",
+        "singular": "gatewayroute",
+        "shortNames": ["gwr"],
+    }
+    [version] = spec["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert columns["Accepted"]["jsonPath"] == '.status.conditions[?(@.type=="Accepted")].status'
+    assert columns["Programmed"]["jsonPath"] == '.status.conditions[?(@.type=="Programmed")].status'
+    assert columns["Age"] == {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+    root = version["schema"]["openAPIV3Schema"]
+    assert root["properties"]["metadata"] == {"type": "object"}
+    conditions = root["properties"]["status"]["properties"]["conditions"]
+    assert conditions["type"] == "array"
+    assert conditions["items"]["type"] == "object"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+
+
+FORBIDDEN_KEYS = {"$ref", "$defs", "title", "additionalProperties", "uniqueItems", "nullable", "const"}
+JUNCTORS = ("oneOf", "anyOf", "allOf", "not")
+
+
+def _walk(node: dict[str, Any], path: str, *, in_junctor: bool = False) -> Iterator[str]:
+    """Yield a description of every structural-schema violation under ``node``."""
+    for key in FORBIDDEN_KEYS & set(node):
+        yield f"{path}: has {key}"
+    if in_junctor:
+        for key in {"type", "description", "default", "items", "properties"} & set(node):
+            yield f"{path}: {key} inside a logical junctor"
+    elif "type" not in node:
+        yield f"{path}: no type"
+    if node.get("default", 0) is None:
+        yield f"{path}: default null"
+    for name, sub in node.get("properties", {}).items():
+        yield from _walk(sub, f"{path}.{name}", in_junctor=in_junctor)
+    if "items" in node:
+        yield from _walk(node["items"], f"{path}[]", in_junctor=in_junctor)
+    if "not" in node:
+        yield from _walk(node["not"], f"{path}.not", in_junctor=True)
+    for junctor in JUNCTORS[:3]:
+        for i, sub in enumerate(node.get(junctor, ())):
+            yield from _walk(sub, f"{path}.{junctor}[{i}]", in_junctor=True)
+    if node.get("type") == "object" and "properties" in node:
+        for name in node.get("required", ()):
+            assert name in node["properties"], f"{path}: required {name} is not a property"
+
+
+def test_schema_is_structural() -> None:
+    schema = crd.openapi_schema()
+    jsonschema.Draft4Validator.check_schema(schema)
+    assert list(_walk(schema, "openAPIV3Schema")) == []
+
+
+def test_every_field_is_documented() -> None:
+    def undocumented(node: dict[str, Any], path: str) -> Iterator[str]:
+        for name, sub in node.get("properties", {}).items():
+            if name != "metadata" and not sub.get("description"):
+                yield f"{path}.{name}"
+            yield from undocumented(sub, f"{path}.{name}")
+        if "items" in node:
+            yield from undocumented(node["items"], f"{path}[]")
+
+    assert list(undocumented(crd.openapi_schema(), "")) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "body"), list(golden_routes()), ids=lambda v: v if isinstance(v, str) else ""
+)
+def test_golden_routes_schema_agrees_with_models(key: str, body: dict[str, Any]) -> None:
+    errors = [e.message for e in schema_validator().iter_errors(body)]
+    if model_accepts(body):
+        assert errors == [], f"{key}: the models accept it but the CRD schema rejects it"
+    elif key in KNOWN_SCHEMA_GAPS:
+        assert errors == [], f"{key} is now rejected by the schema: remove it from KNOWN_SCHEMA_GAPS"
+    else:
+        assert errors, f"{key}: the models reject it but the CRD schema accepts it"
+
+
+VALID = {
+    "apiVersion": "kubegate.dev/v1alpha1",
+    "kind": "GatewayRoute",
+    "metadata": {"name": "users", "namespace": "default"},
+    "spec": {
+        "match": {
+            "path": {"type": "Prefix", "value": "/api/v1/users"},
+            "methods": ["GET", "POST"],
+            "hosts": ["api.example.com", "*.example.com"],
+            "headers": [{"name": "X-Env", "value": "canary"}],
+            "queryParams": [{"name": "v", "value": "2", "type": "RegularExpression"}],
+        },
+        "backends": [
+            {"service": "user-service", "port": 8080, "weight": 3},
+            {"url": "http://127.0.0.1:9001", "weight": 1},
+        ],
+        "timeout": "30s",
+    },
+}
+
+
+def _with(path: str, value: object) -> dict[str, Any]:
+    """A copy of VALID with the field at dotted ``path`` (list indexes as numbers) set to ``value``."""
+    body = copy.deepcopy(VALID)
+    *parents, last = path.split(".")
+    node: Any = body
+    for part in parents:
+        node = node[int(part)] if part.isdigit() else node[part]
+    if value is _DELETE:
+        del node[int(last) if last.isdigit() else last]
+    elif last.isdigit():
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return body
+
+
+_DELETE = object()
+
+
+def test_valid_example_is_accepted() -> None:
+    assert model_accepts(VALID)
+    assert list(schema_validator().iter_errors(VALID)) == []
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        ("spec", _DELETE),
+        ("spec.backends", []),
+        ("spec.backends.0.port", 65536),
+        ("spec.backends.0.port", "8080"),
+        ("spec.backends.0.port", _DELETE),
+        ("spec.backends.0.weight", -1),
+        ("spec.backends.0.service", "User_Service"),
+        ("spec.backends.1", {"url": "https://example.com"}),
+        ("spec.backends.1", {"url": "http://example.com/path"}),
+        ("spec.backends.1", {"url": "http://user@example.com"}),
+        ("spec.backends.1", {"url": "http://example.com", "port": 80}),
+        ("spec.backends.1", {"url": "http://example.com", "service": "x", "port": 80}),
+        ("spec.backends.1", {"weight": 1}),
+        ("spec.match.path.type", "Regex"),
+        ("spec.match.path.value", "api"),
+        ("spec.match.methods", ["get"]),
+        ("spec.match.hosts", ["API.example.com"]),
+        ("spec.match.hosts", ["api.*.com"]),
+        ("spec.match.headers", [{"name": "X Env", "value": "a"}]),
+        ("spec.match.headers", [{"name": "X-Env"}]),
+        ("spec.match.queryParams", [{"name": "v", "value": 2}]),
+        ("spec.timeout", "1.5s"),
+        ("spec.timeout", "30"),
+    ],
+)
+def test_invalid_objects_are_rejected_by_schema_and_models(path: str, value: object) -> None:
+    body = _with(path, value)
+    assert list(schema_validator().iter_errors(body)), "the CRD schema accepts it"
+    assert not model_accepts(body), "the models accept it"
+
+
+def test_compiler_statuses_fit_the_status_schema() -> None:
+    bundle = resources.load_yaml((GOLDEN / "conflict.in.yaml").read_text(encoding="utf-8"))
+    result = compiler.compile_bundle(bundle, now=datetime(2024, 6, 1, tzinfo=UTC))
+    status_schema = crd.openapi_schema()["properties"]["status"]
+    for status in result.statuses.values():
+        wire = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        assert list(jsonschema.Draft4Validator(status_schema).iter_errors(wire)) == []
+
+
+def test_main_prints_and_writes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert crd.main([]) == 0
+    assert capsys.readouterr().out == crd.render_crd()
+    target = tmp_path / "out" / crd.CRD_FILENAME
+    assert crd.main(["--write", str(target)]) == 0
+    assert target.read_text(encoding="utf-8") == crd.render_crd()

@@ -1,0 +1,421 @@
+"""The proxy end to end: a real ``kubegate serve`` process between real clients and real upstreams.
+
+Aspects: forwarding and headers (X-Forwarded-*, X-Request-ID, hop-by-hop), bodies both ways (length,
+chunked, large, streaming), HEAD, keep-alive and pooling, 100-continue, load balancing, and every error
+status the proxy produces (400, 404, 408, 413, 414, 431, 500, 502, 503, 504).
+Behaviour variants are selected by Host (one route per host) so that upstream paths stay as sent.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.gateway import GatewayProcess, free_port, route, table
+from tests.upstreams import UpstreamServer
+
+
+@pytest.fixture(scope="module")
+def upstreams() -> Iterator[tuple[UpstreamServer, UpstreamServer]]:
+    a, b = UpstreamServer("a").start(), UpstreamServer("b").start()
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, upstreams: tuple[UpstreamServer, UpstreamServer]
+) -> Iterator[GatewayProcess]:
+    a, b = upstreams
+    proc = GatewayProcess(tmp_path_factory.mktemp("gw"), extra=["--header-timeout", "1"])
+    dead = f"http://127.0.0.1:{free_port()}"
+    t = table(
+        route("echo", a.url, match={"hosts": ["a", "127.0.0.1"]}),
+        route("split", a.url, b.url, match={"hosts": ["split.test"]}),
+        route(
+            "rr",
+            match={"hosts": ["rr.test"]},
+            backends=[
+                {
+                    "name": "url:ab",
+                    "endpoints": [
+                        {"host": "127.0.0.1", "port": a.port},
+                        {"host": "127.0.0.1", "port": b.port},
+                    ],
+                }
+            ],
+        ),
+        route("timeout", a.url, match={"hosts": ["timeout.test"]}, timeoutMs=500),
+        route("small", a.url, match={"hosts": ["small.test"]}, maxBodyBytes=1024),
+        route(
+            "missing",
+            match={"hosts": ["missing.test"]},
+            backends=[{"name": "service:default/nope:80", "error": "service default/nope not found"}],
+        ),
+        route("empty", match={"hosts": ["empty.test"]}, backends=[{"name": "service:default/empty:80"}]),
+        route("dead", dead, match={"hosts": ["dead.test"]}),
+        route(
+            "public", a.url, match={"hosts": ["norm.test"], "path": {"type": "Prefix", "value": "/public"}}
+        ),
+    )
+    t["routes"][1]["backends"][0]["weight"] = 3
+    resp = proc.push(t)
+    assert resp.status_code == 200, resp.text
+    yield proc
+    proc.stop()
+
+
+def raw(gw: GatewayProcess, data: bytes, *, timeout: float = 5.0, read_all: bool = True) -> bytes:
+    """Send raw bytes, return everything the gateway answers until it closes (or the first response)."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=timeout) as s:
+        s.sendall(data)
+        chunks = []
+        while True:
+            try:
+                c = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not c:
+                break
+            chunks.append(c)
+            if not read_all:
+                break
+        return b"".join(chunks)
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1])
+
+
+def body_json(response: bytes) -> Any:
+    return json.loads(response.split(b"\r\n\r\n", 1)[1])
+
+
+# --- forwarding ---------------------------------------------------------------------------------------
+def test_get_is_proxied_with_forwarding_headers(gw: GatewayProcess) -> None:
+    r = httpx.get(gw.url + "/hello/world?x=1&y=2", headers={"x-forwarded-for": "10.0.0.9"})
+    assert r.status_code == 200
+    seen = r.json()
+    assert seen["path"] == "/hello/world" and seen["query"] == "x=1&y=2"
+    h = seen["headers"]
+    assert h["x-forwarded-for"] == "10.0.0.9, 127.0.0.1"
+    assert h["x-forwarded-proto"] == "http"
+    assert h["x-forwarded-host"] == f"127.0.0.1:{gw.port}"
+    assert h["host"] == f"127.0.0.1:{gw.port}"
+    assert h["x-request-id"] == r.headers["x-request-id"] and len(r.headers["x-request-id"]) > 8
+
+
+def test_client_request_id_is_kept(gw: GatewayProcess) -> None:
+    r = httpx.get(gw.url + "/", headers={"x-request-id": "abc-123"})
+    assert r.headers["x-request-id"] == "abc-123"
+    assert r.json()["headers"]["x-request-id"] == "abc-123"
+
+
+def test_request_ids_differ(gw: GatewayProcess) -> None:
+    ids = {httpx.get(gw.url + "/").headers["x-request-id"] for _ in range(5)}
+    assert len(ids) == 5
+
+
+def test_hop_by_hop_headers_are_stripped(gw: GatewayProcess) -> None:
+    r = httpx.get(
+        gw.url + "/",
+        headers={
+            "connection": "keep-alive, x-private",
+            "x-private": "secret",
+            "keep-alive": "timeout=5",
+            "te": "trailers",
+            "proxy-authorization": "Basic eA==",
+            "x-public": "ok",
+        },
+    )
+    h = r.json()["headers"]
+    assert h["x-public"] == "ok"
+    for name in ("connection", "x-private", "keep-alive", "te", "proxy-authorization"):
+        assert name not in h
+
+
+def test_post_bodies_content_length_and_chunked(gw: GatewayProcess) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    r = httpx.post(gw.url + "/up", content=body)
+    assert r.json()["bodyBytes"] == len(body)
+
+    def gen() -> Iterator[bytes]:
+        for i in range(64):
+            yield bytes([i]) * 10000
+
+    r = httpx.post(gw.url + "/up", content=gen())
+    seen = r.json()
+    assert seen["bodyBytes"] == 640000
+    assert seen["headers"]["transfer-encoding"] == "chunked"
+
+
+def test_large_response_is_streamed(gw: GatewayProcess) -> None:
+    size = 32 * 1024 * 1024
+    got = 0
+    with httpx.stream("GET", gw.url + f"/big/{size}", timeout=30) as r:
+        assert r.headers["content-length"] == str(size)
+        for chunk in r.iter_raw():
+            got += len(chunk)
+    assert got == size
+
+
+def test_chunked_and_close_delimited_responses(gw: GatewayProcess) -> None:
+    r = httpx.get(gw.url + "/chunked/5")
+    assert r.text == "".join(f"chunk-{i};" for i in range(5))
+    r = httpx.get(gw.url + "/close-delimited")
+    assert r.text == "all of this until close"
+
+
+def test_head(gw: GatewayProcess) -> None:
+    out = raw(
+        gw, b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\nGET /y HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    )
+    first, _, rest = out.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"content-length:" in first.lower()
+    assert rest.startswith(b"HTTP/1.1 200")  # no body bytes between the HEAD response and the next one
+    assert b'"path": "/y"' in rest
+
+
+def test_keepalive_and_pooling(gw: GatewayProcess, upstreams: tuple[UpstreamServer, UpstreamServer]) -> None:
+    a, _ = upstreams
+    with httpx.Client() as c:
+        c.get(gw.url + "/warm")
+        before = a.connections
+        for _ in range(50):
+            assert c.get(gw.url + "/k").status_code == 200
+    assert a.connections - before <= 1  # the pooled upstream connection is reused
+
+
+def test_pipelined_requests_are_answered_in_order(gw: GatewayProcess) -> None:
+    reqs = b"".join(b"GET /p%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(5))
+    out = raw(gw, reqs + b"GET /last HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    paths = [seg.split(b'"', 1)[0] for seg in out.split(b'"path": "')[1:]]
+    assert paths == [b"/p0", b"/p1", b"/p2", b"/p3", b"/p4", b"/last"]
+
+
+def test_expect_100_continue(gw: GatewayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        s.sendall(b"hello")
+        resp = s.recv(65536)
+        assert resp.startswith(b"HTTP/1.1 200") and b'"bodyBytes": 5' in resp
+
+
+# --- load balancing -----------------------------------------------------------------------------------
+def test_weighted_split_is_exact(gw: GatewayProcess) -> None:
+    with httpx.Client() as c:
+        seen = [c.get(gw.url + "/", headers={"host": "split.test"}).json()["backend"] for _ in range(40)]
+    assert seen.count("a") == 30 and seen.count("b") == 10
+    assert "bb" not in "".join(seen)  # smooth: the light backend never gets two in a row
+
+
+def test_round_robin_across_endpoints(gw: GatewayProcess) -> None:
+    with httpx.Client() as c:
+        seen = [c.get(gw.url + "/", headers={"host": "rr.test"}).json()["backend"] for _ in range(10)]
+    assert seen.count("a") == 5 and seen.count("b") == 5
+
+
+# --- errors -------------------------------------------------------------------------------------------
+def test_no_route_is_404_with_json(gw: GatewayProcess) -> None:
+    r = httpx.get(gw.url + "/other", headers={"host": "norm.test"})
+    assert r.status_code == 404
+    assert r.json()["requestId"] == r.headers["x-request-id"]
+    assert r.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        (b"/public/../admin", 404),
+        (b"/public/%2e%2e/admin", 404),
+        (b"/public/%2E%2E/%2e/admin", 404),
+        (b"/public/x/../../admin", 404),
+        (b"/..", 400),
+        (b"/%2e%2e/public", 400),
+        (b"/public/../../public", 400),
+        (b"/public/x%00", 400),
+        (b"/public/%zz", 400),
+    ],
+)
+def test_path_normalisation_blocks_bypass(gw: GatewayProcess, path: bytes, status: int) -> None:
+    out = raw(gw, b"GET " + path + b" HTTP/1.1\r\nHost: norm.test\r\nConnection: close\r\n\r\n")
+    assert status_of(out) == status
+
+
+def test_normalised_path_is_forwarded(gw: GatewayProcess) -> None:
+    out = raw(gw, b"GET //public/./a//b/../c HTTP/1.1\r\nHost: norm.test\r\nConnection: close\r\n\r\n")
+    assert status_of(out) == 200
+    assert body_json(out)["path"] == "/public/a/c"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        # conflicting framing (request smuggling)
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\nabc",
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+        # malformed heads
+        b"GET / HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+        b"GET / HTTP/9.9\r\nHost: a\r\n\r\n",
+        b"G\x00T / HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\n\r\n",  # no Host
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET nothing HTTP/1.1\r\nHost: a\r\n\r\n",
+    ],
+)
+def test_malformed_and_smuggling_requests_get_400(gw: GatewayProcess, request_bytes: bytes) -> None:
+    out = raw(gw, request_bytes)
+    assert status_of(out) == 400, out
+    assert b"connection: close" in out.lower()
+
+
+def test_declared_body_over_limit_is_413_before_body(gw: GatewayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(
+            b"POST / HTTP/1.1\r\nHost: small.test\r\nContent-Length: 2048\r\nExpect: 100-continue\r\n\r\n"
+        )
+        resp = s.recv(65536)
+    assert status_of(resp) == 413 and b"100 Continue" not in resp
+
+
+def test_default_body_limit_is_10_mib(gw: GatewayProcess) -> None:
+    out = raw(gw, b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (10 * 1024 * 1024 + 1))
+    assert status_of(out) == 413
+
+
+def test_chunked_body_over_limit_is_413(gw: GatewayProcess) -> None:
+    chunk = b"400\r\n" + b"x" * 1024 + b"\r\n"
+    out = raw(
+        gw,
+        b"POST / HTTP/1.1\r\nHost: small.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + chunk * 3
+        + b"0\r\n\r\n",
+    )
+    assert status_of(out) == 413
+
+
+def test_oversized_headers_431_and_url_414(gw: GatewayProcess) -> None:
+    big = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(40))
+    assert status_of(raw(gw, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n")) == 431
+    assert status_of(raw(gw, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")) == 414
+
+
+def test_slow_header_client_gets_408(gw: GatewayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n")  # and never finish the head
+        resp = s.recv(65536)
+    assert status_of(resp) == 408
+
+
+def test_unresolved_backend_is_500_and_empty_is_503(gw: GatewayProcess) -> None:
+    r = httpx.get(gw.url + "/", headers={"host": "missing.test"})
+    assert r.status_code == 500 and "nope" in r.json()["message"]
+    r = httpx.get(gw.url + "/", headers={"host": "empty.test"})
+    assert r.status_code == 503
+
+
+@pytest.mark.parametrize(
+    ("host", "path", "status"),
+    [
+        ("dead.test", "/", 502),  # connection refused
+        ("a", "/reset", 502),
+        ("a", "/malformed", 502),
+        ("a", "/huge-headers", 502),
+        ("timeout.test", "/stall", 504),
+    ],
+)
+def test_upstream_failures(gw: GatewayProcess, host: str, path: str, status: int) -> None:
+    r = httpx.get(gw.url + path, headers={"host": host}, timeout=10)
+    assert r.status_code == status
+    assert r.json()["status"] == status and r.json()["requestId"] == r.headers["x-request-id"]
+
+
+def test_client_disconnect_mid_response_does_not_hurt(gw: GatewayProcess) -> None:
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+            s.sendall(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % (64 * 1024 * 1024))
+            s.recv(1000)
+    assert httpx.get(gw.url + "/after").status_code == 200
+    assert gw.proc.poll() is None
+
+
+# --- admin --------------------------------------------------------------------------------------------
+def test_admin_views(gw: GatewayProcess) -> None:
+    assert httpx.get(gw.admin + "/health").status_code == 200
+    assert httpx.get(gw.admin + "/ready").json()["ready"] is True
+    routes = httpx.get(gw.admin + "/routes").json()["routes"]
+    assert {r["id"] for r in routes} >= {"default/echo", "default/split"}
+    services = httpx.get(gw.admin + "/services").json()["services"]
+    assert any(s["name"] == "service:default/nope:80" and s["error"] for s in services)
+    one = httpx.get(gw.admin + "/services/nope")
+    assert one.status_code == 200 and one.json()["services"][0]["routes"] == ["default/missing"]
+    assert httpx.get(gw.admin + "/services/absent").status_code == 404
+    info = gw.table()
+    assert info["version"] == "t1" and info["hash"].startswith("sha256:") and info["routes"] == 9
+
+
+def test_metrics(gw: GatewayProcess) -> None:
+    httpx.get(gw.url + "/m")
+    text = httpx.get(gw.admin + "/metrics").text
+    assert 'kubegate_requests_total{method="GET",route="default/echo",status_class="2xx"}' in text
+    assert 'kubegate_request_duration_seconds_bucket{le="+Inf",route="default/echo"}' in text
+    assert "kubegate_upstream_errors_total" in text
+    assert 'kubegate_table_info{hash="sha256:' in text
+
+
+def test_push_requires_token(gw: GatewayProcess) -> None:
+    t = table(route("x", "http://127.0.0.1:1"), version="evil")
+    assert httpx.put(gw.admin + "/table", json=t).status_code == 401
+    assert gw.push(t, token="wrong").status_code == 403
+    assert gw.table()["version"] == "t1"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"routes": "nope"},
+        {"version": "v", "routes": [{"id": "a/b", "namespace": "a", "name": "b", "backends": []}]},
+        {
+            "version": "v",
+            "routes": [
+                {
+                    "id": "a/b",
+                    "namespace": "a",
+                    "name": "b",
+                    "backends": [{"name": "x"}],
+                    "match": {"headers": [{"name": "x", "value": "(", "type": "RegularExpression"}]},
+                }
+            ],
+        },
+        {"version": "v", "apiVersion": "other/v1", "routes": []},
+    ],
+)
+def test_bad_push_is_400_and_old_table_serves(gw: GatewayProcess, bad: dict[str, Any]) -> None:
+    r = gw.push(bad)
+    assert r.status_code == 400 and r.json()["reasons"], r.text
+    assert gw.table()["version"] == "t1"
+    assert httpx.get(gw.url + "/still").status_code == 200
+
+
+def test_push_without_configured_token_is_refused(tmp_path: Path) -> None:
+    proc = GatewayProcess(tmp_path, token=None)
+    try:
+        assert httpx.get(proc.admin + "/ready").status_code == 503
+        r = httpx.put(proc.admin + "/table", json=table(), headers={"authorization": "Bearer x"})
+        assert r.status_code == 403 and "disabled" in r.json()["error"]
+        assert httpx.get(proc.url + "/").status_code == 503
+    finally:
+        proc.stop()
