@@ -13,6 +13,7 @@ conflicts) live in the compiler, not here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -171,6 +172,7 @@ class RouteMatchSpec(_Spec):
     )
 
 
+@functools.lru_cache(maxsize=65536)  # pure, and called several times per backend per compile
 def split_http_url(url: str) -> tuple[str, int]:
     """``http://host[:port][/]`` → ``(host, port)``; raise ValueError saying what is wrong otherwise.
 

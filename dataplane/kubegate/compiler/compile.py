@@ -299,23 +299,26 @@ def _compiled_route(route: _Route) -> table.CompiledRoute:
     assert route.spec is not None
     match = route.spec.match
     raw = route.raw
-    return table.CompiledRoute(
-        id=raw.key,
-        namespace=raw.namespace,
-        name=raw.name,
-        generation=raw.generation,
-        created=raw.creation_timestamp,
-        match=table.RouteMatch(
-            path=table.PathMatch(type=match.path.type, value=match.path.value),
-            methods=tuple(sorted({m.upper() for m in match.methods})),
-            hosts=tuple(sorted(set(match.hosts))),
-            headers=tuple(table.ValueMatch(name=h.name, value=h.value, type=h.type) for h in match.headers),
-            queryParams=tuple(
-                table.ValueMatch(name=q.name, value=q.value, type=q.type) for q in match.query_params
-            ),
-        ),
-        backends=route.backends,
-        timeoutMs=route.spec.timeout_ms(),
+    # One validation call over plain data is several times faster than nesting model constructors.
+    return table.CompiledRoute.model_validate(
+        {
+            "id": raw.key,
+            "namespace": raw.namespace,
+            "name": raw.name,
+            "generation": raw.generation,
+            "created": raw.creation_timestamp,
+            "match": {
+                "path": {"type": match.path.type, "value": match.path.value},
+                "methods": sorted({m.upper() for m in match.methods}),
+                "hosts": sorted(set(match.hosts)),
+                "headers": [{"name": h.name, "value": h.value, "type": h.type} for h in match.headers],
+                "queryParams": [
+                    {"name": q.name, "value": q.value, "type": q.type} for q in match.query_params
+                ],
+            },
+            "backends": route.backends,
+            "timeoutMs": route.spec.timeout_ms(),
+        }
     )
 
 
