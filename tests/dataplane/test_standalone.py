@@ -165,3 +165,36 @@ def test_sigterm_drains_in_flight_requests(tmp_path: Path, upstream: UpstreamSer
     t.join(10)
     assert outcome == {"status": 200, "body": {"slow": True}}
     assert gw.proc.wait(10) == 0
+
+
+def test_access_log_lines_are_json_with_request_id(tmp_path: Path, upstream: UpstreamServer) -> None:
+    gw = GatewayProcess(tmp_path, extra=["--access-log"])
+    try:
+        assert gw.push(table(route("r", upstream.url))).status_code == 200
+        rid = httpx.get(gw.url + "/logged", headers={"x-request-id": "trace-42"}).headers["x-request-id"]
+
+        def line() -> dict[str, object] | None:
+            for raw in gw.log().splitlines():
+                if raw.startswith("{") and '"trace-42"' in raw:
+                    return dict(json.loads(raw))
+            return None
+
+        entry = wait_for(line)
+        assert rid == "trace-42"
+        assert entry["logger"] == "kubegate.access" and entry["route"] == "default/r"
+        assert entry["status"] == 200 and entry["path"] == "/logged" and entry["method"] == "GET"
+    finally:
+        gw.stop()
+
+
+def test_push_token_never_logged(tmp_path: Path, upstream: UpstreamServer) -> None:
+    gw = GatewayProcess(tmp_path, extra=["--access-log", "--log-level", "debug"])
+    try:
+        assert gw.push(table(route("r", upstream.url))).status_code == 200
+        gw.push(table(route("r", upstream.url)), token="wrong-token-xyz")
+        httpx.get(gw.url + "/", headers={"authorization": "Bearer client-secret-123"})
+    finally:
+        gw.stop()
+    log = gw.log()
+    assert gw.token is not None and gw.token not in log
+    assert "wrong-token-xyz" not in log and "client-secret-123" not in log

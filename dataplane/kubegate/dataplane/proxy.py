@@ -18,7 +18,6 @@ backend, 502 upstream failure, 503 no endpoint, 504 timeout.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import deque
@@ -379,18 +378,16 @@ def _log_access(
     rid: bytes, route: str, method: bytes, path: bytes, status: int, seconds: float, client: bytes
 ) -> None:
     access_logger.info(
-        json.dumps(
-            {
-                "requestId": rid.decode(),
-                "route": route,
-                "method": method.decode("latin-1"),
-                "path": path.decode("latin-1"),
-                "status": status,
-                "durationMs": round(seconds * 1000, 3),
-                "client": client.decode(),
-            },
-            separators=(",", ":"),
-        )
+        "request",
+        extra={
+            "requestId": rid.decode(),
+            "route": route,
+            "method": method.decode("latin-1"),
+            "path": path.decode("latin-1"),
+            "status": status,
+            "durationMs": round(seconds * 1000, 3),
+            "client": client.decode(),
+        },
     )
 
 
