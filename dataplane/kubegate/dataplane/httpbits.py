@@ -34,8 +34,18 @@ PROXY_SET: frozenset[bytes] = frozenset(
 _REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
+_STATUS_LINES: dict[int, bytes] = {
+    code: b"HTTP/1.1 %d %s" % (code, phrase) for code, phrase in _REASONS.items()
+}
+
+
 def reason(status: int) -> bytes:
     return _REASONS.get(status, b"Unknown")
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    return line if line is not None else b"HTTP/1.1 %d Unknown" % status
 
 
 _COMMON_CONNECTION: dict[bytes, frozenset[bytes]] = {

@@ -203,7 +203,10 @@ class ProxyProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if self.phase == BODY:
+        phase = self.phase
+        if phase == IDLE or phase == BODY:
+            # a request starts (the head must be complete within header_timeout), or body bytes arrive
+            self.phase = phase or HEADERS
             self.phase_since = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -240,14 +243,6 @@ class ProxyProtocol(asyncio.Protocol):
             ex.conn.resume_reading()
 
     # --- httptools callbacks ----------------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        self.url = b""
-        self.headers = []
-        self.header_bytes = 0
-        if self.phase == IDLE:
-            self.phase = HEADERS
-            self.phase_since = self.loop.time()
-
     def on_url(self, url: bytes) -> None:
         self.url += url
         if len(self.url) > self.gw.settings.max_url_bytes:
@@ -271,10 +266,12 @@ class ProxyProtocol(asyncio.Protocol):
             p.get_http_version(),
             p.should_keep_alive() and not self.gw.draining,
         )
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
         self.server_state.total_requests += 1
         self.parsing = ex
-        self.phase = BODY
-        self.phase_since = self.loop.time()
+        self.phase = BODY  # phase_since is the time of this read
         if self.active is None:
             self.active = ex
             ex.start()
@@ -632,9 +629,11 @@ class Exchange:
         if self.body_done and self.chunked:
             parts.append(b"0\r\n\r\n")
         conn.start(self, b"".join(parts), head_only=self.head_only)
-        if self.client.write_paused:
+        client = self.client
+        if client.write_paused:
             conn.pause_reading()
-        self.client.resume_reading()
+        if client.reading_paused:
+            client.resume_reading()
 
     def client_body(self, data: bytes) -> None:
         if self.done:
@@ -675,7 +674,7 @@ class Exchange:
         self.finish(499 if not self.resp_started else self.status, keep_alive=False)
 
     # --- upstream side (UpstreamSink) -------------------------------------------------------------------
-    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.done:
             return
         self.status = status
@@ -683,7 +682,8 @@ class Exchange:
         tokens: frozenset[bytes] | None = None
         has_length = False
         upstream_chunked = False
-        lines = [b"HTTP/1.1 %d %s" % (status, reason or httpbits.reason(status))]
+        # The standard reason phrase, not the upstream's (reason phrases carry no meaning; RFC 9112 §4).
+        lines = [httpbits.status_line(status)]
         special = _RESPONSE_SPECIAL
         for name, value in headers:
             lname = name.lower()

@@ -26,7 +26,7 @@ MAX_RESPONSE_HEAD = 64 * 1024  # an upstream response head larger than this is a
 class UpstreamSink(Protocol):
     """What a connection reports to the exchange that currently owns it."""
 
-    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_flush(self) -> None: ...
     def upstream_done(self) -> None: ...
@@ -41,7 +41,6 @@ class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_head_bytes",
         "_headers",
-        "_reason",
         "closed",
         "head_only",
         "idle_since",
@@ -71,7 +70,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
-        self._reason = b""
 
     # --- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -115,9 +113,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.upstream_write_paused(False)
 
     # --- httptools callbacks ----------------------------------------------------------------------------
-    def on_status(self, status: bytes) -> None:
-        self._reason += status
-
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_RESPONSE_HEAD:
@@ -127,13 +122,12 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         headers, self._headers = self._headers, []
-        reason, self._reason = self._reason, b""
         self._head_bytes = 0
         if 100 <= status < 200:
             return  # interim responses are not forwarded (the proxy answers 100-continue itself)
         self.keep = self.parser.should_keep_alive()
         if self.sink is not None and not self.message_done:
-            self.sink.upstream_head(status, reason, headers)
+            self.sink.upstream_head(status, headers)
         if self.head_only or status in (204, 304):
             # llhttp (via httptools) cannot be told the request was HEAD; finish here and use a fresh
             # parser for the next request on this connection.
@@ -217,19 +211,13 @@ class UpstreamPool:
         self.connects = 0
 
     def acquire_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+        """The most recently used idle connection to ``key``; idle expiry is the sweeper's job."""
         stack = self._idle.get(key)
-        if not stack:
-            return None
-        deadline = self._clock() - self.idle_timeout
         while stack:
             conn = stack.pop()
-            if conn.closed:
-                continue
-            if conn.idle_since < deadline:
-                conn.close()
-                continue
-            conn.reused = True
-            return conn
+            if not conn.closed:
+                conn.reused = True
+                return conn
         return None
 
     async def connect(self, key: tuple[str, int]) -> UpstreamConnection:
