@@ -204,9 +204,10 @@ class ProxyProtocol(asyncio.Protocol):
         if self.closing:
             return
         phase = self.phase
-        if phase == IDLE or phase == BODY:
-            # a request starts (the head must be complete within header_timeout), or body bytes arrive
-            self.phase = phase or HEADERS
+        if phase == IDLE:  # a request starts: its head must be complete within header_timeout
+            self.phase = HEADERS
+            self.phase_since = self.loop.time()
+        elif phase == BODY:  # body bytes arrive: the body-idle clock restarts
             self.phase_since = self.loop.time()
         try:
             self.parser.feed_data(data)
