@@ -89,12 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--port", type=int, default=9001)
     e.add_argument("--name", default=None, help="name reported in responses (default echo-PORT)")
 
+    sub.add_parser(
+        "operator",
+        add_help=False,
+        help="run the kopf operator (needs the 'operator' extra); `kubegate operator --help` for its flags",
+    )
+
     d = sub.add_parser("crd", help="print the GatewayRoute CustomResourceDefinition (or --write it to crds/)")
     d.add_argument("--write", action="store_true")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["operator"]:  # its flags belong to the operator's own parser
+        from kubegate_operator.__main__ import main as operator_main
+
+        return operator_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         from kubegate.dataplane.server import ServeOptions, serve

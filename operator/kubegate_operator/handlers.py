@@ -1,0 +1,148 @@
+"""The kopf registry: thin event handlers that feed the reconciler, and the start-up/clean-up wiring.
+
+Handlers are ``@kopf.on.event`` only: they need no finalizers and no annotations on the objects (the
+operator never blocks a deletion, and a compile looks at the whole set anyway). Each one hands the body
+to :class:`~kubegate_operator.reconciler.Reconciler` and returns; everything slow happens in its loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from typing import Any
+
+import httpx
+import kopf
+
+from kubegate_operator import bootstrap, leader, publisher, reconciler, state, status
+from kubegate_operator import metrics as metrics_mod
+from kubegate_operator.kube import Kube
+from kubegate_operator.settings import Settings
+
+logger = logging.getLogger("kubegate.operator")
+
+WATCHED = (
+    (state.GATEWAYROUTE, ("kubegate.dev", "v1alpha1", "gatewayroutes")),
+    (state.ENDPOINTSLICE, ("discovery.k8s.io", "v1", "endpointslices")),
+    (state.SERVICE, ("", "v1", "services")),
+)
+
+
+class App:
+    """Everything the operator runs, created at kopf start-up, torn down at clean-up."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = metrics_mod.Metrics()
+        dp = settings.dataplane_service
+        self.state = state.ClusterState(
+            namespaces=settings.namespaces, dataplane_service=(dp.namespace, dp.name) if dp else None
+        )
+        self.kube: Kube | None = None
+        self.http: httpx.AsyncClient | None = None
+        self.reconciler: reconciler.Reconciler | None = None
+        self.elector: leader.LeaderElector | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        s = self.settings
+        if s.metrics_port is not None:
+            self.metrics.serve(s.metrics_port)
+        self.kube = await Kube.connect()
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200), trust_env=False)
+        pusher = publisher.Publisher(
+            client=self.http,
+            token=publisher.token_reader(s.push_token_file),
+            backoff_initial=s.backoff_initial,
+            backoff_max=s.backoff_max,
+            timeout=s.push_timeout,
+            metrics=self.metrics,
+        )
+        writer = status.StatusWriter(
+            patch=self.kube.patch_route_status, event=self.kube.post_event, metrics=self.metrics
+        )
+        boot = None
+        if s.bootstrap_secret is not None:
+            boot = bootstrap.BootstrapWriter(
+                ref=s.bootstrap_secret,
+                get=self.kube.get_secret,
+                put=self.kube.put_secret,
+                metrics=self.metrics,
+            )
+        self.reconciler = reconciler.Reconciler(
+            cluster=self.state,
+            pusher=pusher,
+            writer=writer,
+            bootstrapper=boot,
+            metrics=self.metrics,
+            holdoff=s.holdoff,
+            max_delay=s.max_delay,
+        )
+        if s.leader_lease is not None:
+            identity = s.identity or f"{socket.gethostname()}-{os.getpid()}"
+            self.reconciler.set_active(False)
+            self.elector = leader.LeaderElector(
+                kube=self.kube,
+                ref=s.leader_lease,
+                identity=identity,
+                duration=s.lease_duration,
+                on_change=self.reconciler.set_active,
+            )
+            self._tasks.append(asyncio.create_task(self.elector.run(), name="leader"))
+        else:
+            self.reconciler.set_active(True)
+        self.reconciler.start(s.resync_interval)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.reconciler is not None:
+            await self.reconciler.stop()
+        if self.http is not None:
+            await self.http.aclose()
+        if self.kube is not None:
+            await self.kube.close()
+
+    def on_event(self, kind: str, event: dict[str, Any], body: Any) -> None:
+        if self.reconciler is None:
+            return
+        if event.get("type") == "DELETED":
+            self.reconciler.delete(kind, body)
+        else:
+            self.reconciler.upsert(kind, body)
+
+
+def build_registry(app: App) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return await kopf.login_via_async_client(**kwargs)  # in-cluster or $KUBECONFIG, like kube.py
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # our Events are about routes, not about handlers
+        settings.watching.server_timeout = 300
+        settings.watching.client_timeout = 330
+        await app.start()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await app.stop()
+
+    for kind, (group, version, plural) in WATCHED:
+
+        def make(kind: str) -> Any:
+            async def handler(event: dict[str, Any], body: Any, **_: Any) -> None:
+                app.on_event(kind, event, body)
+
+            handler.__name__ = f"on_{kind.lower()}"
+            return handler
+
+        kopf.on.event(group, version, plural, registry=registry, id=f"feed-{kind.lower()}")(make(kind))
+    return registry

@@ -1,0 +1,157 @@
+"""The operator's writes to the Kubernetes API (kubernetes-asyncio): route status, the bootstrap Secret,
+Events and the leader Lease. Reads come from kopf's watches; this is the only other API traffic.
+
+Patches are always sent as ``application/merge-patch+json`` (custom resources do not take strategic
+merge patches, and the client's default choice of content type is wrong for them). RBAC this needs:
+``patch`` on ``gatewayroutes/status``; ``get``, ``create``, ``patch`` on the bootstrap Secret;
+``create`` on ``events``; ``get``, ``create``, ``patch`` on the leader Lease.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from kubegate.api import models
+from kubegate_operator.settings import ObjectRef
+
+logger = logging.getLogger("kubegate.operator.kube")
+
+MERGE_PATCH = "application/merge-patch+json"
+PLURAL = "gatewayroutes"
+
+
+async def load_config() -> None:
+    """In-cluster service account if there is one, else ``$KUBECONFIG`` / ``~/.kube/config``."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        await config.load_kube_config()
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        # Typed as Any: the generated signatures want model objects and omit ``_content_type``;
+        # plain dicts and an explicit content type are what we send.
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.core: Any = client.CoreV1Api(api)
+        self.coordination: Any = client.CoordinationV1Api(api)
+
+    @classmethod
+    async def connect(cls) -> Kube:
+        await load_config()
+        return cls(client.ApiClient())
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    def _dict(self, obj: object) -> dict[str, Any]:
+        return dict(self.api.sanitize_for_serialization(obj))
+
+    async def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+        try:
+            await self.custom.patch_namespaced_custom_object_status(
+                models.GROUP,
+                models.VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": dict(status)},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+        return True
+
+    async def get_secret(self, ref: ObjectRef) -> dict[str, Any] | None:
+        try:
+            return self._dict(await self.core.read_namespaced_secret(ref.name, ref.namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def put_secret(self, ref: ObjectRef, body: Mapping[str, Any], exists: bool) -> None:
+        if not exists:
+            try:
+                await self.core.create_namespaced_secret(ref.namespace, dict(body))
+                return
+            except ApiException as error:
+                if error.status != 409:
+                    raise
+        await self.core.patch_namespaced_secret(
+            ref.name, ref.namespace, dict(body), _content_type=MERGE_PATCH
+        )
+
+    async def post_event(self, namespace: str, name: str, kind: str, reason: str, message: str) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await self.core.create_namespaced_event(
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"generateName": f"{name}.", "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": models.API_VERSION,
+                    "kind": models.KIND,
+                    "name": name,
+                    "namespace": namespace,
+                },
+                "type": kind,
+                "reason": reason,
+                "message": message,
+                "source": {"component": "kubegate-operator"},
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            },
+        )
+
+    # --- Lease (leader election) -----------------------------------------------------------------
+
+    async def get_lease(self, ref: ObjectRef) -> dict[str, Any] | None:
+        try:
+            return self._dict(await self.coordination.read_namespaced_lease(ref.name, ref.namespace))
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def create_lease(self, ref: ObjectRef, spec: Mapping[str, Any]) -> bool:
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": ref.name, "namespace": ref.namespace},
+            "spec": dict(spec),
+        }
+        try:
+            await self.coordination.create_namespaced_lease(ref.namespace, body)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
+    async def update_lease(self, ref: ObjectRef, resource_version: str, spec: Mapping[str, Any]) -> bool:
+        """Optimistic update: a JSON patch that first tests resourceVersion (422/409 = lost the race)."""
+        patch = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": resource_version},
+            {"op": "replace", "path": "/spec", "value": dict(spec)},
+        ]
+        try:
+            await self.coordination.patch_namespaced_lease(
+                ref.name, ref.namespace, patch, _content_type="application/json-patch+json"
+            )
+        except ApiException as error:
+            if error.status in (409, 422):
+                return False
+            raise
+        return True

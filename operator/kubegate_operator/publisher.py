@@ -1,0 +1,300 @@
+"""Publishing: every data-plane replica gets the current table, and we know which one serves what.
+
+Each replica has its own worker task, so a replica that is slow or unreachable never holds back the
+others: the worker ``PUT``s the desired table (bearer token re-read from the token file on every push,
+so a rotated Secret takes effect), retries with exponential backoff, and records the acknowledged
+``(version, hash)``. A periodic check (``GET /table`` on every replica) catches restarted pods, bootstrap
+tables and missed pushes, and wakes the worker of any replica whose version or hash differs.
+
+For the ``Programmed`` condition the publisher remembers, for every table version still served or
+wanted, which route generations it contains: :meth:`Publisher.programmed` counts the current replicas
+whose acknowledged table holds a given generation of a route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import httpx
+
+from kubegate.compiler import table as tables
+from kubegate_operator import metrics as metrics_mod
+from kubegate_operator.state import Replica
+
+logger = logging.getLogger("kubegate.operator.publisher")
+
+
+@dataclasses.dataclass(frozen=True)
+class Desired:
+    """The table every replica should serve, serialized once."""
+
+    version: str
+    hash: str
+    body: bytes = dataclasses.field(repr=False)
+    routes: Mapping[str, int | None] = dataclasses.field(repr=False)  # route id → generation
+
+    @classmethod
+    def of(cls, table: tables.RouteTable) -> Desired:
+        body = json.dumps(table.to_wire(), separators=(",", ":")).encode()
+        return cls(
+            version=table.version,
+            hash=table.content_hash(),
+            body=body,
+            routes={route.id: route.generation for route in table.routes},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Ack:
+    version: str | None
+    hash: str | None
+    at: float
+
+
+@dataclasses.dataclass
+class ReplicaSync:
+    """What one replica serves, as last acknowledged or observed, and how pushing to it goes."""
+
+    replica: Replica
+    ack: Ack | None = None
+    failures: int = 0
+    last_error: str = ""
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, repr=False)
+    task: asyncio.Task[None] | None = dataclasses.field(default=None, repr=False)
+
+    def serves(self, desired: Desired) -> bool:
+        return self.ack is not None and (self.ack.version, self.ack.hash) == (desired.version, desired.hash)
+
+
+def token_reader(path: Path | None) -> Callable[[], str | None]:
+    def read() -> str | None:
+        if path is None:
+            return None
+        try:
+            return path.read_text().strip() or None
+        except OSError as error:
+            logger.error("cannot read the push token file %s: %s", path, error)
+            return None
+
+    return read
+
+
+class Publisher:
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient,
+        token: Callable[[], str | None],
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        timeout: float = 10.0,
+        metrics: metrics_mod.Metrics | None = None,
+        on_change: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._token = token
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self._metrics = metrics
+        self._on_change = on_change or (lambda: None)
+        self._clock = clock
+        self.desired: Desired | None = None
+        self.syncs: dict[Replica, ReplicaSync] = {}
+        self._tables: dict[str, Mapping[str, int | None]] = {}  # version → route generations
+        self.active = True  # False: a standby (not the leader) keeps state but pushes nothing
+
+    # --- inputs ----------------------------------------------------------------------------------
+
+    def publish(self, table: tables.RouteTable) -> Desired:
+        desired = Desired.of(table)
+        self.desired = desired
+        self._tables[desired.version] = desired.routes
+        self._prune()
+        if self._metrics is not None:
+            self._metrics.table_bytes.set(len(desired.body))
+            self._metrics.table_routes.set(len(desired.routes))
+        for sync in self.syncs.values():
+            sync.wake.set()
+        self._changed()
+        return desired
+
+    def set_replicas(self, replicas: Iterable[Replica]) -> None:
+        wanted = set(replicas)
+        for replica in list(self.syncs):
+            if replica not in wanted:
+                sync = self.syncs.pop(replica)
+                if sync.task is not None:
+                    sync.task.cancel()
+                logger.info("replica %s is gone", replica)
+        for replica in sorted(wanted - set(self.syncs)):
+            sync = ReplicaSync(replica=replica)
+            self.syncs[replica] = sync
+            sync.task = asyncio.create_task(self._worker(sync), name=f"push {replica}")
+            logger.info("replica %s discovered", replica)
+        if self._metrics is not None:
+            self._metrics.replicas.set(len(self.syncs))
+        self._changed()
+
+    def set_active(self, active: bool) -> None:
+        self.active = active
+        for sync in self.syncs.values():
+            sync.wake.set()
+
+    async def close(self) -> None:
+        tasks = [s.task for s in self.syncs.values() if s.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.syncs.clear()
+
+    # --- views ----------------------------------------------------------------------------------
+
+    def in_sync(self) -> int:
+        desired = self.desired
+        return 0 if desired is None else sum(1 for s in self.syncs.values() if s.serves(desired))
+
+    def all_in_sync(self) -> bool:
+        return self.desired is not None and self.in_sync() == len(self.syncs)
+
+    def programmed(self, route_id: str, generation: int | None) -> tuple[int, int]:
+        """(replicas whose acknowledged table holds this generation of the route, current replicas)."""
+        count = 0
+        for sync in self.syncs.values():
+            if sync.ack is None or sync.ack.version is None:
+                continue
+            routes = self._tables.get(sync.ack.version)
+            if routes is not None and route_id in routes and routes[route_id] == generation:
+                count += 1
+        return count, len(self.syncs)
+
+    def __repr__(self) -> str:
+        version = self.desired.version if self.desired else None
+        return f"<Publisher table={version}: {self.in_sync()}/{len(self.syncs)} replicas in sync>"
+
+    # --- the work --------------------------------------------------------------------------------
+
+    def _changed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.replicas_in_sync.set(self.in_sync())
+        self._on_change()
+
+    def _prune(self) -> None:
+        keep = {s.ack.version for s in self.syncs.values() if s.ack is not None}
+        if self.desired is not None:
+            keep.add(self.desired.version)
+        for version in list(self._tables):
+            if version not in keep:
+                del self._tables[version]
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.pushes.labels(result=result).inc()
+
+    async def _worker(self, sync: ReplicaSync) -> None:
+        while True:
+            sync.wake.clear()
+            desired = self.desired
+            if not self.active or desired is None or sync.serves(desired):
+                await sync.wake.wait()
+                continue
+            if await self._push(sync, desired):
+                sync.failures = 0
+                self._prune()
+                self._changed()
+                continue
+            sync.failures += 1
+            delay = min(self.backoff_initial * 2 ** (sync.failures - 1), self.backoff_max)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sync.wake.wait(), timeout=delay)
+
+    async def _push(self, sync: ReplicaSync, desired: Desired) -> bool:
+        token = self._token()
+        if not token:
+            sync.last_error = "no push token"
+            self._count("error")
+            return False
+        try:
+            response = await self._client.put(
+                sync.replica.url + "/table",
+                content=desired.body,
+                headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as error:
+            sync.last_error = f"{type(error).__name__}: {error}"
+            if sync.failures in (0, 3) or sync.failures % 20 == 0:
+                logger.warning("push of %s to %s failed: %s", desired.version, sync.replica, sync.last_error)
+            self._count("error")
+            return False
+        if response.status_code != 200:
+            sync.last_error = f"HTTP {response.status_code}: {response.text[:500]}"
+            logger.error("push of %s to %s refused: %s", desired.version, sync.replica, sync.last_error)
+            self._count("rejected")
+            return False
+        try:
+            info = response.json()
+        except ValueError:
+            info = {}
+        sync.ack = Ack(version=info.get("version"), hash=info.get("hash"), at=self._clock())
+        if not sync.serves(desired):
+            sync.last_error = (
+                f"acknowledged {info.get('version')} {info.get('hash')}, expected {desired.hash}"
+            )
+            logger.error("push of %s to %s: %s", desired.version, sync.replica, sync.last_error)
+            self._count("rejected")
+            return False
+        sync.last_error = ""
+        self._count("ok")
+        logger.debug("replica %s serves %s", sync.replica, desired.version)
+        return True
+
+    async def check(self) -> None:
+        """``GET /table`` on every replica; wake the worker of any that serves something else."""
+        if not self.syncs:
+            return
+        syncs = list(self.syncs.values())
+        results = await asyncio.gather(*(self._observe(s) for s in syncs), return_exceptions=True)
+        changed = False
+        for sync, observed in zip(syncs, results, strict=True):
+            if not isinstance(observed, Ack):
+                continue  # unreachable: keep what it acknowledged; its worker retries if it must
+            before = sync.ack
+            if before is None or (before.version, before.hash) != (observed.version, observed.hash):
+                logger.info(
+                    "replica %s serves %s (acknowledged %s): re-pushing",
+                    sync.replica,
+                    observed.version,
+                    before.version if before else None,
+                )
+                sync.ack = observed
+                sync.wake.set()
+                changed = True
+        if changed:
+            self._prune()
+            self._changed()
+
+    async def _observe(self, sync: ReplicaSync) -> Ack:
+        response = await self._client.get(sync.replica.url + "/table", timeout=self.timeout)
+        response.raise_for_status()
+        info = response.json()
+        return Ack(version=info.get("version"), hash=info.get("hash"), at=self._clock())
+
+    async def resync_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.active:
+                try:
+                    await self.check()
+                except Exception:  # a bug here must not stop the loop
+                    logger.exception("replica check failed")

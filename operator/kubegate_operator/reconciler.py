@@ -1,0 +1,219 @@
+"""The operator's pipeline, end to end: state → (debounced) compile → publish → status and bootstrap.
+
+Event handlers only update :class:`~kubegate_operator.state.ClusterState` and poke the trigger; this
+module's loops do the rest:
+
+- the *compile loop* waits for a debounced burst, compiles the whole state with the pure compiler
+  (keeping each condition's ``lastTransitionTime`` via the previous statuses) and hands the table to the
+  publisher. The table version is derived from its content hash, so equal inputs give an equal version
+  (an operator restart or a fail-over re-pushes nothing);
+- the *status loop* wakes whenever a compile or an acknowledgement changes something, builds every
+  route's status (compiler conditions + ``Programmed``) and writes those that differ;
+- the *bootstrap loop* stores each new table in the bootstrap Secret;
+- the publisher's *resync loop* checks what every replica serves.
+
+Only the leader publishes and writes (see :mod:`kubegate_operator.leader`); a standby compiles too, so
+that it takes over with a warm table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from kubegate.api import models
+from kubegate.compiler import compile as compiler
+from kubegate.compiler import table as tables
+from kubegate_operator import bootstrap, debounce, publisher, state, status
+from kubegate_operator import metrics as metrics_mod
+
+logger = logging.getLogger("kubegate.operator")
+
+
+def table_version(table: tables.RouteTable) -> str:
+    return "t-" + table.content_hash().removeprefix("sha256:")[:16]
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        cluster: state.ClusterState,
+        pusher: publisher.Publisher,
+        writer: status.StatusWriter | None,
+        bootstrapper: bootstrap.BootstrapWriter | None,
+        metrics: metrics_mod.Metrics,
+        holdoff: float,
+        max_delay: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.state = cluster
+        self.publisher = pusher
+        self.writer = writer
+        self.bootstrapper = bootstrapper
+        self.metrics = metrics
+        self.trigger = debounce.Trigger(holdoff=holdoff, max_delay=max_delay, clock=clock)
+        self._clock = clock
+        self.result: compiler.CompileResult | None = None
+        self._compiled_status: dict[str, dict[str, Any]] = {}
+        self._status_dirty = asyncio.Event()
+        self._bootstrap_dirty = asyncio.Event()
+        self._lag: tuple[str, float] | None = None  # (version, first change) awaiting full acknowledgement
+        self._tasks: list[asyncio.Task[None]] = []
+        self.active = True
+        self.compiles = 0
+        self._replicas_seen = -1
+        pusher._on_change = self._acks_changed
+
+    # --- inputs from the event handlers ----------------------------------------------------------
+
+    def upsert(self, kind: str, body: Mapping[str, Any]) -> None:
+        self._after(self.state.upsert(kind, body))
+
+    def delete(self, kind: str, body: Mapping[str, Any]) -> None:
+        self._after(self.state.delete(kind, body))
+
+    def _after(self, changed: bool) -> None:
+        if not changed:
+            return
+        if self.state.replicas_revision != self._replicas_seen:
+            self._replicas_seen = self.state.replicas_revision
+            self.publisher.set_replicas(self.state.replicas())
+        self.trigger.poke()
+
+    def set_active(self, active: bool) -> None:
+        """Leadership changed: a leader publishes and writes, a standby only compiles."""
+        self.active = active
+        self.publisher.set_active(active)
+        self.metrics.leader.set(1 if active else 0)
+        if active:
+            self.writer_reset()
+            self._status_dirty.set()
+            self._bootstrap_dirty.set()
+
+    def writer_reset(self) -> None:
+        if self.writer is not None:
+            self.writer.written.clear()  # another leader may have written meanwhile: diff against objects
+
+    # --- loops -----------------------------------------------------------------------------------
+
+    def start(self, resync_interval: float) -> None:
+        def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+            self._tasks.append(asyncio.create_task(coro, name=name))
+
+        spawn(self._compile_loop(), "compile")
+        spawn(self._status_loop(), "status")
+        spawn(self._bootstrap_loop(), "bootstrap")
+        spawn(self.publisher.resync_forever(resync_interval), "resync")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.publisher.close()
+
+    async def _compile_loop(self) -> None:
+        while True:
+            first = await self.trigger.wait()
+            try:
+                self.compile_now(first_change=first)
+            except Exception:
+                logger.exception("compile failed")  # a compiler bug; the served table stays
+
+    def compile_now(self, *, first_change: float | None = None) -> tables.RouteTable:
+        started = time.perf_counter()
+        previous = self.result.statuses if self.result is not None else self._observed_statuses()
+        result = compiler.compile_bundle(self.state.bundle(), now=datetime.now(UTC), previous=previous)
+        table = result.table.model_copy(update={"version": table_version(result.table)})
+        elapsed = time.perf_counter() - started
+        self.metrics.compile_seconds.observe(elapsed)
+        self.metrics.routes_rejected.set(len(result.rejected()))
+        self.result = result
+        self.compiles += 1
+        self._compiled_status = {
+            key: st.model_dump(mode="json", by_alias=True, exclude_none=True)
+            for key, st in result.statuses.items()
+        }
+        for problem in result.problems:
+            logger.warning("input problem: %s", problem)
+        changed = self.publisher.desired is None or self.publisher.desired.version != table.version
+        if changed:
+            logger.info(
+                "compiled table %s: %d routes, %d rejected, in %.3f s",
+                table.version,
+                len(table.routes),
+                len(result.rejected()),
+                elapsed,
+            )
+            self.publisher.publish(table)
+            if first_change is not None:
+                self._lag = (table.version, first_change)
+            self._bootstrap_dirty.set()
+        elif first_change is not None and self._lag is None:
+            self.metrics.reconcile_lag.observe(max(0.0, self._clock() - first_change))
+        self._status_dirty.set()
+        return table
+
+    def _observed_statuses(self) -> dict[str, models.GatewayRouteStatus]:
+        out = {}
+        for key, wire in self.state.observed_status.items():
+            with contextlib.suppress(ValueError):
+                out[key] = models.GatewayRouteStatus.model_validate(wire)
+        return out
+
+    def _acks_changed(self) -> None:
+        if self._lag is not None and self.publisher.all_in_sync():
+            version, first = self._lag
+            if self.publisher.desired is not None and self.publisher.desired.version == version:
+                self.metrics.reconcile_lag.observe(max(0.0, self._clock() - first))
+                self._lag = None
+        self._status_dirty.set()
+
+    def desired_statuses(self) -> dict[str, dict[str, Any]]:
+        now = datetime.now(UTC)
+        generations = self.state.route_generations()
+        observed = self.state.observed_status
+        out = {}
+        for key, compiled in self._compiled_status.items():
+            if key not in generations:
+                continue  # deleted since the compile
+            acked, replicas = self.publisher.programmed(key, compiled.get("observedGeneration"))
+            previous = self.writer.previous(key, observed) if self.writer is not None else None
+            out[key] = status.desired_status(
+                compiled, acked=acked, replicas=replicas, previous=previous, now=now
+            )
+        return out
+
+    async def _status_loop(self) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            if not self.active or self.writer is None:
+                continue
+            try:
+                desired = self.desired_statuses()
+                self.writer.forget(set(self.state.route_generations()))
+                await self.writer.write(desired, self.state.observed_status)
+            except Exception:
+                logger.exception("status update failed")
+
+    async def _bootstrap_loop(self) -> None:
+        while True:
+            await self._bootstrap_dirty.wait()
+            self._bootstrap_dirty.clear()
+            desired = self.publisher.desired
+            if not self.active or self.bootstrapper is None or desired is None or self.result is None:
+                continue
+            table = self.result.table.model_copy(update={"version": desired.version})
+            result = await self.bootstrapper.write(table)
+            if result == "error":
+                await asyncio.sleep(1.0)
+                self._bootstrap_dirty.set()

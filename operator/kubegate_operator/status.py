@@ -1,0 +1,183 @@
+"""GatewayRoute status: the compiler's conditions plus ``Programmed``, written only when it changes.
+
+``Accepted`` and ``ResolvedRefs`` come from the compiler. ``Programmed`` is ours: True only when every
+current data-plane replica has acknowledged a table that contains this generation of the route, with
+the count in the message ("2/3 replicas"). The writer compares each desired status with the one last
+written (or, after a restart, the one found on the object), so a steady state writes nothing, and patches
+the ``status`` subresource (merge patch) with bounded concurrency. An ``Accepted`` transition also
+produces a Kubernetes Event on the route.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from kubegate.api import models
+from kubegate_operator import metrics as metrics_mod
+
+logger = logging.getLogger("kubegate.operator.status")
+
+PROGRAMMED = "Programmed"
+ACCEPTED = "Accepted"
+
+WireStatus = dict[str, Any]
+PatchStatus = Callable[[str, str, WireStatus], Awaitable[bool]]  # ns, name, status → False if gone
+PostEvent = Callable[[str, str, str, str, str], Awaitable[None]]  # ns, name, type, reason, message
+
+
+def _wire(model: models.Condition | models.GatewayRouteStatus) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _condition(status: Mapping[str, Any] | None, type_: str) -> Mapping[str, Any] | None:
+    if not status:
+        return None
+    for cond in status.get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == type_:
+            return cond
+    return None
+
+
+def programmed_condition(
+    *,
+    acked: int,
+    replicas: int,
+    accepted: bool,
+    generation: int | None,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> dict[str, Any]:
+    """The ``Programmed`` condition (wire form), keeping ``lastTransitionTime`` while status is unchanged."""
+    message = f"{acked}/{replicas} replicas"
+    status: Literal["True", "False"]
+    if not accepted:
+        status, reason, message = "False", "NotAccepted", f"not in the table (see Accepted); {message}"
+    elif replicas == 0:
+        status, reason, message = "False", "NoReplicas", f"no data-plane replica found; {message}"
+    elif acked == replicas:
+        status, reason = "True", "Programmed"
+    else:
+        status, reason = "False", "Pending"
+    before = _condition(previous, PROGRAMMED)
+    if before is not None and before.get("status") == status and before.get("lastTransitionTime"):
+        transition: Any = before["lastTransitionTime"]
+    else:
+        transition = now.astimezone(UTC).replace(microsecond=0)
+    return _wire(
+        models.Condition(
+            type=PROGRAMMED,
+            status=status,
+            reason=reason,
+            message=message,
+            lastTransitionTime=transition,
+            observedGeneration=generation,
+        )
+    )
+
+
+def desired_status(
+    compiled: Mapping[str, Any],
+    *,
+    acked: int,
+    replicas: int,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+) -> WireStatus:
+    """``compiled`` is the compiler's status in wire form; the result adds ``Programmed``."""
+    accepted = _condition(compiled, ACCEPTED)
+    conditions = [c for c in compiled.get("conditions") or () if c.get("type") != PROGRAMMED]
+    conditions.append(
+        programmed_condition(
+            acked=acked,
+            replicas=replicas,
+            accepted=accepted is not None and accepted.get("status") == "True",
+            generation=compiled.get("observedGeneration"),
+            previous=previous,
+            now=now,
+        )
+    )
+    return {**compiled, "conditions": conditions}
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        *,
+        patch: PatchStatus,
+        event: PostEvent | None = None,
+        metrics: metrics_mod.Metrics | None = None,
+        concurrency: int = 16,
+    ) -> None:
+        self._patch = patch
+        self._event = event
+        self._metrics = metrics
+        self._limit = asyncio.Semaphore(concurrency)
+        self.written: dict[str, WireStatus] = {}  # "ns/name" → the status as last written
+
+    def previous(self, key: str, observed: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any] | None:
+        return self.written.get(key) or observed.get(key)
+
+    def diff(
+        self, desired: Mapping[str, WireStatus], observed: Mapping[str, Mapping[str, Any]]
+    ) -> dict[str, WireStatus]:
+        """The statuses that differ from what the objects carry (as far as we know)."""
+        return {key: st for key, st in desired.items() if self.previous(key, observed) != st}
+
+    def forget(self, keys: set[str]) -> None:
+        for key in set(self.written) - keys:
+            del self.written[key]
+
+    async def write(
+        self, desired: Mapping[str, WireStatus], observed: Mapping[str, Mapping[str, Any]]
+    ) -> int:
+        """Patch every changed status; returns how many were written."""
+        changes = self.diff(desired, observed)
+        if not changes:
+            return 0
+        results = await asyncio.gather(
+            *(self._write_one(key, status, self.previous(key, observed)) for key, status in changes.items())
+        )
+        return sum(results)
+
+    async def _write_one(self, key: str, status: WireStatus, before: Mapping[str, Any] | None) -> int:
+        namespace, name = key.split("/", 1)
+        async with self._limit:
+            try:
+                found = await self._patch(namespace, name, status)
+            except Exception as error:
+                logger.warning("status write for %s failed: %s", key, error)
+                self._count("error")
+                return 0
+        if not found:
+            self._count("gone")
+            return 0
+        self.written[key] = status
+        self._count("ok")
+        await self._accepted_event(namespace, name, before, status)
+        return 1
+
+    async def _accepted_event(
+        self, namespace: str, name: str, before: Mapping[str, Any] | None, after: Mapping[str, Any]
+    ) -> None:
+        if self._event is None:
+            return
+        old, new = _condition(before, ACCEPTED), _condition(after, ACCEPTED)
+        if new is None or (old is not None and old.get("status") == new.get("status")):
+            return
+        if old is None and new.get("status") == "True":
+            kind, reason = "Normal", "Accepted"
+        else:
+            kind = "Normal" if new.get("status") == "True" else "Warning"
+            reason = "Accepted" if new.get("status") == "True" else str(new.get("reason") or "Rejected")
+        try:
+            await self._event(namespace, name, kind, reason, str(new.get("message", ""))[:1024])
+        except Exception as error:  # events are best effort
+            logger.debug("event for %s/%s not posted: %s", namespace, name, error)
+
+    def _count(self, result: str) -> None:
+        if self._metrics is not None:
+            self._metrics.status_writes.labels(result=result).inc()

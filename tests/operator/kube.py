@@ -1,0 +1,249 @@
+"""A Kubernetes API emulator for operator tests: kmock, made realistic enough for kopf, in its own thread.
+
+Stock ``kmock.KubernetesEmulator`` stamps no ``resourceVersion``/``uid``/``generation``, never bumps them,
+answers a failed JSON-patch ``test`` with 500 and keeps every request in a log it matches against (so it
+slows down as a test goes on). :class:`RealisticEmulator` fixes those: it computes each patch itself,
+stamps the metadata an API server would, answers 422 on a failed ``test`` (kopf and our lease code treat
+that as a conflict), 409 on a duplicate create, and trims the request log.
+
+:class:`KubeAPI` runs the emulator on its own event loop in a background thread (the operator under test
+runs as a separate process with ``KUBECONFIG`` pointing here) and gives tests a small synchronous client
+(``create``, ``patch``, ``delete``, ``get``, ``list``), like ``kubectl`` would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import threading
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import httpx
+import jsonpatch
+import kmock
+import yaml
+
+ROUTES = "kubegate.dev/v1alpha1/gatewayroutes"
+SLICES = "discovery.k8s.io/v1/endpointslices"
+SERVICES = "v1/services"
+SECRETS = "v1/secrets"
+
+
+def _merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch turning ``old`` into ``new`` (None deletes; lists and scalars replace)."""
+    out: dict[str, Any] = {}
+    for key in old:
+        if key not in new:
+            out[key] = None
+    for key, value in new.items():
+        before = old.get(key, ...)
+        if isinstance(before, Mapping) and isinstance(value, Mapping):
+            sub = _merge_diff(before, value)
+            if sub:
+                out[key] = sub
+        elif before != value:
+            out[key] = value
+    return out
+
+
+def _merge(old: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, Mapping):
+        return copy.deepcopy(patch)
+    result = dict(old) if isinstance(old, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merge(result.get(key), value)
+    return result
+
+
+@attrs.define(kw_only=True)
+class RealisticEmulator(kmock.KubernetesEmulator):
+    _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        try:
+            return await self._realistic(request)
+        finally:
+            self._forget(request)
+
+    def _forget(self, request: kmock.Request) -> None:
+        """kmock matches each request against its whole log (by identity): drop finished ones, so that
+        it does not slow down as a test goes on (no test asserts on the log)."""
+        self._requests[:] = [r for r in self._requests if r is not request]
+        for payload in self._payloads:
+            payload._requests[:] = [r for r in payload._requests if r is not request]
+
+    async def _replace(self, request: kmock.Request, data: Any) -> aiohttp.web.StreamResponse:
+        """Handle ``request`` with its body replaced by ``data`` (kmock finds requests in its log)."""
+        new = attrs.evolve(request, data=data)
+        self._requests.append(new)
+        try:
+            return await super()._handle(new)
+        finally:
+            self._forget(new)
+
+    async def _realistic(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is None:
+            return await super()._handle(request)
+        if request.action == kmock.action.CREATE and isinstance(request.data, Mapping):
+            body = copy.deepcopy(dict(request.data))
+            meta = body.setdefault("metadata", {})
+            meta.setdefault("namespace", request.namespace)
+            if meta.get("namespace") is None:
+                del meta["namespace"]
+            key = (request.resource, meta.get("namespace"), meta.get("name"))
+            if key in self.objects and not self.objects[key].deleted:
+                raise kmock.KubernetesError(status=409, reason="AlreadyExists", message="already exists")
+            meta.update(
+                uid=str(uuid.uuid4()),
+                resourceVersion=str(next(self._rv)),
+                creationTimestamp=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                generation=1,
+            )
+            body.pop(
+                "status", None
+            ) if "spec" in body and request.resource.plural == "gatewayroutes" else None
+            return await self._replace(request, body)
+        if request.action == kmock.action.UPDATE and request.name is not None:
+            key = (request.resource, request.namespace, request.name)
+            if key not in self.objects or self.objects[key].deleted:
+                raise kmock.KubernetesObjectNotFoundError()
+            old = copy.deepcopy(self.objects[key].raw)
+            data = request.data
+            if isinstance(data, list):
+                try:
+                    new = jsonpatch.apply_patch(old, data, in_place=False)
+                except jsonpatch.JsonPatchTestFailed as error:
+                    raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from None
+                except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as error:
+                    raise kmock.KubernetesError(status=422, reason="Invalid", message=str(error)) from None
+            elif isinstance(data, Mapping):
+                new = _merge(old, data)
+            else:
+                raise kmock.KubernetesError(status=415, reason="UnsupportedMediaType", message="bad patch")
+            new = copy.deepcopy(new)
+            meta = new.setdefault("metadata", {})
+            for field in ("uid", "creationTimestamp", "name", "namespace"):
+                if field in old.get("metadata", {}):
+                    meta[field] = old["metadata"][field]
+            if request.subresource == "status":  # the status subresource changes the status only
+                new = {**old, "status": new.get("status")} if "status" in new else dict(old)
+                new["metadata"] = dict(old.get("metadata", {}))
+                meta = new["metadata"]
+            elif "status" in old and request.resource.plural == "gatewayroutes":
+                new["status"] = old["status"]  # ... and the main resource never changes the status
+            generation = int(old.get("metadata", {}).get("generation", 1))
+            if new.get("spec") != old.get("spec"):
+                generation += 1
+            meta["generation"] = generation
+            meta["resourceVersion"] = str(next(self._rv))
+            return await self._replace(request, _merge_diff(old, new))
+        return await super()._handle(request)
+
+
+GATEWAYROUTE_INFO = kmock.ResourceInfo(
+    kind="GatewayRoute",
+    singular="gatewayroute",
+    namespaced=True,
+    shortnames={"gwr"},
+    verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    subresources={"status"},
+)
+
+
+class KubeAPI:
+    """The emulator on a background thread, plus a synchronous client for the test itself."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self.emulator: RealisticEmulator | None = None
+        self.url = ""
+        self._thread = threading.Thread(target=self._run, daemon=True, name="kube-api")
+        self._thread.start()
+        if not self._ready.wait(20):
+            raise RuntimeError("the Kubernetes API emulator did not start")
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        emulator = RealisticEmulator()
+        emulator.resources.load_bundled()
+        emulator.resources[ROUTES] = GATEWAYROUTE_INFO
+        async with emulator, kmock.Server(emulator) as server:
+            self.emulator = emulator
+            self.url = str(server.url).rstrip("/")
+            self._ready.set()
+            await self._stop.wait()
+
+    def close(self) -> None:
+        self.client.close()
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def kubeconfig(self, path: Path) -> Path:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+            "users": [{"name": "kmock", "user": {"token": "kmock-token"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+            "current-context": "kmock",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # --- a tiny kubectl ------------------------------------------------------------------------
+
+    @staticmethod
+    def _base(resource: str, namespace: str | None) -> str:
+        group_version, plural = resource.rsplit("/", 1)
+        prefix = "/api/" + group_version if "/" not in group_version else "/apis/" + group_version
+        return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+    def _check(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"{response.request.method} {response.request.url}: {response.status_code} "
+                f"{response.text[:300]}"
+            )
+        return dict(response.json())
+
+    def create(self, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"].get("namespace", "default")
+        return self._check(self.client.post(self._base(resource, namespace), json=dict(body)))
+
+    def patch(self, resource: str, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return self._check(
+            self.client.patch(
+                f"{self._base(resource, namespace)}/{name}",
+                json=dict(patch),
+                headers={"content-type": "application/merge-patch+json"},
+            )
+        )
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        self._check(self.client.delete(f"{self._base(resource, namespace)}/{name}"))
+
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        response = self.client.get(f"{self._base(resource, namespace)}/{name}")
+        return None if response.status_code == 404 else self._check(response)
+
+    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return list(self._check(self.client.get(self._base(resource, namespace)))["items"])
