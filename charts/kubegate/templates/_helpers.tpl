@@ -1,0 +1,129 @@
+{{/* Names, labels and cross-value checks shared by the templates. */}}
+
+{{- define "kubegate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 42 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* <release>-kubegate, cut to 42 characters so that "-dataplane-admin" etc. still fit in 63. */}}
+{{- define "kubegate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 42 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 42 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubegate.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubegate.labels" -}}
+helm.sh/chart: {{ include "kubegate.chart" . }}
+app.kubernetes.io/name: {{ include "kubegate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubegate
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "ctx" $ "component" "dataplane"). */}}
+{{- define "kubegate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubegate.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kubegate.componentLabels" -}}
+{{ include "kubegate.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "kubegate.image" -}}
+{{- $tag := default .ctx.Chart.AppVersion .image.tag -}}
+{{- if .image.digest -}}
+{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubegate.operatorServiceAccount" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (printf "%s-operator" (include "kubegate.fullname" .)) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create is false" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubegate.dataplaneServiceAccount" -}}
+{{- if .Values.dataplane.serviceAccount.create -}}
+{{- default (printf "%s-dataplane" (include "kubegate.fullname" .)) .Values.dataplane.serviceAccount.name -}}
+{{- else -}}
+{{- required "dataplane.serviceAccount.name is required when dataplane.serviceAccount.create is false" .Values.dataplane.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubegate.pushTokenSecret" -}}
+{{- default (printf "%s-push-token" (include "kubegate.fullname" .)) .Values.pushToken.existingSecret -}}
+{{- end -}}
+
+{{- define "kubegate.bootstrapSecret" -}}
+{{- default (printf "%s-bootstrap" (include "kubegate.fullname" .)) .Values.bootstrap.secretName -}}
+{{- end -}}
+
+{{- define "kubegate.adminService" -}}
+{{- printf "%s-admin" (include "kubegate.fullname" .) -}}
+{{- end -}}
+
+{{- define "kubegate.leaseName" -}}
+{{- default (printf "%s-operator" (include "kubegate.fullname" .)) .Values.operator.leaderElection.leaseName -}}
+{{- end -}}
+
+{{/* Cluster-scoped objects carry the namespace too: two releases of the same name may coexist. */}}
+{{- define "kubegate.clusterRoleName" -}}
+{{- printf "%s-%s-operator" .Release.Namespace (include "kubegate.fullname" .) -}}
+{{- end -}}
+
+{{/* Path of the push token inside both containers. */}}
+{{- define "kubegate.pushTokenPath" -}}
+/etc/kubegate/push-token/token
+{{- end -}}
+
+{{/*
+Checks that values.schema.json cannot express (across values). Included by templates/validate.yaml,
+so that `helm install/upgrade/template` stops with one clear message.
+*/}}
+{{- define "kubegate.validate" -}}
+{{- $dp := .Values.dataplane -}}
+{{- if le (int $dp.terminationGracePeriodSeconds) (add $dp.preStopSleepSeconds $dp.drainTimeoutSeconds | int) -}}
+{{- fail (printf "dataplane.terminationGracePeriodSeconds (%d) must be greater than dataplane.preStopSleepSeconds + dataplane.drainTimeoutSeconds (%d + %d), or in-flight requests are cut off" (int $dp.terminationGracePeriodSeconds) (int $dp.preStopSleepSeconds) (int $dp.drainTimeoutSeconds)) -}}
+{{- end -}}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) -}}
+{{- fail (printf "operator.replicas is %d but operator.leaderElection.enabled is false: two active operators would both push and write status; enable leader election or use 1 replica" (int .Values.operator.replicas)) -}}
+{{- end -}}
+{{- $pdb := $dp.podDisruptionBudget -}}
+{{- if and $pdb.enabled (eq (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable)) -}}
+{{- fail "dataplane.podDisruptionBudget: set exactly one of minAvailable and maxUnavailable (the other null)" -}}
+{{- end -}}
+{{- if and $dp.autoscaling.enabled (gt (int $dp.autoscaling.minReplicas) (int $dp.autoscaling.maxReplicas)) -}}
+{{- fail (printf "dataplane.autoscaling.minReplicas (%d) is greater than maxReplicas (%d)" (int $dp.autoscaling.minReplicas) (int $dp.autoscaling.maxReplicas)) -}}
+{{- end -}}
+{{- if and (eq .Values.service.type "ClusterIP") (not (kindIs "invalid" .Values.service.nodePort)) -}}
+{{- fail "service.nodePort is set but service.type is ClusterIP: use NodePort or LoadBalancer" -}}
+{{- end -}}
+{{- $token := .Values.pushToken.value -}}
+{{- if and $token (lt (len $token) 16) -}}
+{{- fail (printf "pushToken.value is %d characters long: use at least 16 (or leave it empty to generate one)" (len $token)) -}}
+{{- end -}}
+{{- if eq (int $dp.port) (int $dp.adminPort) -}}
+{{- fail "dataplane.port and dataplane.adminPort must differ" -}}
+{{- end -}}
+{{- end -}}

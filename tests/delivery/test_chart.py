@@ -1,0 +1,459 @@
+"""The Helm chart ``charts/kubegate``, checked offline with real helm 3 and helm 4 binaries.
+
+Aspects covered: ``helm lint --strict`` for every value set; golden files (``golden/<case>.values.yaml``
+→ ``golden/<case>.out.yaml``, exactly what ``helm template`` prints, the generated push token masked;
+``pytest --regen-golden`` rewrites them and deletes stale ones); the rendered manifests validated with
+kubernetes-validate (strict) for the two newest Kubernetes versions it bundles; the chart's CRD
+identical to ``crds/``; NOTES.txt (how to reach the gateway, a first route); bad values refused with a
+message naming the value; and the wiring that golden files would not make obvious (the data plane's
+arguments parsed by the real ``kubegate serve`` parser, probes on the admin port, Secrets and names
+shared by operator, data plane, Services and RBAC, security contexts, least-privilege rules).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubegate import cli
+from tests.delivery import helm as helmtools
+from tests.delivery.conftest import NO_VALIDATOR, render_case
+
+GOLDEN = Path(__file__).parent / "golden"
+CASES = sorted(p.name.removesuffix(".values.yaml") for p in GOLDEN.glob("*.values.yaml"))
+CRD_NAME = "gatewayroutes.kubegate.dev.yaml"
+# Kinds that kubernetes-validate has no schema for (custom resources of other projects).
+FOREIGN_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+GENERATED = '"<generated: 48 random letters and digits>"'
+
+
+def values_of(case: str) -> dict[str, Any]:
+    return yaml.safe_load((GOLDEN / f"{case}.values.yaml").read_text()) or {}
+
+
+def render(helm: helmtools.Helm, case: str) -> str:
+    return render_case(helm, str(GOLDEN / f"{case}.values.yaml"))
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def mask_generated_token(text: str, values: dict[str, Any]) -> str:
+    """Replace the random push token with a placeholder, after checking that it looks generated."""
+    token_values = values.get("pushToken", {})
+    if token_values.get("value") or token_values.get("existingSecret"):
+        return text
+    pattern = re.compile(
+        r"(# Source: kubegate/templates/push-token-secret\.yaml\n(?:.*\n)*?data:\n  [-._a-zA-Z0-9]+: )"
+        r'"([^"]*)"'
+    )
+    match = pattern.search(text)
+    assert match, "no generated push token found in the push-token Secret"
+    token = base64.b64decode(match.group(2)).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", token), f"generated token has the wrong shape: {token!r}"
+    return pattern.sub(lambda m: m.group(1) + GENERATED, text)
+
+
+# ---------------------------------------------------------------------------------------------- lint
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_lint_strict(helm: helmtools.Helm, case: str) -> None:
+    result = helm.run("lint", "--strict", str(helmtools.CHART), "-f", str(GOLDEN / f"{case}.values.yaml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+# -------------------------------------------------------------------------------------------- golden
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_golden(helm: helmtools.Helm, case: str, regen_golden: bool) -> None:
+    actual = mask_generated_token(render(helm, case), values_of(case))
+    out = GOLDEN / f"{case}.out.yaml"
+    if regen_golden and helm.major == max(helmtools.available()):  # the newest helm writes; others compare
+        out.write_text(actual, encoding="utf-8")
+        return
+    assert out.exists(), f"{out.name} is missing: run pytest with --regen-golden"
+    assert actual == out.read_text(encoding="utf-8"), (
+        f"helm {helm.version}: {out.name} differs: review, then pytest --regen-golden"
+    )
+
+
+def test_no_stale_golden_outputs(regen_golden: bool) -> None:
+    stale = [p for p in GOLDEN.glob("*.out.yaml") if p.name.removesuffix(".out.yaml") not in CASES]
+    if regen_golden:
+        for path in stale:
+            path.unlink()
+        return
+    assert not stale, f"out-files without a values file (delete them with --regen-golden): {stale}"
+
+
+def test_generated_token_is_random(newest_helm: helmtools.Helm) -> None:
+    """Without a cluster (no lookup), each render generates a new token: it is not a constant."""
+    first, second = (newest_helm.template().stdout for _ in range(2))
+    assert mask_generated_token(first, {}) == mask_generated_token(second, {})
+    assert first != second
+
+
+# ------------------------------------------------------------------------------- kubernetes-validate
+
+
+def _validator() -> Any:
+    return pytest.importorskip("kubernetes_validate.utils", reason=NO_VALIDATOR)
+
+
+def newest_kubernetes_versions(kv: Any) -> list[str]:
+    return sorted(set(kv.all_versions()), key=lambda v: tuple(int(x) for x in v.split(".")))[-2:]
+
+
+def validation_errors(kv: Any, docs: list[dict[str, Any]], version: str) -> list[str]:
+    errors = []
+    for doc in docs:
+        where = f"{doc['kind']}/{doc['metadata']['name']}"
+        try:
+            kv.validate(doc, version, strict=True)
+        except kv.ValidationError as error:
+            path = ".".join(str(p) for p in error.path)
+            errors.append(f"{where} (Kubernetes {version}): {path}: {error.message}")
+        except kv.SchemaNotFoundError:
+            if (doc["apiVersion"], doc["kind"]) not in FOREIGN_KINDS:
+                errors.append(f"{where}: no schema for {doc['apiVersion']} {doc['kind']}")
+    return errors
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_rendered_manifests_validate(newest_helm: helmtools.Helm, case: str) -> None:
+    kv = _validator()
+    docs = documents(render(newest_helm, case))
+    versions = newest_kubernetes_versions(kv)
+    assert len(versions) == 2
+    for version in versions:
+        assert validation_errors(kv, docs, version) == []
+
+
+def test_the_validator_catches_a_wrong_manifest(newest_helm: helmtools.Helm) -> None:
+    """Guard: strict validation does reject what the API server would (a misspelled field, a bad type)."""
+    kv = _validator()
+    docs = documents(render(newest_helm, "default"))
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    service = next(d for d in docs if d["kind"] == "Service")
+    service["spec"]["ports"][0]["port"] = "eighty"
+    errors = validation_errors(kv, [deployment, service], newest_kubernetes_versions(kv)[-1])
+    assert len(errors) == 2, errors
+
+
+# ----------------------------------------------------------------------------------------------- CRD
+
+
+def test_chart_crd_is_identical_to_crds() -> None:
+    chart_crd = helmtools.CHART / "crds" / CRD_NAME
+    assert chart_crd.read_bytes() == (helmtools.ROOT / "crds" / CRD_NAME).read_bytes(), (
+        f"charts/kubegate/crds/{CRD_NAME} differs from crds/{CRD_NAME}: "
+        f"cp crds/{CRD_NAME} charts/kubegate/crds/"
+    )
+    assert sorted(p.name for p in (helmtools.CHART / "crds").iterdir()) == [CRD_NAME]
+
+
+def test_helm_installs_the_crd(helm: helmtools.Helm) -> None:
+    """``helm install`` applies crds/ first; ``--include-crds`` shows what it applies."""
+    docs = documents(helm.template("--include-crds").stdout)
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert crds == [yaml.safe_load((helmtools.ROOT / "crds" / CRD_NAME).read_text())]
+    assert not any(d["kind"] == "CustomResourceDefinition" for d in documents(render(helm, "default")))
+    kv = _validator()
+    for version in newest_kubernetes_versions(kv):
+        assert validation_errors(kv, crds, version) == []
+
+
+# --------------------------------------------------------------------------------------------- NOTES
+
+REACH = {
+    "LoadBalancer": "{.status.loadBalancer.ingress[0].ip}",
+    "NodePort": "{.spec.ports[0].nodePort}",
+    "ClusterIP": "port-forward service/",
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_notes_tell_how_to_reach_the_gateway_and_apply_a_route(case: str) -> None:
+    helm = helmtools.available().get(4)
+    if helm is None:
+        pytest.skip("NOTES.txt renders offline only with helm 4 (`helm install --dry-run=client`)")
+    values = values_of(case)
+    result = helm.run(
+        "install", helmtools.RELEASE, str(helmtools.CHART), "--namespace", helmtools.NAMESPACE,
+        "--dry-run=client", "-f", str(GOLDEN / f"{case}.values.yaml"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = result.stdout.split("\nNOTES:\n", 1)[1]
+    service_type = values.get("service", {}).get("type", "LoadBalancer")
+    assert REACH[service_type] in notes
+    assert "kind: GatewayRoute" in notes and "kubectl get gatewayroutes" in notes
+    for namespace in values.get("operator", {}).get("watchNamespaces", []):
+        assert namespace in notes
+    scraped = values.get("serviceMonitor", {}).get("enabled") and values.get("networkPolicy", {}).get(
+        "adminFrom"
+    )
+    assert ("WARNING" in notes) == bool(values.get("serviceMonitor", {}).get("enabled") and not scraped)
+
+
+# ---------------------------------------------------------------------------------------- bad values
+
+BAD_VALUES = [
+    # (--set, words that the message must contain: the value's name and what is wrong)
+    ("dataplane.replicas=0", ["replicas", "1"]),
+    ("dataplane.replica=3", ["replica", "not allowed"]),
+    ("service.type=Ingress", ["type", "LoadBalancer"]),
+    ("operator.metricsPort=80", ["metricsPort", "1024"]),
+    ("dataplane.drainTimeoutSeconds=soon", ["drainTimeoutSeconds", "integer"]),
+    ("operator.watchNamespaces[0]=Team_A", ["watchNamespaces", "pattern"]),
+    ("dataplane.image.digest=latest", ["digest", "pattern"]),
+    ("service.nodePort=80", ["nodePort", "30000"]),
+    ("dataplane.logLevel=verbose", ["logLevel", "info"]),
+    # Checks across values, in templates/validate.yaml:
+    (
+        "dataplane.terminationGracePeriodSeconds=20",
+        ["terminationGracePeriodSeconds (20) must be greater than", "5 + 25"],
+    ),
+    ("operator.leaderElection.enabled=false", ["leaderElection.enabled is false", "1 replica"]),
+    ("pushToken.value=short", ["pushToken.value", "at least 16"]),
+    (
+        "dataplane.podDisruptionBudget.maxUnavailable=1",
+        ["set exactly one of minAvailable and maxUnavailable"],
+    ),
+    ("dataplane.adminPort=8080", ["port and dataplane.adminPort must differ"]),
+    ("service.nodePort=30080", ["service.nodePort is set but service.type is ClusterIP"]),
+]
+
+
+@pytest.mark.parametrize(("setting", "words"), BAD_VALUES, ids=[s for s, _ in BAD_VALUES])
+def test_bad_values_are_rejected(helm: helmtools.Helm, setting: str, words: list[str]) -> None:
+    extra = ["--set", "service.type=ClusterIP"] if setting.startswith("service.nodePort=30080") else []
+    result = helm.template("--set", setting, *extra)
+    assert result.returncode != 0, f"--set {setting} was accepted"
+    message = re.sub(r"(\d),(\d)", r"\1\2", result.stderr)  # helm 4 writes 1,024
+    for word in words:
+        assert word.lower() in message.lower(), f"{word!r} not in helm's message:\n{message}"
+
+
+def test_good_values_still_render(helm: helmtools.Helm) -> None:
+    """Guard for the list above: the same keys with sound values render."""
+    good = [
+        "dataplane.replicas=3",
+        "service.type=NodePort",
+        "service.nodePort=30080",
+        "operator.metricsPort=9100",
+        "operator.watchNamespaces[0]=team-a",
+        "dataplane.terminationGracePeriodSeconds=31",
+        "operator.replicas=1",
+        "operator.leaderElection.enabled=false",
+        "pushToken.value=0123456789abcdef",
+        "dataplane.podDisruptionBudget.minAvailable=null",
+        "dataplane.podDisruptionBudget.maxUnavailable=1",
+    ]
+    result = helm.template(*[arg for setting in good for arg in ("--set", setting)])
+    assert result.returncode == 0, result.stderr
+
+
+# ------------------------------------------------------------------------------------------ wiring
+
+
+class Rendered:
+    """The objects of one render, looked up by kind and name."""
+
+    def __init__(self, text: str) -> None:
+        self.docs = documents(text)
+
+    def all(self, kind: str) -> list[dict[str, Any]]:
+        return [d for d in self.docs if d["kind"] == kind]
+
+    def one(self, kind: str, suffix: str = "") -> dict[str, Any]:
+        found = [d for d in self.all(kind) if d["metadata"]["name"].endswith(suffix)]
+        assert len(found) == 1, f"{kind} *{suffix}: {[d['metadata']['name'] for d in found]}"
+        return found[0]
+
+
+def _args(container: dict[str, Any]) -> dict[str, list[str]]:
+    parsed: dict[str, list[str]] = {}
+    for arg in container["args"]:
+        key, _, value = arg.partition("=")
+        parsed.setdefault(key, []).append(value)
+    return parsed
+
+
+def _mount_of(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict[str, Any]:
+    """The volume that holds file ``path`` in the container (by its mount's directory)."""
+    mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert len(mounts) == 1, f"{path} is not under exactly one mount: {container['volumeMounts']}"
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
+    return {"volume": volume, "relative": path[len(mounts[0]["mountPath"].rstrip("/")) + 1 :]}
+
+
+def _check_hardened(pod: dict[str, Any], container: dict[str, Any]) -> None:
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    tmp = _mount_of(pod, container, "/tmp/x")["volume"]
+    assert "emptyDir" in tmp
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
+    values = values_of(case)
+    r = Rendered(render(newest_helm, case))
+    ns = helmtools.NAMESPACE
+
+    dataplane = r.one("Deployment", "-dataplane")
+    dp_pod = dataplane["spec"]["template"]["spec"]
+    dp_labels = dataplane["spec"]["selector"]["matchLabels"]
+    (dp,) = dp_pod["containers"]
+    operator = r.one("Deployment", "-operator")
+    op_pod = operator["spec"]["template"]["spec"]
+    op_labels = operator["spec"]["selector"]["matchLabels"]
+    (op,) = op_pod["containers"]
+
+    # The data plane's arguments, parsed by the real `kubegate serve` parser.
+    serve = cli.build_parser().parse_args(["serve", *dp["args"]])
+    ports = {p["name"]: p["containerPort"] for p in dp["ports"]}
+    assert ports == {"http": serve.port, "admin": serve.admin_port}
+    assert dp["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    assert dp["livenessProbe"]["httpGet"] == {"path": "/health", "port": "admin"}
+    sleep = dp["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep"
+    assert dp_pod["terminationGracePeriodSeconds"] > int(sleep[1]) + serve.drain_timeout
+    assert dp_pod["automountServiceAccountToken"] is False
+    _check_hardened(dp_pod, dp)
+    _check_hardened(op_pod, op)
+
+    # Bootstrap Secret: an optional volume in the data plane, the same name for the operator and RBAC.
+    bootstrap = _mount_of(dp_pod, dp, str(serve.bootstrap))
+    assert bootstrap["volume"]["secret"]["optional"] is True
+    assert bootstrap["relative"] == values.get("bootstrap", {}).get("key", "table.json.gz")
+    bootstrap_secret = bootstrap["volume"]["secret"]["secretName"]
+    op_args = _args(op)
+    assert op_args["--bootstrap-secret"] == [f"{ns}/{bootstrap_secret}"]
+
+    # Push token: one Secret mounted as the file each side reads.
+    token_secrets = set()
+    for pod, container, path in [
+        (dp_pod, dp, str(serve.push_token_file)),
+        (op_pod, op, op_args["--push-token-file"][0]),
+    ]:
+        mount = _mount_of(pod, container, path)
+        secret = mount["volume"]["secret"]
+        assert secret.get("optional") is not True
+        assert secret["items"] == [
+            {"key": values.get("pushToken", {}).get("key", "token"), "path": mount["relative"]}
+        ]
+        token_secrets.add(secret["secretName"])
+    (token_secret,) = token_secrets
+    existing = values.get("pushToken", {}).get("existingSecret")
+    rendered_secrets = [s["metadata"]["name"] for s in r.all("Secret")]
+    assert rendered_secrets == ([] if existing else [token_secret])
+    if existing:
+        assert token_secret == existing
+
+    # Services: the public one carries only the traffic port; the admin one is what the operator watches.
+    admin = r.one("Service", "-admin")
+    public = [s for s in r.all("Service") if s["spec"]["selector"] == dp_labels and s is not admin]
+    assert len(public) == 1
+    assert [p["targetPort"] for p in public[0]["spec"]["ports"]] == ["http"]
+    assert public[0]["spec"]["type"] == values.get("service", {}).get("type", "LoadBalancer")
+    assert admin["spec"]["selector"] == dp_labels
+    assert admin["spec"]["publishNotReadyAddresses"] is True
+    assert [(p["name"], p["targetPort"]) for p in admin["spec"]["ports"]] == [("admin", "admin")]
+    assert op_args["--dataplane-service"] == [f"{ns}/{admin['metadata']['name']}"]
+    assert op_args.get("--namespace", []) == values.get("operator", {}).get("watchNamespaces", [])
+    metrics_port = {p["name"]: p["containerPort"] for p in op["ports"]}["metrics"]
+    assert op_args["--metrics-port"] == [str(metrics_port)]
+
+    # Leader election: on with more than one replica; the Lease named in RBAC is the one passed.
+    lease_arg = op_args.get("--leader-lease")
+    if operator["spec"]["replicas"] > 1:
+        assert lease_arg is not None
+
+    # RBAC: the operator's ServiceAccount is bound; nothing is granted by wildcard; Secrets only by name
+    # (except create); routes are read-only apart from their status.
+    sa = op_pod["serviceAccountName"]
+    bindings = r.all("RoleBinding") + r.all("ClusterRoleBinding")
+    assert bindings and all(
+        b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": ns}] for b in bindings
+    )
+    watched = values.get("operator", {}).get("watchNamespaces", [])
+    assert bool(r.all("ClusterRoleBinding")) == (not watched)
+    route_bindings = {
+        b["metadata"]["namespace"] for b in r.all("RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"
+    }
+    assert route_bindings == (set(watched) | {ns} if watched else set())  # kopf also watches its own
+    rules = [rule for role in r.all("Role") + r.all("ClusterRole") for rule in role["rules"]]
+    for rule in rules:
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+        if "secrets" in rule["resources"] and rule["verbs"] != ["create"]:
+            assert rule["resourceNames"] == [bootstrap_secret], rule
+        if "gatewayroutes" in rule["resources"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+        if "gatewayroutes/status" in rule["resources"]:
+            assert rule["verbs"] == ["patch"], rule
+    lease_rules = [rule for rule in rules if "leases" in rule["resources"]]
+    if lease_arg is None:
+        assert lease_rules == []
+    else:
+        named = [rule for rule in lease_rules if "resourceNames" in rule]
+        assert [f"{ns}/{n}" for rule in named for n in rule["resourceNames"]] == lease_arg
+
+    # NetworkPolicy: the admin port admits the operator's pods (plus adminFrom), nothing else.
+    policies = r.all("NetworkPolicy")
+    if values.get("networkPolicy", {}).get("enabled", True):
+        (policy,) = policies
+        assert policy["spec"]["podSelector"]["matchLabels"] == dp_labels
+        by_port = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
+        assert set(by_port) == {"http", "admin"}
+        admin_from = by_port["admin"]["from"]
+        assert admin_from[0] == {"podSelector": {"matchLabels": op_labels}}
+        assert admin_from[1:] == values.get("networkPolicy", {}).get("adminFrom", [])
+    else:
+        assert policies == []
+
+    # Autoscaling replaces the fixed replica count; the PDB and HPA point at the data plane.
+    hpas = r.all("HorizontalPodAutoscaler")
+    autoscaling = values.get("dataplane", {}).get("autoscaling", {}).get("enabled", False)
+    assert len(hpas) == int(autoscaling)
+    assert ("replicas" in dataplane["spec"]) == (not autoscaling)
+    for hpa in hpas:
+        assert hpa["spec"]["scaleTargetRef"]["name"] == dataplane["metadata"]["name"]
+    for pdb in r.all("PodDisruptionBudget"):
+        assert pdb["spec"]["selector"]["matchLabels"] == dp_labels
+
+
+def test_operator_arguments_parse_with_the_real_parser(newest_helm: helmtools.Helm) -> None:
+    """The flags the chart passes to ``kubegate operator`` mean what the chart intends (issue 3's
+    interface), read by the operator's own settings parser with an empty environment."""
+    settings = pytest.importorskip(
+        "kubegate_operator.settings", reason="the operator's settings module is not there yet (issue 3)"
+    )
+    ns = helmtools.NAMESPACE
+    for case in CASES:
+        values = values_of(case)
+        r = Rendered(render(newest_helm, case))
+        (container,) = r.one("Deployment", "-operator")["spec"]["template"]["spec"]["containers"]
+        parsed = settings.parse(container["args"], environ={})
+        admin = r.one("Service", "-admin")["metadata"]["name"]
+        assert str(parsed.dataplane_service) == f"{ns}/{admin}"
+        assert list(parsed.namespaces) == values.get("operator", {}).get("watchNamespaces", [])
+        assert parsed.push_token_file is not None and parsed.bootstrap_secret is not None
+        assert parsed.metrics_port == values.get("operator", {}).get("metricsPort", 8000)
+        elected = values.get("operator", {}).get("leaderElection", {}).get("enabled", True)
+        assert (parsed.leader_lease is not None) == elected
