@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import ValidationError
 
+from kubegate import gcpause
 from kubegate.api import models
 from kubegate.compiler import resources, table
 
@@ -377,6 +378,17 @@ def compile_bundle(
     ``status`` is used) so that ``lastTransitionTime`` stays put while a condition's status does not
     change. A naive ``now`` is taken as UTC.
     """
+    with gcpause.paused():
+        return _compile(bundle, now=now, version=version, previous=previous)
+
+
+def _compile(
+    bundle: resources.Bundle,
+    *,
+    now: datetime,
+    version: str,
+    previous: Mapping[str, RouteStatus] | None,
+) -> CompileResult:
     now = _normalise_now(now)
     services = _Services.of(bundle)
     routes = [_Route(raw=raw) for raw in sorted(bundle.routes, key=lambda r: r.key)]

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kubegate import gcpause
 from kubegate.api import models
 
 DEFAULT_NAMESPACE = "default"
@@ -302,7 +303,8 @@ def _documents(text: str) -> list[tuple[object, int]]:
 def load_yaml(text: str, *, source: str = "<string>") -> Bundle:
     """Bundle the documents of a multi-document YAML text. Raises :class:`LoadError` on bad YAML."""
     try:
-        docs = _documents(text)
+        with gcpause.paused():
+            docs = _documents(text)
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from kubegate import gcpause
 from kubegate.compiler.table import RouteTable
 from kubegate.dataplane.proxy import Gateway
 from kubegate.dataplane.snapshot import Snapshot
@@ -162,7 +163,8 @@ def build_admin_app(
         except ValueError as exc:
             return JSONResponse({"error": "body is not valid JSON", "reasons": [str(exc)]}, status_code=400)
         try:
-            table = RouteTable.from_wire(data)
+            with gcpause.paused():
+                table = RouteTable.from_wire(data)
             snapshot = store.build(table)
         except ValidationError as exc:
             reasons = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]

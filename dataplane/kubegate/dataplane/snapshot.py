@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from kubegate import gcpause
 from kubegate.compiler.table import CompiledRoute, RouteTable
 from kubegate.dataplane.balancer import WeightedSplit
 from kubegate.dataplane.matcher import Matcher
@@ -59,7 +60,8 @@ class SnapshotStore:
 
     def build(self, table: RouteTable) -> Snapshot:
         """Build (and so validate) a snapshot without serving it."""
-        return Snapshot(table, loaded_at=self._clock())
+        with gcpause.paused():
+            return Snapshot(table, loaded_at=self._clock())
 
     def swap(self, snapshot: Snapshot) -> Snapshot | None:
         previous, self.current = self.current, snapshot
