@@ -94,3 +94,32 @@ def test_round_robin_inside_a_backend() -> None:
     pool = BackendPool(_backend("a", 1, 1, 2, 3))
     assert [pool.pick() for _ in range(6)] == [("127.0.0.1", p) for p in (1, 2, 3, 1, 2, 3)]
     assert BackendPool(_backend("e", 1)).pick() is None
+
+
+class RecordingTransport:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause")
+
+    def resume_reading(self) -> None:
+        self.calls.append("resume")
+
+    def write(self, data: bytes) -> None:
+        self.calls.append("write")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+def test_connection_paused_by_back_pressure_reads_again_once_pooled() -> None:
+    pool = UpstreamPool(clock=FakeClock())
+    conn = _conn()
+    transport = RecordingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.pause_reading()  # the client was slow when the response ended
+    conn.pause_reading()  # idempotent
+    pool.release(conn)
+    assert transport.calls == ["pause", "resume"]
+    assert pool.acquire_idle(KEY) is conn and not conn.read_paused

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -419,3 +420,24 @@ def test_push_without_configured_token_is_refused(tmp_path: Path) -> None:
         assert httpx.get(proc.url + "/").status_code == 503
     finally:
         proc.stop()
+
+
+def test_pooled_connection_is_usable_after_a_backpressured_response(tmp_path: Path) -> None:
+    """A response that ends while the client is slow must not leave its upstream connection paused."""
+    up = UpstreamServer("solo").start()
+    proc = GatewayProcess(tmp_path)
+    try:
+        assert proc.push(table(route("r", up.url))).status_code == 200
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as s:
+                s.sendall(b"GET /big/%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % (8 * 1024 * 1024))
+                time.sleep(0.3)  # let the proxy's write buffer to this client fill up: back-pressure
+                got = 0
+                while chunk := s.recv(1 << 20):
+                    got += len(chunk)
+            assert got > 8 * 1024 * 1024
+            r = httpx.get(proc.url + "/after", timeout=5)  # reuses the pooled upstream connection
+            assert r.status_code == 200
+    finally:
+        proc.stop()
+        up.stop()

@@ -346,9 +346,10 @@ class ProxyProtocol(asyncio.Protocol):
         if not keep_alive or self.closing or self.gw.draining:
             self.close()
             return
+        if self.reading_paused:  # paused for this exchange's back-pressure or the pipeline queue
+            self.resume_reading()
         if self.queue:
             nxt = self.active = self.queue.popleft()
-            self.resume_reading()
             nxt.start()
         elif self.parsing is None:
             self.phase = IDLE

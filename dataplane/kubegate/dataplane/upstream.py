@@ -48,6 +48,7 @@ class UpstreamConnection(asyncio.Protocol):
         "key",
         "message_done",
         "parser",
+        "read_paused",
         "received",
         "reused",
         "sink",
@@ -66,6 +67,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.message_done = False
         self.received = False  # any response byte for the current request
         self.write_paused = False
+        self.read_paused = False  # paused because the client is slow to read the response
         self.keep = True  # the last response allowed keep-alive
         self.idle_since = 0.0
         self._headers: list[tuple[bytes, bytes]] = []
@@ -160,6 +162,9 @@ class UpstreamConnection(asyncio.Protocol):
         """After a finished response: True if the connection may go back to the pool."""
         if self.closed or not self.keep:
             return False
+        # The response may have ended while the client was slow (reading paused for back-pressure):
+        # an idle connection must read, to notice the upstream closing it and for its next response.
+        self.resume_reading()
         if self.head_only:
             self.parser = httptools.HttpResponseParser(self)
             self.head_only = False
@@ -167,11 +172,13 @@ class UpstreamConnection(asyncio.Protocol):
         return True
 
     def pause_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self.read_paused:
+            self.read_paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and self.read_paused:
+            self.read_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
