@@ -1,10 +1,11 @@
 """The traffic listener's hot path: an HTTP/1.1 reverse proxy as a uvicorn protocol class.
 
-Why a protocol class and not an ASGI app: measured in ``bench/``, uvicorn's ASGI cycle alone costs about
-90 µs per request, which caps any ASGI proxy near a third of nginx. uvicorn accepts a custom HTTP protocol
-class (``Config(http=...)``), so the data plane stays a uvicorn server (lifecycle, graceful shutdown,
-connection tracking) while requests on the traffic port are parsed by llhttp (``httptools``) and proxied by
-callbacks, with no coroutine per request. The admin API, the lifespan and everything else off the hot path
+Why a protocol class and not an ASGI app: in ``bench/proxy_bench.py`` the best ASGI candidates (a plain
+ASGI callable under uvicorn with aiohttp or aiosonic as the upstream client) reach 0.07-0.09x nginx's
+requests/s, and Starlette + httpx 0.005x; this design reaches about 0.4x (``bench/README.md``). uvicorn
+accepts a custom HTTP protocol class (``Config(http=...)``), so the data plane stays a uvicorn server
+(lifecycle, graceful shutdown, connection tracking) while requests on the traffic port are parsed by
+llhttp (``httptools``) and proxied by callbacks, with no coroutine per request. The admin API, the lifespan and everything else off the hot path
 stay a Starlette application on the admin port.
 
 Pipeline per request: parse (llhttp) → normalise path → match (snapshot's matcher) → pick backend and

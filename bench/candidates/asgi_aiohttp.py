@@ -1,0 +1,120 @@
+"""Upstream-client candidate: a plain ASGI callable (no framework) over one ``aiohttp.ClientSession``.
+
+Same conditions as the other candidates (uvicorn, uvloop, httptools, one worker, keep-alive pool of
+``$BENCH_POOL_SIZE`` connections to ``$BENCH_UPSTREAM``); only the upstream client differs, so the
+difference to ``starlette_httpx`` is framework + client, and to ``asgi_aiosonic`` the client alone.
+
+Run: ``BENCH_UPSTREAM=http://127.0.0.1:8081 uvicorn --app-dir bench/candidates asgi_aiohttp:app
+--loop uvloop --http httptools --no-access-log``
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
+
+UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:8081").rstrip("/")
+POOL_SIZE = int(os.environ.get("BENCH_POOL_SIZE", "100"))
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+session: aiohttp.ClientSession | None = None
+
+
+async def _lifespan(receive: Any, send: Any) -> None:
+    global session
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=POOL_SIZE, limit_per_host=POOL_SIZE, keepalive_timeout=60
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=30, connect=5),
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+            )
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if session is not None:
+                await session.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _read_body(receive: Any) -> bytes:
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return body
+        body += bytes(message.get("body", b""))
+        if not message.get("more_body", False):
+            return body
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send)
+        return
+    if scope["type"] != "http":
+        return
+    assert session is not None
+    headers: CIMultiDict[str] = CIMultiDict()
+    has_body = False
+    for k, v in scope["headers"]:
+        if k in HOP_BY_HOP:
+            has_body = has_body or k == b"transfer-encoding"
+            continue
+        has_body = has_body or k == b"content-length"
+        headers.add(k.decode("latin-1"), v.decode("latin-1"))
+    body = await _read_body(receive) if has_body else None
+    url = UPSTREAM + scope["raw_path"].decode("latin-1")
+    if scope["query_string"]:
+        url += "?" + scope["query_string"].decode("latin-1")
+    started = False
+    try:
+        async with session.request(
+            scope["method"], URL(url, encoded=True), headers=headers, data=body, allow_redirects=False
+        ) as resp:
+            out = [(k, v) for k, v in resp.raw_headers if k.lower() not in HOP_BY_HOP]
+            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+            started = True
+            content = resp.content
+            while True:
+                chunk = await content.readany()
+                if not chunk:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+                done = content.at_eof()
+                await send({"type": "http.response.body", "body": chunk, "more_body": not done})
+                if done:
+                    return
+    except aiohttp.ClientError as exc:
+        if started:
+            raise
+        msg = f"upstream error: {exc!r}\n".encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 502,
+                "headers": [(b"content-length", str(len(msg)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": msg})
