@@ -5,8 +5,8 @@ ASGI callable under uvicorn with aiohttp or aiosonic as the upstream client) rea
 requests/s, and Starlette + httpx 0.005x; this design reaches about 0.4x (``bench/README.md``). uvicorn
 accepts a custom HTTP protocol class (``Config(http=...)``), so the data plane stays a uvicorn server
 (lifecycle, graceful shutdown, connection tracking) while requests on the traffic port are parsed by
-llhttp (``httptools``) and proxied by callbacks, with no coroutine per request. The admin API, the lifespan and everything else off the hot path
-stay a Starlette application on the admin port.
+llhttp (``httptools``) and proxied by callbacks, with no coroutine per request. The admin API, the
+lifespan and everything else off the hot path stay a Starlette application on the admin port.
 
 Pipeline per request: parse (llhttp) → normalise path → match (snapshot's matcher) → pick backend and
 endpoint (balancer) → upstream connection (pool) → stream the body both ways with back-pressure.
