@@ -20,6 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = settings.parse(argv)
     setup_logging(config.log_level)
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # httpx logs every request at INFO: every push and every periodic GET /table of every replica.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
     app = handlers.App(config)
     registry = handlers.build_registry(app)
     namespaces = config.watched_namespaces()

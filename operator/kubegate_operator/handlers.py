@@ -62,7 +62,10 @@ class App:
             metrics=self.metrics,
         )
         writer = status.StatusWriter(
-            patch=self.kube.patch_route_status, event=self.kube.post_event, metrics=self.metrics
+            patch=self.kube.patch_route_status,
+            event=self.kube.post_event,
+            uid=self.state.route_uid,
+            metrics=self.metrics,
         )
         boot = None
         if s.bootstrap_secret is not None:
@@ -102,7 +105,9 @@ class App:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.reconciler is not None:
-            await self.reconciler.stop()
+            await self.reconciler.stop()  # nothing is pushed or written from here on ...
+        if self.elector is not None:
+            await self.elector.release()  # ... so a standby may take over at once
         if self.http is not None:
             await self.http.aclose()
         if self.kube is not None:
@@ -126,6 +131,10 @@ def build_registry(app: App) -> kopf.OperatorRegistry:
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        # No cluster-wide list/watch of Namespaces and CRDs (kopf's "scanning"): the operator's RBAC does
+        # not grant them. The namespaces are exactly those given (or all), the resources those found at
+        # start-up. Runs before kopf starts its observers.
+        settings.scanning.disabled = True
         settings.posting.enabled = False  # our Events are about routes, not about handlers
         settings.watching.server_timeout = 300
         settings.watching.client_timeout = 330

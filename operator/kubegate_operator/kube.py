@@ -91,20 +91,27 @@ class Kube:
             ref.name, ref.namespace, dict(body), _content_type=MERGE_PATCH
         )
 
-    async def post_event(self, namespace: str, name: str, kind: str, reason: str, message: str) -> None:
+    async def post_event(
+        self, namespace: str, name: str, uid: str | None, kind: str, reason: str, message: str
+    ) -> None:
+        """A core/v1 Event about a GatewayRoute. ``involvedObject.uid`` matters: ``kubectl describe`` selects
+        the Events of an object by its uid."""
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        involved = {
+            "apiVersion": models.API_VERSION,
+            "kind": models.KIND,
+            "name": name,
+            "namespace": namespace,
+        }
+        if uid:
+            involved["uid"] = uid
         await self.core.create_namespaced_event(
             namespace,
             {
                 "apiVersion": "v1",
                 "kind": "Event",
                 "metadata": {"generateName": f"{name}.", "namespace": namespace},
-                "involvedObject": {
-                    "apiVersion": models.API_VERSION,
-                    "kind": models.KIND,
-                    "name": name,
-                    "namespace": namespace,
-                },
+                "involvedObject": involved,
                 "type": kind,
                 "reason": reason,
                 "message": message,

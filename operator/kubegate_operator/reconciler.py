@@ -92,6 +92,8 @@ class Reconciler:
         self.publisher.set_active(active)
         self.metrics.leader.set(1 if active else 0)
         if active:
+            if self._lag is not None:  # a standby's pending batch: count its lag from the take-over
+                self._lag = (self._lag[0], max(self._lag[1], self._clock()))
             self.writer_reset()
             self._status_dirty.set()
             self._bootstrap_dirty.set()

@@ -180,6 +180,13 @@ class ClusterState:
             out[f"{namespace}/{name}"] = generation if isinstance(generation, int) else None
         return out
 
+    def route_uid(self, key: str) -> str | None:
+        """metadata.uid of the route ``ns/name``, if present."""
+        namespace, _, name = key.partition("/")
+        body = self.objects[GATEWAYROUTE].get((namespace, name))
+        uid = body["metadata"].get("uid") if body is not None else None
+        return uid if isinstance(uid, str) else None
+
     def bundle(self) -> resources.Bundle:
         """The compiler's input: every route, slice and service in scope."""
         objects: list[dict[str, Any]] = []

@@ -26,7 +26,8 @@ ACCEPTED = "Accepted"
 
 WireStatus = dict[str, Any]
 PatchStatus = Callable[[str, str, WireStatus], Awaitable[bool]]  # ns, name, status → False if gone
-PostEvent = Callable[[str, str, str, str, str], Awaitable[None]]  # ns, name, type, reason, message
+# ns, name, uid, type, reason, message
+PostEvent = Callable[[str, str, str | None, str, str, str], Awaitable[None]]
 
 
 def _wire(model: models.Condition | models.GatewayRouteStatus) -> dict[str, Any]:
@@ -109,11 +110,13 @@ class StatusWriter:
         *,
         patch: PatchStatus,
         event: PostEvent | None = None,
+        uid: Callable[[str], str | None] | None = None,
         metrics: metrics_mod.Metrics | None = None,
         concurrency: int = 16,
     ) -> None:
         self._patch = patch
         self._event = event
+        self._uid = uid or (lambda key: None)  # "ns/name" → metadata.uid (Events name the object by uid)
         self._metrics = metrics
         self._limit = asyncio.Semaphore(concurrency)
         self.written: dict[str, WireStatus] = {}  # "ns/name" → the status as last written
@@ -173,10 +176,11 @@ class StatusWriter:
         else:
             kind = "Normal" if new.get("status") == "True" else "Warning"
             reason = "Accepted" if new.get("status") == "True" else str(new.get("reason") or "Rejected")
+        uid = self._uid(f"{namespace}/{name}")
         try:
-            await self._event(namespace, name, kind, reason, str(new.get("message", ""))[:1024])
+            await self._event(namespace, name, uid, kind, reason, str(new.get("message", ""))[:1024])
         except Exception as error:  # events are best effort
-            logger.debug("event for %s/%s not posted: %s", namespace, name, error)
+            logger.warning("event for %s/%s not posted: %s", namespace, name, error)
 
     def _count(self, result: str) -> None:
         if self._metrics is not None:

@@ -1,13 +1,16 @@
-"""Fixtures for the operator suite: the Kubernetes API emulator, real data planes, a real operator process.
+"""Fixtures for the operator suite: the Kubernetes API emulator, real data planes, real operator processes.
 
 The operator runs as ``python -m kubegate_operator`` with ``KUBECONFIG`` pointing at the emulator (kopf
 must not share the test's event loop), against 2 real ``kubegate serve`` processes discovered through
-the EndpointSlice of the data-plane Service, and real upstream servers.
+the EndpointSlice of the data-plane Service, and real upstream servers. A cluster can run several
+operators (leader election); each has its own log file and metrics port, scraped over HTTP.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -17,9 +20,10 @@ from typing import Any
 import httpx
 import jsonschema
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubegate.api import crd
-from tests.gateway import TOKEN, GatewayProcess
+from tests.gateway import TOKEN, GatewayProcess, free_port
 from tests.operator.kube import ROUTES, SERVICES, SLICES, KubeAPI
 from tests.upstreams import UpstreamServer, wait_for
 
@@ -74,8 +78,90 @@ def service(name: str, port: int, ns: str = "default") -> dict[str, Any]:
     }
 
 
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+class Operator:
+    """One ``python -m kubegate_operator`` process: its log file and its metrics endpoint."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        given = [a.split("=", 1)[1] for a in args if a.startswith("--metrics-port=")]
+        given += [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--metrics-port"]
+        if given:  # the caller chose the port (bench/convergence_bench.py does)
+            self.metrics_port = int(given[-1])
+        else:
+            self.metrics_port = free_port()
+            args = [*args, "--metrics-port", str(self.metrics_port)]
+        log = open(log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def samples(self) -> Samples | None:
+        """Every sample of ``GET /metrics`` by (name, labels); None while the endpoint does not answer."""
+        try:
+            response = httpx.get(self.metrics_url, timeout=2)
+        except httpx.HTTPError:
+            return None
+        response.raise_for_status()
+        out: Samples = {}
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                out[sample.name, frozenset(sample.labels.items())] = float(sample.value)
+        return out
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample's value (0 when absent, as for a counter never incremented)."""
+        samples = self.samples()
+        if samples is None:
+            raise AssertionError(f"operator {self.name}: {self.metrics_url} does not answer")
+        return samples.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str) -> float:
+        """The sum of a metric over all its label values."""
+        samples = self.samples() or {}
+        return sum(value for (sample, _), value in samples.items() if sample == name)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def log_lines(self) -> list[str]:
+        try:
+            return self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+
+
+def assert_json_log(lines: list[str]) -> list[dict[str, Any]]:
+    """Every line is one JSON object with time, level, logger and message (kubegate.logs)."""
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"a log line is not JSON: {line[:300]!r}") from None
+        assert isinstance(record, dict) and {"time", "level", "logger", "message"} <= set(record), line
+        records.append(record)
+    return records
+
+
 class Cluster:
-    """The emulator, the data planes and the operator process of one test."""
+    """The emulator, the data planes and the operator process(es) of one test module."""
 
     def __init__(self, tmp: Path, api: KubeAPI) -> None:
         self.tmp = tmp
@@ -84,8 +170,7 @@ class Cluster:
         self.token_file = tmp / "push-token"
         self.token_file.write_text(TOKEN + "\n")
         self.gateways: list[GatewayProcess] = []
-        self.operator: subprocess.Popen[bytes] | None = None
-        self.operator_log = tmp / "operator.log"
+        self.operators: dict[str, Operator] = {}
 
     def start_gateways(self, count: int) -> None:
         for _ in range(count):
@@ -108,7 +193,8 @@ class Cluster:
         for name in existing - wanted:
             self.api.delete(SLICES, DP_NS, name)
 
-    def start_operator(self, *extra: str) -> None:
+    def start_operator(self, *extra: str, name: str = "operator") -> Operator:
+        """Start an operator process (``name`` also names its log file, ``TMP/NAME.log``)."""
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "NO_PROXY": "*"}
         args = [
             sys.executable,
@@ -128,22 +214,24 @@ class Cluster:
             "0.2",
             *extra,
         ]
-        log = open(self.operator_log, "ab")  # noqa: SIM115
-        self.operator = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        if name in self.operators:
+            self.operators[name].stop()
+        operator = Operator(name, args, env, self.tmp / f"{name}.log")
+        self.operators[name] = operator
+        return operator
 
-    def stop_operator(self) -> None:
-        if self.operator is not None and self.operator.poll() is None:
-            self.operator.terminate()
-            try:
-                self.operator.wait(15)
-            except subprocess.TimeoutExpired:
-                self.operator.kill()
-                self.operator.wait()
-        self.operator = None
+    @property
+    def operator(self) -> Operator:
+        return self.operators["operator"]
+
+    def stop_operator(self, name: str = "operator", sig: int = signal.SIGTERM) -> None:
+        operator = self.operators.get(name)
+        if operator is not None:
+            operator.stop(sig)
 
     def close(self) -> None:
-        self.stop_operator()
+        for operator in self.operators.values():
+            operator.stop()
         for gw in self.gateways:
             gw.stop()
 
@@ -168,10 +256,9 @@ class Cluster:
             ) from None
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.operator_log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return "\n".join(
+            f"--- {op.name}:\n" + "\n".join(op.log_lines()[-lines:]) for op in self.operators.values()
+        )
 
     def serves_everywhere(self, path: str, backend: str) -> bool:
         """A real request through every data plane reaches ``backend``."""
@@ -215,4 +302,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, kube_api: KubeAPI) -> Iter
         c.close()
 
 
-__all__ = ["ROUTES", "SERVICES", "SLICES", "Cluster", "endpoint_slice", "gatewayroute", "service"]
+__all__ = [
+    "ROUTES",
+    "SERVICES",
+    "SLICES",
+    "Cluster",
+    "Operator",
+    "Samples",
+    "assert_json_log",
+    "endpoint_slice",
+    "gatewayroute",
+    "service",
+]

@@ -9,6 +9,14 @@ that as a conflict), 409 on a duplicate create, and trims the request log.
 :class:`KubeAPI` runs the emulator on its own event loop in a background thread (the operator under test
 runs as a separate process with ``KUBECONFIG`` pointing here) and gives tests a small synchronous client
 (``create``, ``patch``, ``delete``, ``get``, ``list``), like ``kubectl`` would.
+
+Also fixed here: kmock 0.8 cannot parse ``/api/v1/namespaces`` (it takes ``namespaces`` for the start of a
+namespaced path and fails with 500), so the path parser is wrapped to read it as the cluster-scoped
+``namespaces`` resource; the emulator creates a Namespace object for every namespace an object is created
+in (a real API server refuses objects in a missing namespace; tests here never create Namespaces first);
+``metadata.generateName`` gets a random suffix as on a real server (kopf and our Events use it). The
+emulator records which client (User-Agent) asked for which path, so that tests can check what the operator
+requests (for instance, never the cluster-wide Namespaces or CRDs its RBAC does not grant).
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import secrets
+import string
 import threading
 import uuid
 from collections.abc import Mapping
@@ -28,12 +38,32 @@ import attrs
 import httpx
 import jsonpatch
 import kmock
+import kmock._internal.parsing as kmock_parsing
 import yaml
 
 ROUTES = "kubegate.dev/v1alpha1/gatewayroutes"
 SLICES = "discovery.k8s.io/v1/endpointslices"
 SERVICES = "v1/services"
 SECRETS = "v1/secrets"
+EVENTS = "v1/events"
+LEASES = "coordination.k8s.io/v1/leases"
+NAMESPACES = "v1/namespaces"
+
+_NAMESPACES = kmock.resource("", "v1", "namespaces")
+_original_parse_path = kmock_parsing.parse_path
+
+
+def _parse_path(path: str) -> kmock_parsing.ParsedPath:
+    """kmock's parser, except that ``/api/v1/namespaces[/NAME]`` is the cluster-scoped Namespace resource
+    (kmock reads ``namespaces`` as the start of ``/namespaces/NS/...`` and crashes on the missing NS)."""
+    parts = path.strip("/").split("/")
+    if len(parts) in (3, 4) and parts[0] == "api" and parts[2] == "namespaces":
+        name = parts[3] if len(parts) == 4 else None
+        return kmock_parsing.ParsedPath(group="", version=parts[1], plural="namespaces", name=name)
+    return _original_parse_path(path)
+
+
+kmock_parsing.parse_path = _parse_path
 
 
 def _merge_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,12 +99,43 @@ def _merge(old: Any, patch: Any) -> Any:
 @attrs.define(kw_only=True)
 class RealisticEmulator(kmock.KubernetesEmulator):
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1000), init=False)
+    # (client, method, path, watch?) of every request seen; client is the User-Agent's product name.
+    seen: set[tuple[str, str, str, bool]] = attrs.field(factory=set, init=False)
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        agent = str(request.headers.get("User-Agent", "")).split("/", 1)[0]
+        watch = request.params.get("watch") in ("true", "1")
+        self.seen.add((agent, str(request.method.value), request.url.path, watch))
         try:
             return await self._realistic(request)
         finally:
             self._forget(request)
+
+    def requested(self, path_part: str, *, exclude_agent: str = "python-httpx") -> set[str]:
+        """Paths containing ``path_part`` asked for by any client but ``exclude_agent`` (the test's own)."""
+        return {
+            f"{method} {path}{'?watch' if watch else ''}"
+            for agent, method, path, watch in self.seen
+            if path_part in path and agent != exclude_agent
+        }
+
+    async def _ensure_namespace(self, namespace: str | None) -> None:
+        if not namespace or (_NAMESPACES, None, namespace) in self.objects:
+            return
+        body = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": namespace,
+                "uid": str(uuid.uuid4()),
+                "resourceVersion": str(next(self._rv)),
+                "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            "status": {"phase": "Active"},
+        }
+        async with self._lock:
+            self.objects[_NAMESPACES, None, namespace] = body
+            await self._buses[_NAMESPACES].put({"type": "ADDED", "object": body})
 
     def _forget(self, request: kmock.Request) -> None:
         """kmock matches each request against its whole log (by identity): drop finished ones, so that
@@ -101,6 +162,10 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             meta.setdefault("namespace", request.namespace)
             if meta.get("namespace") is None:
                 del meta["namespace"]
+            if not meta.get("name") and meta.get("generateName"):
+                alphabet = string.ascii_lowercase + string.digits
+                meta["name"] = str(meta["generateName"]) + "".join(secrets.choice(alphabet) for _ in range(5))
+            await self._ensure_namespace(meta.get("namespace"))
             key = (request.resource, meta.get("namespace"), meta.get("name"))
             if key in self.objects and not self.objects[key].deleted:
                 raise kmock.KubernetesError(status=409, reason="AlreadyExists", message="already exists")

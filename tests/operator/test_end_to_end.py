@@ -5,7 +5,11 @@ observedGeneration; an edit moves generation, status and traffic; an EndpointSli
 to the new endpoints only; a deletion gives 404; an invalid route is Accepted=False naming the field while
 other routes keep serving; a missing Service gives ResolvedRefs=False and 500; a restarted data plane is
 re-pushed; the bootstrap Secret holds the table and a new data plane serves from it with the operator
-stopped. Every GatewayRoute used here is validated against the CRD schema first.
+stopped; the operator's ``/metrics`` (scraped over HTTP) show compile duration, table size, pushes by
+result, replicas in sync and reconcile lag after a route is applied; an Accepted → rejected → Accepted
+round trip posts one Event per transition on the route; the operator never lists or watches CRDs or
+Namespaces (kopf scanning off: the chart's RBAC does not grant them) and logs only JSON lines. Every
+GatewayRoute used here is validated against the CRD schema first.
 """
 
 from __future__ import annotations
@@ -13,12 +17,21 @@ from __future__ import annotations
 import base64
 import signal
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from tests.gateway import GatewayProcess
-from tests.operator.conftest import BOOTSTRAP, Cluster, endpoint_slice, gatewayroute, service
-from tests.operator.kube import ROUTES, SECRETS, SERVICES, SLICES
+from tests.operator.conftest import (
+    BOOTSTRAP,
+    Cluster,
+    Samples,
+    assert_json_log,
+    endpoint_slice,
+    gatewayroute,
+    service,
+)
+from tests.operator.kube import EVENTS, ROUTES, SECRETS, SERVICES, SLICES
 from tests.upstreams import UpstreamServer
 
 
@@ -157,6 +170,125 @@ def test_missing_service_is_resolvedrefs_false_and_500(
     cluster.wait(lambda: cluster.statuses_everywhere("/missing") == {500}, what="route-missing gives 500")
 
 
+def test_operator_metrics_over_http(cluster: Cluster, upstreams: dict[str, UpstreamServer]) -> None:
+    op = cluster.operator
+    before = cluster.wait(op.samples, what="the operator serves /metrics")
+
+    def value(samples: Samples, name: str, **labels: str) -> float:
+        return samples.get((name, frozenset(labels.items())), 0.0)
+
+    spec = {
+        "match": {"path": {"type": "Prefix", "value": "/metrics-route"}},
+        "backends": [{"url": upstreams["gamma"].url}],
+    }
+    cluster.api.create(ROUTES, gatewayroute("route-metrics", spec))
+    cluster.wait(lambda: cluster.serves_everywhere("/metrics-route", "gamma"), what="route-metrics served")
+    lag = "kubegate_operator_reconcile_lag_seconds_count"
+
+    def settled() -> Samples | None:
+        now = op.samples()
+        if now is None or value(now, lag) <= value(before, lag):
+            return None
+        return now if value(now, "kubegate_operator_replicas_in_sync") == 2 else None
+
+    after = cluster.wait(settled, what="a reconcile lag observed for the new table, 2 replicas in sync")
+
+    compiles = value(after, "kubegate_operator_compile_duration_seconds_count") - value(
+        before, "kubegate_operator_compile_duration_seconds_count"
+    )
+    compile_time = value(after, "kubegate_operator_compile_duration_seconds_sum") - value(
+        before, "kubegate_operator_compile_duration_seconds_sum"
+    )
+    assert compiles >= 1 and 0 < compile_time / compiles < 1.0, (compiles, compile_time)
+
+    served = {gw.table()["routes"] for gw in cluster.gateways}
+    assert served == {value(after, "kubegate_operator_table_routes")}, "table size differs from the replicas'"
+    assert 100 * served.pop() < value(after, "kubegate_operator_table_bytes") < 1_000_000
+
+    ok = value(after, "kubegate_operator_pushes_total", result="ok")
+    assert ok - value(before, "kubegate_operator_pushes_total", result="ok") >= 2, "one push per replica"
+    assert value(after, "kubegate_operator_replicas") == 2
+    assert value(after, "kubegate_operator_replicas_in_sync") == 2
+
+    lags = value(after, lag) - value(before, lag)
+    lag_time = value(after, "kubegate_operator_reconcile_lag_seconds_sum") - value(
+        before, "kubegate_operator_reconcile_lag_seconds_sum"
+    )
+    assert 0 < lag_time / lags < 5.0, (lags, lag_time)
+    within_5s = value(after, "kubegate_operator_reconcile_lag_seconds_bucket", le="5.0")
+    assert within_5s == value(after, lag), "a reconcile took more than 5 s"
+    assert value(after, "kubegate_operator_leader") == 1  # no election: this replica publishes
+    assert value(after, "kubegate_operator_status_writes_total", result="ok") >= 1
+
+
+def test_accept_reject_transitions_post_events(
+    cluster: Cluster, upstreams: dict[str, UpstreamServer]
+) -> None:
+    good = {
+        "match": {"path": {"type": "Prefix", "value": "/ev"}},
+        "backends": [{"url": upstreams["alpha"].url}],
+    }
+    bad = {
+        "match": {
+            "path": {"type": "Prefix", "value": "/ev"},
+            "headers": [{"name": "X-V", "type": "RegularExpression", "value": "(["}],
+        },
+        "backends": [{"url": upstreams["alpha"].url}],
+    }
+    gatewayroute("route-ev", bad)  # schema check of the edit
+    created = cluster.api.create(ROUTES, gatewayroute("route-ev", good))
+    uid = created["metadata"]["uid"]
+
+    def accepted(status: str) -> bool:
+        return cluster.condition("route-ev", "Accepted").get("status") == status
+
+    def events() -> list[dict[str, Any]]:
+        found = [e for e in cluster.api.list(EVENTS, "default") if e["involvedObject"]["name"] == "route-ev"]
+        return sorted(found, key=lambda e: int(e["metadata"]["resourceVersion"]))
+
+    def reasons() -> list[tuple[str, str]]:
+        return [(e["type"], e["reason"]) for e in events()]
+
+    cluster.wait(lambda: accepted("True"), what="route-ev accepted")
+    cluster.wait(lambda: reasons() == [("Normal", "Accepted")], what="an Accepted event")
+    cluster.api.patch(ROUTES, "default", "route-ev", {"spec": bad})
+    cluster.wait(lambda: accepted("False"), what="route-ev rejected")
+    cluster.wait(
+        lambda: reasons() == [("Normal", "Accepted"), ("Warning", "Invalid")], what="a rejection event"
+    )
+    cluster.api.patch(ROUTES, "default", "route-ev", {"spec": {"match": {"headers": None}}})  # merge patch
+    assert cluster.api.get(ROUTES, "default", "route-ev")["spec"] == good  # type: ignore[index]
+    cluster.wait(lambda: accepted("True"), what="route-ev accepted again")
+    expected = [("Normal", "Accepted"), ("Warning", "Invalid"), ("Normal", "Accepted")]
+    cluster.wait(lambda: reasons() == expected, what="an event on acceptance again")
+
+    found = events()
+    for event in found:
+        assert event["involvedObject"] == {
+            "apiVersion": "kubegate.dev/v1alpha1",
+            "kind": "GatewayRoute",
+            "name": "route-ev",
+            "namespace": "default",
+            "uid": uid,
+        }
+        assert event["metadata"]["namespace"] == "default"
+        assert event["source"] == {"component": "kubegate-operator"}
+    assert "spec.match.headers[0].value" in str(found[1]["message"])
+    assert len({e["metadata"]["name"] for e in found}) == 3
+
+
+def test_no_cluster_scanning_and_json_logs(cluster: Cluster) -> None:
+    emulator = cluster.api.emulator
+    assert emulator is not None
+    # The operator did watch what it needs ...
+    assert "GET /apis/kubegate.dev/v1alpha1/gatewayroutes?watch" in emulator.requested("gatewayroutes")
+    # ... and never what the chart's RBAC does not grant (kopf's scanning of CRDs and Namespaces).
+    assert emulator.requested("customresourcedefinitions") == set()
+    assert {p for p in emulator.requested("/namespaces") if p.split("?")[0].endswith("/namespaces")} == set()
+    records = assert_json_log(cluster.operator.log_lines())
+    assert any(r["logger"] == "kubegate.operator" and "compiled table" in r["message"] for r in records)
+
+
 def test_restarted_dataplane_is_repushed(cluster: Cluster) -> None:
     victim = cluster.gateways[0]
     version = victim.table()["version"]
@@ -177,7 +309,9 @@ def test_bootstrap_secret_serves_a_new_replica_without_the_operator(cluster: Clu
 
     def stored() -> bool:
         secret = cluster.api.get(SECRETS, ns, name)
-        return bool(secret) and secret["metadata"]["annotations"]["kubegate.dev/table-version"] == version
+        return (
+            secret is not None and secret["metadata"]["annotations"]["kubegate.dev/table-version"] == version
+        )
 
     cluster.wait(stored, what="bootstrap Secret holds the served table")
     secret = cluster.api.get(SECRETS, ns, name)

@@ -5,20 +5,23 @@ Aspects: a burst is one compile and the maximum delay bounds it; state ignores s
 finds replicas (not-ready included, terminating excluded); an incremental state gives the same table as a
 full load; one unreachable replica never holds back the others, a restarted replica is re-pushed, and
 Programmed counts only replicas that acknowledged this generation; unchanged statuses are not rewritten;
-a table over the limit is refused; flags and KUBEGATE_* variables.
+a table over the limit is refused; flags and KUBEGATE_* variables; leader election judges expiry by the
+candidate's own clock (not the holder's renewTime), a released Lease is taken over at once, and a leader
+steps down as soon as another replica holds the Lease.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import copy
 import gzip
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -26,7 +29,7 @@ import pytest
 from kubegate.compiler import compile as compiler
 from kubegate.compiler import table as tables
 from kubegate.dataplane.routesfile import load_bootstrap
-from kubegate_operator import bootstrap, debounce, publisher, settings, state, status
+from kubegate_operator import bootstrap, debounce, leader, publisher, settings, state, status
 from kubegate_operator import metrics as metrics_mod
 from tests.gateway import TOKEN, GatewayProcess, free_port
 from tests.operator.conftest import endpoint_slice, gatewayroute
@@ -232,7 +235,7 @@ def _compiled(generation: int = 3) -> dict[str, Any]:
     result = compiler.compile_bundle(
         state_with(_route("r1", generation)).bundle(), now=datetime(2024, 1, 1, tzinfo=UTC)
     )
-    return result.statuses["default/r1"].model_dump(mode="json", by_alias=True, exclude_none=True)
+    return dict(result.statuses["default/r1"].model_dump(mode="json", by_alias=True, exclude_none=True))
 
 
 def state_with(*routes: dict[str, Any]) -> state.ClusterState:
@@ -277,10 +280,11 @@ async def test_status_writer_writes_only_changes() -> None:
         calls.append((ns, name))
         return name != "gone"
 
-    async def event(ns: str, name: str, kind: str, reason: str, message: str) -> None:
+    async def event(ns: str, name: str, uid: str | None, kind: str, reason: str, message: str) -> None:
         events.append((name, reason))
+        assert uid == f"uid-{name}"
 
-    writer = status.StatusWriter(patch=patch, event=event)
+    writer = status.StatusWriter(patch=patch, event=event, uid=lambda key: "uid-" + key.split("/")[1])
     now = datetime(2024, 2, 1, tzinfo=UTC)
     st = status.desired_status(_compiled(), acked=2, replicas=2, previous=None, now=now)
     observed = {"default/same": st}
@@ -363,3 +367,113 @@ def test_settings_from_flags_and_environment() -> None:
     assert s.push_token_file == Path("/t") and settings.parse([], {}).watched_namespaces() == ()
     with pytest.raises(SystemExit):
         settings.parse(["--dataplane-service", "no-slash"], {})
+
+
+# --- leader election ------------------------------------------------------------------------------
+
+
+class FakeLeases:
+    """The three Lease calls of :class:`~kubegate_operator.kube.Kube`, in memory, optimistic like the API."""
+
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.version = 0
+
+    async def get_lease(self, ref: settings.ObjectRef) -> dict[str, Any] | None:
+        return copy.deepcopy(self.lease)
+
+    async def create_lease(self, ref: settings.ObjectRef, spec: dict[str, Any]) -> bool:
+        if self.lease is not None:
+            return False
+        self.put(spec)
+        return True
+
+    async def update_lease(self, ref: settings.ObjectRef, version: str, spec: dict[str, Any]) -> bool:
+        if self.lease is None or self.lease["metadata"]["resourceVersion"] != version:
+            return False
+        self.put(spec)
+        return True
+
+    def put(self, spec: dict[str, Any]) -> None:
+        self.version += 1
+        self.lease = {"metadata": {"resourceVersion": str(self.version)}, "spec": copy.deepcopy(spec)}
+
+
+def elector(
+    leases: FakeLeases, identity: str, clock: list[float], changes: list[bool] | None = None
+) -> leader.LeaderElector:
+    return leader.LeaderElector(
+        kube=cast(Any, leases),
+        ref=settings.ObjectRef("ns", "lease"),
+        identity=identity,
+        duration=3.0,
+        on_change=(changes if changes is not None else []).append,
+        clock=lambda: clock[0],
+    )
+
+
+async def test_lease_expiry_is_judged_by_the_candidates_own_clock() -> None:
+    leases, clock = FakeLeases(), [100.0]
+    a, b = elector(leases, "a", clock), elector(leases, "b", clock)
+    assert await a.try_acquire()
+    assert not await b.try_acquire()
+    # The holder's renewTime is far in the past by the wall clock (clock skew between nodes): irrelevant,
+    # the candidate only counts how long it has seen the Lease unchanged.
+    assert leases.lease is not None
+    leases.put({**leases.lease["spec"], "renewTime": "2000-01-01T00:00:00.000000Z"})
+    assert not await b.try_acquire()
+    clock[0] += 2.9
+    assert not await b.try_acquire(), "taken over before the lease duration passed"
+    assert await a.try_acquire()  # a renewal restarts the candidate's count ...
+    assert not await b.try_acquire()  # ... from when the candidate sees it
+    clock[0] += 2.9
+    assert not await b.try_acquire()
+    clock[0] += 0.2
+    assert await b.try_acquire(), "not taken over after the lease duration"
+    assert leases.lease["spec"]["holderIdentity"] == "b"
+    assert leases.lease["spec"]["leaseTransitions"] == 1
+    assert not await a.try_acquire()
+
+
+async def test_release_lets_a_candidate_take_over_at_once() -> None:
+    leases, clock = FakeLeases(), [0.0]
+    changes: list[bool] = []
+    a, b = elector(leases, "a", clock, changes), elector(leases, "b", clock)
+    assert await a.try_acquire()
+    a._set(True)
+    assert not await b.try_acquire()
+    assert await a.release()
+    assert changes == [True, False] and not a.leading
+    assert leases.lease is not None and leases.lease["spec"]["holderIdentity"] == ""
+    assert await b.try_acquire()  # no waiting for expiry
+    assert not await a.release(), "only the holder releases"
+    assert leases.lease["spec"]["holderIdentity"] == "b"
+
+
+async def test_leader_steps_down_when_another_holds_the_lease() -> None:
+    leases = FakeLeases()
+    changes: list[bool] = []
+    a = leader.LeaderElector(
+        kube=cast(Any, leases),
+        ref=settings.ObjectRef("ns", "lease"),
+        identity="a",
+        duration=0.6,  # renews every 0.2 s
+        on_change=changes.append,
+    )
+    task = asyncio.create_task(a.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while not a.leading:
+            assert asyncio.get_running_loop().time() < deadline, "never acquired"
+            await asyncio.sleep(0.01)
+        assert leases.lease is not None
+        leases.put({**leases.lease["spec"], "holderIdentity": "b"})  # b took over (say, a was paused)
+        while a.leading:
+            assert asyncio.get_running_loop().time() < deadline, "still leading"
+            await asyncio.sleep(0.01)
+        assert changes == [True, False]
+        assert leases.lease["spec"]["holderIdentity"] == "b", "a took the valid Lease back"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
