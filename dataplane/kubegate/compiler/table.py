@@ -17,7 +17,7 @@ import json
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 TableApiVersion = Literal["kubegate.dev/v1alpha1"]
 TABLE_API_VERSION: TableApiVersion = "kubegate.dev/v1alpha1"
@@ -97,15 +97,26 @@ class RouteTable(_Frozen):
     version: str = Field(default="0", min_length=1)
     routes: tuple[CompiledRoute, ...] = ()
 
+    # The routes' wire form and hash, computed once per routes tuple: the operator hashes, pushes and
+    # stores every table, and dumping 10,000 routes is the expensive part. Keyed by the tuple's identity,
+    # so ``model_copy(update={"version": ...})`` shares it and a copy with other routes does not.
+    _wire_cache: tuple[int, list[dict[str, object]], str] | None = PrivateAttr(default=None)
+
+    def _routes_wire(self) -> tuple[list[dict[str, object]], str]:
+        cache = self._wire_cache
+        if cache is None or cache[0] != id(self.routes):
+            wire = [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in self.routes]
+            blob = json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
+            cache = self._wire_cache = (id(self.routes), wire, "sha256:" + hashlib.sha256(blob).hexdigest())
+        return cache[1], cache[2]
+
     def content_hash(self) -> str:
         """sha256 over the canonical JSON of the routes; the version string is not part of it."""
-        payload = [r.model_dump(mode="json", by_alias=True) for r in self.routes]
-        blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
-        return "sha256:" + hashlib.sha256(blob).hexdigest()
+        return self._routes_wire()[1]
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form pushed to ``PUT /table`` and printed by ``kubegate compile``."""
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return {"apiVersion": self.api_version, "version": self.version, "routes": self._routes_wire()[0]}
 
     @classmethod
     def from_wire(cls, data: object) -> RouteTable:
