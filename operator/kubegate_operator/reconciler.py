@@ -60,6 +60,7 @@ class Reconciler:
         self.trigger = debounce.Trigger(holdoff=holdoff, max_delay=max_delay, clock=clock)
         self._clock = clock
         self.result: compiler.CompileResult | None = None
+        self._memo = compiler.CompileMemo()  # per-route work reused between compiles (same results)
         self._compiled_status: dict[str, dict[str, Any]] = {}
         self._status_dirty = asyncio.Event()
         self._bootstrap_dirty = asyncio.Event()
@@ -133,7 +134,9 @@ class Reconciler:
     def compile_now(self, *, first_change: float | None = None) -> tables.RouteTable:
         started = time.perf_counter()
         previous = self.result.statuses if self.result is not None else self._observed_statuses()
-        result = compiler.compile_bundle(self.state.bundle(), now=datetime.now(UTC), previous=previous)
+        result = compiler.compile_bundle(
+            self.state.bundle(), now=datetime.now(UTC), previous=previous, memo=self._memo
+        )
         table = result.table.model_copy(update={"version": table_version(result.table)})
         elapsed = time.perf_counter() - started
         self.metrics.compile_seconds.observe(elapsed)

@@ -87,6 +87,13 @@ class RawObject:
         return meta if isinstance(meta, Mapping) else {}
 
     @property
+    def revision(self) -> tuple[str, str] | None:
+        """``(uid, resourceVersion)`` when the API server set them: they change whenever the object does."""
+        meta = self.metadata
+        uid, rv = meta.get("uid"), meta.get("resourceVersion")
+        return (str(uid), str(rv)) if uid and rv else None
+
+    @property
     def generation(self) -> int | None:
         value = self.metadata.get("generation")
         return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None

@@ -91,6 +91,14 @@ class CompiledRoute(_Frozen):
     timeout_ms: int | None = Field(default=None, ge=1, alias="timeoutMs")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=0, alias="maxBodyBytes")
 
+    _wire: dict[str, object] | None = PrivateAttr(default=None)
+
+    def wire(self) -> dict[str, object]:
+        """The route's JSON-able form, computed once (the operator reuses unchanged routes between tables)."""
+        if self._wire is None:
+            self._wire = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return self._wire
+
 
 class RouteTable(_Frozen):
     api_version: TableApiVersion = Field(default=TABLE_API_VERSION, alias="apiVersion")
@@ -105,7 +113,7 @@ class RouteTable(_Frozen):
     def _routes_wire(self) -> tuple[list[dict[str, object]], str]:
         cache = self._wire_cache
         if cache is None or cache[0] != id(self.routes):
-            wire = [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in self.routes]
+            wire = [r.wire() for r in self.routes]
             blob = json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
             cache = self._wire_cache = (id(self.routes), wire, "sha256:" + hashlib.sha256(blob).hexdigest())
         return cache[1], cache[2]
