@@ -34,6 +34,8 @@ from kubegate_operator import metrics as metrics_mod
 
 logger = logging.getLogger("kubegate.operator")
 
+BOOTSTRAP_DELAY = 1.0  # seconds between a new table and storing it in the bootstrap Secret
+
 
 def table_version(table: tables.RouteTable) -> str:
     return "t-" + table.content_hash().removeprefix("sha256:")[:16]
@@ -213,6 +215,9 @@ class Reconciler:
     async def _bootstrap_loop(self) -> None:
         while True:
             await self._bootstrap_dirty.wait()
+            # The Secret only matters for cold starts: let the pushes go first and coalesce a burst of
+            # tables into one write (encoding 10,000 routes takes a tenth of a second of the loop).
+            await asyncio.sleep(BOOTSTRAP_DELAY)
             self._bootstrap_dirty.clear()
             desired = self.publisher.desired
             if not self.active or self.bootstrapper is None or desired is None or self.result is None:

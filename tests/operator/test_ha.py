@@ -87,7 +87,10 @@ def test_exactly_one_leader_publishes(ha: Cluster, upstreams: dict[str, Upstream
     assert standby.metric("kubegate_operator_leader") == 0
     assert leader.metric("kubegate_operator_pushes_total", result="ok") >= 2
     assert leader.metric("kubegate_operator_status_writes_total", result="ok") >= 1
-    assert leader.metric("kubegate_operator_bootstrap_writes_total", result="ok") >= 1
+    ha.wait(  # the Secret is written a moment after the pushes (reconciler.BOOTSTRAP_DELAY)
+        lambda: leader.metric("kubegate_operator_bootstrap_writes_total", result="ok") >= 1,
+        what="leader stored the bootstrap Secret",
+    )
     assert standby.total("kubegate_operator_pushes_total") == 0, "the standby pushed a table"
     assert standby.total("kubegate_operator_status_writes_total") == 0, "the standby wrote a status"
     assert standby.total("kubegate_operator_bootstrap_writes_total") == 0, "the standby wrote the Secret"
