@@ -19,6 +19,7 @@ it, and the other routes compile as if it were absent. ``now`` is injected; a co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -216,16 +217,14 @@ def _resolve(
 ) -> tuple[table.CompiledBackend, str | None, bool]:
     """→ (backend, not-found message or None, has ready endpoints)."""
     if ref.url is not None:
-        host, url_port = models.split_http_url(ref.url)
-        target = table.Endpoint(host=host, port=url_port)
-        return table.CompiledBackend(name=name, weight=ref.weight, endpoints=(target,)), None, True
+        return _backend(name, ref.weight, (models.split_http_url(ref.url),), None), None, True
     assert ref.service is not None and ref.port is not None  # guaranteed by BackendRef's validator
     key = (namespace, ref.service)
     slices = services.slices.get(key, [])
     service = services.services.get(key)
     if not slices and service is None:
         error = f"Service {namespace}/{ref.service} not found"
-        return table.CompiledBackend(name=name, weight=ref.weight, error=error), error, False
+        return _backend(name, ref.weight, (), error), error, False
     found: set[tuple[str, int]] = set()
     for view in slices:
         if view.address_type not in _ADDRESS_TYPES:
@@ -236,8 +235,21 @@ def _resolve(
         for endpoint in view.endpoints:
             if endpoint.usable:
                 found.update((address, slice_port) for address in endpoint.addresses)
-    endpoints = tuple(table.Endpoint(host=host, port=port) for host, port in sorted(found))
-    return table.CompiledBackend(name=name, weight=ref.weight, endpoints=endpoints), None, bool(endpoints)
+    return _backend(name, ref.weight, tuple(sorted(found)), None), None, bool(found)
+
+
+@functools.lru_cache(maxsize=65536)
+def _backend(
+    name: str, weight: int, endpoints: tuple[tuple[str, int], ...], error: str | None
+) -> table.CompiledBackend:
+    """Backends are immutable values, so equal ones are shared: most stay the same from one compile to
+    the next, and sharing lets the compiled route that holds them be reused too (see CompileMemo)."""
+    return table.CompiledBackend(
+        name=name,
+        weight=weight,
+        endpoints=tuple(table.Endpoint(host=host, port=port) for host, port in endpoints),
+        error=error,
+    )
 
 
 def _resolve_backends(route: _Route, services: _Services) -> None:
@@ -335,6 +347,14 @@ def _condition(
     message = (
         verdict.message if len(verdict.message) <= MAX_MESSAGE else verdict.message[: MAX_MESSAGE - 3] + "..."
     )
+    if (
+        before is not None
+        and before.status == verdict.status
+        and before.reason == verdict.reason
+        and before.message == message
+        and before.observed_generation == generation
+    ):
+        return before  # unchanged: the same (immutable) condition, lastTransitionTime included
     return models.Condition(
         type=type_,
         status=verdict.status,
