@@ -164,7 +164,7 @@ def build_admin_app(
             return JSONResponse({"error": "body is not valid JSON", "reasons": [str(exc)]}, status_code=400)
         try:
             with gcpause.paused():
-                table = RouteTable.from_wire(data)
+                table = RouteTable.from_wire(data, previous=store.current.table if store.current else None)
             snapshot = store.build(table)
         except ValidationError as exc:
             reasons = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]

@@ -38,11 +38,16 @@ class RuntimeRoute:
 class Snapshot:
     __slots__ = ("hash", "loaded_at", "matcher", "routes", "table", "version")
 
-    def __init__(self, table: RouteTable, *, loaded_at: float) -> None:
+    def __init__(self, table: RouteTable, *, loaded_at: float, previous: Snapshot | None = None) -> None:
         self.table = table
         self.version = table.version
         self.hash = table.content_hash()
-        self.routes = {r.id: RuntimeRoute(r) for r in table.routes}
+        # A route that did not change keeps its runtime state (balancer position) across the swap.
+        before: dict[str, RuntimeRoute] = previous.routes if previous is not None else {}
+        self.routes: dict[str, RuntimeRoute] = {}
+        for r in table.routes:
+            kept = before.get(r.id)
+            self.routes[r.id] = kept if kept is not None and kept.route is r else RuntimeRoute(r)
         self.matcher: Matcher[RuntimeRoute] = Matcher((rt.route, rt) for rt in self.routes.values())
         self.loaded_at = loaded_at
 
@@ -61,7 +66,7 @@ class SnapshotStore:
     def build(self, table: RouteTable) -> Snapshot:
         """Build (and so validate) a snapshot without serving it."""
         with gcpause.paused():
-            return Snapshot(table, loaded_at=self._clock())
+            return Snapshot(table, loaded_at=self._clock(), previous=self.current)
 
     def swap(self, snapshot: Snapshot) -> Snapshot | None:
         previous, self.current = self.current, snapshot
