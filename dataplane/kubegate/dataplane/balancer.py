@@ -5,8 +5,8 @@ shares), interleaved (weights 3:1 give a,a,b,a rather than a,a,a,b) and O(number
 which is a handful. Endpoints inside a backend rotate round robin. Other strategies (least connections,
 consistent hash, ...) arrive with the traffic-policy work and plug in here.
 
-State lives in the snapshot, so a table swap starts fresh counters; requests in flight keep the objects
-of the table they started with.
+State lives in the snapshot's runtime routes: a route left unchanged by a table swap keeps its position,
+a changed route starts afresh; requests in flight keep the objects of the table they started with.
 """
 
 from __future__ import annotations
