@@ -1,6 +1,6 @@
 """A compile that reuses per-route work (:class:`CompileMemo`) gives exactly what a full compile gives.
 
-Aspects: unchanged objects are reused (the memo is exercised), and after every kind of change (a spec
+Aspects: unchanged objects are reused (the memo is exercised, also across status-only updates), and after every kind of change (a spec
 edit, an EndpointSlice change, a deletion, a new conflict, an invalid route fixed) the table, its hash and
 every status equal those of a compile without the memo.
 """
@@ -58,6 +58,10 @@ def test_memo_compile_equals_full_compile_through_changes() -> None:
     _check(objects, memo)
     _check(objects, memo)
     assert memo.hits == 21  # every route of the second compile was reused
+    objects["r1"]["metadata"]["resourceVersion"] = "99"  # a status write: same generation
+    objects["r1"]["status"] = {"observedGeneration": 1, "conditions": []}
+    _check(objects, memo)
+    assert memo.hits == 42
 
     objects["r3"] = _route("r3", "/moved", svc, rv=2)  # a spec edit
     _check(objects, memo)
@@ -71,13 +75,13 @@ def test_memo_compile_equals_full_compile_through_changes() -> None:
     _check(objects, memo)
     del objects["slice"]  # services vanish: BackendNotFound
     _check(objects, memo)
-    assert set(memo.validated) == {("ns/" + k, f"uid-{k}", str(o["metadata"]["resourceVersion"]))
+    assert set(memo.validated) == {("ns/" + k, f"uid-{k}", str(o["metadata"]["generation"]))
                                    for k, o in objects.items()}  # fmt: skip
 
 
 def test_objects_without_revision_are_not_memoised() -> None:
     route = _route("plain", "/", [{"url": "http://127.0.0.1:9001"}])
-    del route["metadata"]["resourceVersion"]
+    del route["metadata"]["generation"]
     memo = CompileMemo()
     for _ in range(2):
         compile_bundle(resources.from_objects([route]), now=NOW, memo=memo)

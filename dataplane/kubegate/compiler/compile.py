@@ -389,8 +389,8 @@ def _normalise_now(now: datetime) -> datetime:
 class CompileMemo:
     """Per-route work kept between compiles of mostly unchanged inputs (the operator holds one).
 
-    Entries are keyed by the object's ``namespace/name``, uid and resourceVersion, which change whenever
-    the object does; objects without them (routes files) are never memoised. It only saves work: a
+    Entries are keyed by the object's ``namespace/name``, uid and generation, which change whenever its
+    spec does (status writes do not); objects without them (routes files) are never memoised. It only saves work: a
     compile with a memo gives the same result as one without (tested). Entries of objects that were not
     in the last compile are dropped.
     """

@@ -88,10 +88,10 @@ class RawObject:
 
     @property
     def revision(self) -> tuple[str, str] | None:
-        """``(uid, resourceVersion)`` when the API server set them: they change whenever the object does."""
-        meta = self.metadata
-        uid, rv = meta.get("uid"), meta.get("resourceVersion")
-        return (str(uid), str(rv)) if uid and rv else None
+        """``(uid, generation)`` when the API server set them: the spec and the fields a compile reads
+        change only together with them (status writes bump resourceVersion, not generation)."""
+        uid, generation = self.metadata.get("uid"), self.metadata.get("generation")
+        return (str(uid), str(generation)) if uid and generation is not None else None
 
     @property
     def generation(self) -> int | None:
