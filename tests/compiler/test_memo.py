@@ -1,8 +1,8 @@
 """A compile that reuses per-route work (:class:`CompileMemo`) gives exactly what a full compile gives.
 
-Aspects: unchanged objects are reused (the memo is exercised, also across status-only updates), and after every kind of change (a spec
-edit, an EndpointSlice change, a deletion, a new conflict, an invalid route fixed) the table, its hash and
-every status equal those of a compile without the memo.
+Aspects: unchanged objects are reused (the memo is exercised, also across status-only updates), and
+after every kind of change (a spec edit, an EndpointSlice change, a deletion, a new conflict, an invalid
+route fixed) the table, its hash and every status equal those of a compile without the memo.
 """
 
 from __future__ import annotations

@@ -390,9 +390,9 @@ class CompileMemo:
     """Per-route work kept between compiles of mostly unchanged inputs (the operator holds one).
 
     Entries are keyed by the object's ``namespace/name``, uid and generation, which change whenever its
-    spec does (status writes do not); objects without them (routes files) are never memoised. It only saves work: a
-    compile with a memo gives the same result as one without (tested). Entries of objects that were not
-    in the last compile are dropped.
+    spec does (status writes do not); objects without them (routes files) are never memoised. It only
+    saves work: a compile with a memo gives the same result as one without (tested). Entries of objects
+    that were not in the last compile are dropped.
     """
 
     validated: dict[tuple[str, str, str], _Route] = dataclasses.field(default_factory=dict)
