@@ -64,6 +64,7 @@ class Reconciler:
         self.result: compiler.CompileResult | None = None
         self._memo = compiler.CompileMemo()  # per-route work reused between compiles (same results)
         self._compiled_status: dict[str, dict[str, Any]] = {}
+        self._status_dumps: dict[str, tuple[models.GatewayRouteStatus, dict[str, Any]]] = {}
         self._status_dirty = asyncio.Event()
         self._bootstrap_dirty = asyncio.Event()
         self._lag: tuple[str, float] | None = None  # (version, first change) awaiting full acknowledgement
@@ -145,10 +146,13 @@ class Reconciler:
         self.metrics.routes_rejected.set(len(result.rejected()))
         self.result = result
         self.compiles += 1
-        self._compiled_status = {
-            key: st.model_dump(mode="json", by_alias=True, exclude_none=True)
+        # Serialise only the statuses that changed (the compiler hands back unchanged ones as is).
+        dumps = self._status_dumps
+        self._status_dumps = {
+            key: (st, dumps[key][1] if key in dumps and dumps[key][0] is st else _dump(st))
             for key, st in result.statuses.items()
         }
+        self._compiled_status = {key: dumped for key, (_, dumped) in self._status_dumps.items()}
         for problem in result.problems:
             logger.warning("input problem: %s", problem)
         changed = self.publisher.desired is None or self.publisher.desired.version != table.version
@@ -227,3 +231,7 @@ class Reconciler:
             if result == "error":
                 await asyncio.sleep(1.0)
                 self._bootstrap_dirty.set()
+
+
+def _dump(st: models.GatewayRouteStatus) -> dict[str, Any]:
+    return st.model_dump(mode="json", by_alias=True, exclude_none=True)

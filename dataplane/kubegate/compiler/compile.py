@@ -481,13 +481,20 @@ def _compile(
         assert route.resolved is not None
         generation = route.raw.generation
         prior = _previous_status(route.raw, previous)
-        statuses[route.raw.key] = models.GatewayRouteStatus(
-            observedGeneration=generation,
-            conditions=[
-                _condition(ACCEPTED, route.accepted, generation=generation, now=now, previous=prior),
-                _condition(RESOLVED_REFS, route.resolved, generation=generation, now=now, previous=prior),
-            ],
-        )
+        accepted = _condition(ACCEPTED, route.accepted, generation=generation, now=now, previous=prior)
+        resolved = _condition(RESOLVED_REFS, route.resolved, generation=generation, now=now, previous=prior)
+        if (
+            prior is not None
+            and prior.observed_generation == generation
+            and len(prior.conditions) == 2
+            and prior.conditions[0] is accepted
+            and prior.conditions[1] is resolved
+        ):
+            statuses[route.raw.key] = prior  # unchanged (immutable): callers can skip re-serialising it
+        else:
+            statuses[route.raw.key] = models.GatewayRouteStatus(
+                observedGeneration=generation, conditions=[accepted, resolved]
+            )
     if memo is not None:
         memo.validated, memo.compiled = validated, memo_compiled
     return CompileResult(
