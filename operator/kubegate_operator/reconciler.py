@@ -35,6 +35,14 @@ from kubegate_operator import metrics as metrics_mod
 logger = logging.getLogger("kubegate.operator")
 
 BOOTSTRAP_DELAY = 1.0  # seconds between a new table and storing it in the bootstrap Secret
+BURST_FACTOR = 4.0  # under a sustained burst, compile at most every BURST_FACTOR x the last compile time
+
+
+def burst_max_delay(configured: float, compile_seconds: float) -> float:
+    """The debounce's maximum delay for the next burst: the configured one, or longer when compiling is
+    slow, so that a long burst (the initial listing of 10,000 routes) compiles and pushes a few times
+    rather than every ``configured`` seconds. A single change still waits only for the hold-off."""
+    return max(configured, BURST_FACTOR * compile_seconds)
 
 
 def table_version(table: tables.RouteTable) -> str:
@@ -60,6 +68,7 @@ class Reconciler:
         self.bootstrapper = bootstrapper
         self.metrics = metrics
         self.trigger = debounce.Trigger(holdoff=holdoff, max_delay=max_delay, clock=clock)
+        self._max_delay = max_delay
         self._clock = clock
         self.result: compiler.CompileResult | None = None
         self._memo = compiler.CompileMemo()  # per-route work reused between compiles (same results)
@@ -143,6 +152,7 @@ class Reconciler:
         table = result.table.model_copy(update={"version": table_version(result.table)})
         elapsed = time.perf_counter() - started
         self.metrics.compile_seconds.observe(elapsed)
+        self.trigger.debounce.max_delay = burst_max_delay(self._max_delay, elapsed)
         self.metrics.routes_rejected.set(len(result.rejected()))
         self.result = result
         self.compiles += 1

@@ -477,3 +477,10 @@ async def test_leader_steps_down_when_another_holds_the_lease() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def test_burst_max_delay_grows_with_compile_time() -> None:
+    from kubegate_operator.reconciler import BURST_FACTOR, burst_max_delay
+
+    assert burst_max_delay(0.5, 0.01) == 0.5  # fast compiles: the configured bound
+    assert burst_max_delay(0.5, 1.0) == BURST_FACTOR * 1.0  # slow ones: fewer compiles in a long burst
