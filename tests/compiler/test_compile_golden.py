@@ -19,6 +19,7 @@ import pytest
 
 from kubegate.compiler import compile as compiler
 from kubegate.compiler import render, resources
+from tests import golden
 
 GOLDEN = Path(__file__).parent / "golden"
 NOW = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -44,9 +45,4 @@ def test_golden(case: str, regen_golden: bool) -> None:
 
 
 def test_no_stale_golden_outputs(regen_golden: bool) -> None:
-    stale = [p for p in GOLDEN.glob("*.out.yaml") if p.name.removesuffix(".out.yaml") not in CASES]
-    if regen_golden:
-        for path in stale:
-            path.unlink()
-        return
-    assert not stale, f"out-files without an in-file (delete them with --regen-golden): {stale}"
+    golden.check_no_stale_outputs(GOLDEN, CASES, regen=regen_golden)

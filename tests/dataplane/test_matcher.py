@@ -29,6 +29,7 @@ import yaml
 
 from kubegate.compiler import table
 from kubegate.dataplane import matcher, pathnorm
+from tests import golden
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "matcher"
 CASES = sorted(p.name.removesuffix(".in.yaml") for p in GOLDEN.glob("*.in.yaml"))
@@ -88,12 +89,7 @@ def test_golden(case: str, regen_golden: bool) -> None:
 
 
 def test_no_stale_golden_outputs(regen_golden: bool) -> None:
-    stale = [p for p in GOLDEN.glob("*.out.yaml") if p.name.removesuffix(".out.yaml") not in CASES]
-    if regen_golden:
-        for path in stale:
-            path.unlink()
-        return
-    assert not stale, f"out-files without an in-file (run pytest --regen-golden): {stale}"
+    golden.check_no_stale_outputs(GOLDEN, CASES, regen=regen_golden)
 
 
 def test_golden_cases_exist() -> None:

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from kubegate import cli
+from tests import golden
 from tests.delivery import helm as helmtools
 from tests.delivery.conftest import NO_VALIDATOR, render_case
 
@@ -87,12 +88,7 @@ def test_golden(helm: helmtools.Helm, case: str, regen_golden: bool) -> None:
 
 
 def test_no_stale_golden_outputs(regen_golden: bool) -> None:
-    stale = [p for p in GOLDEN.glob("*.out.yaml") if p.name.removesuffix(".out.yaml") not in CASES]
-    if regen_golden:
-        for path in stale:
-            path.unlink()
-        return
-    assert not stale, f"out-files without a values file (delete them with --regen-golden): {stale}"
+    golden.check_no_stale_outputs(GOLDEN, CASES, regen=regen_golden)
 
 
 def test_generated_token_is_random(newest_helm: helmtools.Helm) -> None:
