@@ -17,7 +17,6 @@ NORMALISED = [
     ("/api/v1/users", "/api/v1/users"),
     ("/api/v1/users/", "/api/v1/users/"),
     ("/a;b=c/d;e", "/a;b=c/d;e"),  # ';' parameters are not interpreted
-    ("/a/..;/b", "/a/..;/b"),  # '..;' is a literal segment, not a dot segment
     ("/.well-known/x", "/.well-known/x"),
     ("/a/.b/..c/...", "/a/.b/..c/..."),
     ("/*", "/*"),
@@ -83,6 +82,10 @@ REJECTED = [
     ("/a\x7f", "control"),
     ("/caf\u00e9", "non-ASCII"),
     ("/\u2025/admin", "non-ASCII"),  # TWO DOT LEADER
+    ("/public/..;/admin", "dot segment with path parameters"),  # Tomcat/Spring read this as ..
+    ("/public/%2e%2e;x/admin", "dot segment with path parameters"),
+    ("/a/.;/b", "dot segment with path parameters"),
+    ("/public\\..\\admin", "backslash"),  # a separator for IIS-style servers
 ]
 
 

@@ -244,6 +244,8 @@ def test_no_route_is_404_with_json(gw: GatewayProcess) -> None:
         (b"/public/../../public", 400),
         (b"/public/x%00", 400),
         (b"/public/%zz", 400),
+        (b"/public/..;/admin", 400),
+        (b"/public\\..\\admin", 400),
     ],
 )
 def test_path_normalisation_blocks_bypass(gw: GatewayProcess, path: bytes, status: int) -> None:

@@ -10,7 +10,9 @@ more permissive prefix. The rules:
 * runs of slashes are merged, then dot segments are removed (RFC 3986 §5.2.4), including dots that arrived
   as ``%2e``; a trailing slash is kept;
 * :class:`BadPath` (answer 400) for anything that cannot be made safe: not starting with ``/``, climbing above
-  the root, malformed escapes, ``%00``, control characters or raw non-ASCII.
+  the root, malformed escapes, ``%00``, control characters or raw non-ASCII; and for what some backends read
+  as a dot segment or a separator although it is none here: a dot segment with path parameters (``..;x``,
+  which Tomcat and Spring resolve as ``..``) and a raw backslash (a separator for IIS-style servers).
 
 It runs once per request, so the common case (an already-normal path) is a handful of C-level checks.
 """
@@ -40,6 +42,7 @@ def normalize_path(raw: str) -> str:
         and "%" not in raw
         and "//" not in raw
         and "/." not in raw
+        and "\\" not in raw
         and raw.isascii()
         and raw.isprintable()
     ):
@@ -54,6 +57,8 @@ def _normalize_slow(raw: str) -> str:
         raise BadPath(f"raw non-ASCII character in path: {raw[:_SHOWN]!r}")
     if not raw.isprintable():  # for ASCII: the C0 controls and DEL
         raise BadPath(f"control character in path: {raw[:_SHOWN]!r}")
+    if "\\" in raw:
+        raise BadPath(f"backslash in path: {raw[:_SHOWN]!r}")
     path = _decode_unreserved(raw) if "%" in raw else raw
     return _remove_dot_segments(path)
 
@@ -88,6 +93,8 @@ def _remove_dot_segments(path: str) -> str:
             trailing_slash = True
         elif segment in ("", "."):  # an empty segment is a duplicate (or trailing) slash
             trailing_slash = True
+        elif segment[:1] == "." and segment.split(";", 1)[0] in (".", ".."):
+            raise BadPath(f"dot segment with path parameters: {path[:_SHOWN]!r}")
         else:
             segments.append(segment)
             trailing_slash = False
