@@ -417,7 +417,6 @@ class Exchange:
         "resp_started",
         "retried",
         "route",
-        "started",
         "status",
         "t0",
         "timer",
@@ -453,7 +452,6 @@ class Exchange:
         self.body_buffered = 0
         self.body_done = False
         self.body_sent = 0
-        self.started = False
         self.resp_started = False
         self.resp_chunked = False
         self.resp_close_delimited = False
@@ -466,7 +464,6 @@ class Exchange:
     # --- request side -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Route the request and set the upstream request in motion (headers are complete)."""
-        self.started = True
         client = self.client
         gw = client.gw
         host = b""

@@ -215,7 +215,6 @@ class UpstreamPool:
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self._clock = clock
-        self.connects = 0
 
     def acquire_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
         """The most recently used idle connection to ``key``; idle expiry is the sweeper's job."""
@@ -229,7 +228,6 @@ class UpstreamPool:
 
     async def connect(self, key: tuple[str, int]) -> UpstreamConnection:
         loop = asyncio.get_running_loop()
-        self.connects += 1
         conn = UpstreamConnection(key)
         await asyncio.wait_for(loop.create_connection(lambda: conn, key[0], key[1]), self.connect_timeout)
         return conn
