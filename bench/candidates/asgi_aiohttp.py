@@ -10,28 +10,13 @@ Run: ``BENCH_UPSTREAM=http://127.0.0.1:8081 uvicorn --app-dir bench/candidates a
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import aiohttp
+from _common import HOP_BY_HOP_BYTES as HOP_BY_HOP
+from _common import POOL_SIZE, UPSTREAM, read_body
 from multidict import CIMultiDict
 from yarl import URL
-
-UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:8081").rstrip("/")
-POOL_SIZE = int(os.environ.get("BENCH_POOL_SIZE", "100"))
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 
 session: aiohttp.ClientSession | None = None
 
@@ -58,17 +43,6 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def _read_body(receive: Any) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return body
-        body += bytes(message.get("body", b""))
-        if not message.get("more_body", False):
-            return body
-
-
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
@@ -84,7 +58,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             continue
         has_body = has_body or k == b"content-length"
         headers.add(k.decode("latin-1"), v.decode("latin-1"))
-    body = await _read_body(receive) if has_body else None
+    body = await read_body(receive) if has_body else None
     url = UPSTREAM + scope["raw_path"].decode("latin-1")
     if scope["query_string"]:
         url += "?" + scope["query_string"].decode("latin-1")

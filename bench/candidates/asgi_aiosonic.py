@@ -10,29 +10,14 @@ Run: ``BENCH_UPSTREAM=http://127.0.0.1:8081 uvicorn --app-dir bench/candidates a
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import aiosonic
+from _common import HOP_BY_HOP, POOL_SIZE, UPSTREAM, read_body
 from aiosonic.exceptions import AiosonicError
 from aiosonic.pools import PoolConfig
 from aiosonic.timeout import Timeouts
 
-UPSTREAM = os.environ.get("BENCH_UPSTREAM", "http://127.0.0.1:8081").rstrip("/")
-POOL_SIZE = int(os.environ.get("BENCH_POOL_SIZE", "100"))
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
 # What a failed exchange raises (connection refused or reset, timeouts, parse errors).
 UPSTREAM_ERRORS = (OSError, AiosonicError)
 
@@ -59,17 +44,6 @@ async def _lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def _read_body(receive: Any) -> bytes:
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return body
-        body += bytes(message.get("body", b""))
-        if not message.get("more_body", False):
-            return body
-
-
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send)
@@ -86,7 +60,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             continue
         has_body = has_body or name == "content-length"
         headers.append((name, v.decode("latin-1")))
-    body = await _read_body(receive) if has_body else None
+    body = await read_body(receive) if has_body else None
     url = UPSTREAM + scope["raw_path"].decode("latin-1")
     if scope["query_string"]:
         url += "?" + scope["query_string"].decode("latin-1")
