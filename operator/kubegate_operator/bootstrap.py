@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import gzip
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -39,8 +38,7 @@ PutSecret = Callable[[ObjectRef, Mapping[str, Any], bool], Awaitable[None]]  # b
 
 def encode(table: tables.RouteTable) -> bytes:
     """Gzip-compressed compact JSON of the wire form (deterministic: mtime 0)."""
-    blob = json.dumps(table.to_wire(), separators=(",", ":"), sort_keys=True).encode()
-    return gzip.compress(blob, compresslevel=9, mtime=0)
+    return gzip.compress(table.encode(), compresslevel=9, mtime=0)
 
 
 def encoded_size(data: bytes) -> int:

@@ -25,7 +25,9 @@ class Metrics:
             "kubegate_operator_table_routes", "Routes in the current table.", registry=r
         )
         self.table_bytes = Gauge(
-            "kubegate_operator_table_bytes", "Size of the current table's JSON as pushed.", registry=r
+            "kubegate_operator_table_bytes",
+            "Size of the current table's JSON (last whole-table push).",
+            registry=r,
         )
         self.routes_rejected = Gauge(
             "kubegate_operator_routes_rejected",
@@ -34,7 +36,13 @@ class Metrics:
         )
         self.pushes = Counter(
             "kubegate_operator_pushes_total",
-            "PUT /table attempts by result (ok, error, rejected).",
+            "Table pushes (PUT or PATCH) by result: ok, error, rejected, conflict (delta for another table).",
+            ["result"],
+            registry=r,
+        )
+        self.delta_pushes = Counter(
+            "kubegate_operator_delta_pushes_total",
+            "PATCH /table (delta) attempts by result; a conflict is followed by a whole-table PUT.",
             ["result"],
             registry=r,
         )

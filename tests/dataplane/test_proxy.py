@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kubegate.compiler.table import RouteTable, TableDelta
 from tests.gateway import GatewayProcess, free_port, route, table
 from tests.upstreams import UpstreamServer
 
@@ -411,6 +412,55 @@ def test_bad_push_is_400_and_old_table_serves(gw: GatewayProcess, bad: dict[str,
     assert r.status_code == 400 and r.json()["reasons"], r.text
     assert gw.table()["version"] == "t1"
     assert httpx.get(gw.url + "/still").status_code == 200
+
+
+def test_patch_applies_a_delta_and_refuses_one_for_another_table(tmp_path: Path) -> None:
+    """``PATCH /table``: a delta against the table served swaps in the result; a delta made for another
+    table gets 409 (the operator then pushes the whole table); a delta whose result cannot be built gets
+    400; with a wrong token, 403; every refusal keeps the old table serving."""
+    up = UpstreamServer("delta").start()
+    proc = GatewayProcess(tmp_path)
+    try:
+        first = RouteTable.from_wire(table(route("a", up.url, path="/a"), route("b", up.url, path="/b")))
+
+        def patch(body: dict[str, Any], token: str | None = None) -> httpx.Response:
+            return httpx.patch(
+                proc.admin + "/table",
+                content=json.dumps(body),
+                headers={"authorization": f"Bearer {token or proc.token}"},
+            )
+
+        second = RouteTable.from_wire(
+            table(route("a", up.url, path="/a"), route("c", up.url, path="/c"), version="t2")
+        )
+        delta = TableDelta.between(first, second).to_wire()
+        r = patch(delta)
+        assert r.status_code == 409 and r.json()["hash"] is None, r.text  # nothing served yet
+        assert proc.push(first.to_wire()).status_code == 200
+
+        assert patch(delta, token="wrong").status_code == 403
+        r = patch(delta)
+        assert r.status_code == 200 and r.json() == {
+            **r.json(),
+            "version": "t2",
+            "hash": second.content_hash(),
+        }
+        assert httpx.get(proc.url + "/c").status_code == 200
+        assert httpx.get(proc.url + "/b").status_code == 404
+
+        r = patch(delta)  # made for the first table, which is no longer served
+        assert r.status_code == 409 and r.json()["hash"] == second.content_hash(), r.text
+        bad_glob = route("g", up.url, path="/x/**/y", ptype="Glob")
+        third = RouteTable.model_construct(
+            version="t3", routes=(*second.routes, RouteTable.from_wire(table(bad_glob)).routes[0])
+        )
+        r = patch(TableDelta.between(second, third).to_wire())
+        assert r.status_code == 400 and "glob" in r.text, r.text
+        assert patch({"version": "t4", "base": second.content_hash()}).status_code == 400  # no hash
+        assert proc.table()["version"] == "t2" and httpx.get(proc.url + "/c").status_code == 200
+    finally:
+        proc.stop()
+        up.stop()
 
 
 def test_push_without_configured_token_is_refused(tmp_path: Path) -> None:

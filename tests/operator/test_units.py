@@ -215,6 +215,58 @@ async def test_publisher_check_repushes_a_replica_that_serves_something_else(
         await pub.close()
 
 
+def _wide_table(version: str, ports: dict[str, int]) -> tables.RouteTable:
+    return tables.RouteTable.model_validate(
+        {
+            "version": version,
+            "routes": [
+                {
+                    "id": f"default/{name}",
+                    "namespace": "default",
+                    "name": name,
+                    "generation": 1,
+                    "match": {"path": {"type": "Prefix", "value": f"/{name}"}},
+                    "backends": [{"name": f"b-{name}", "endpoints": [{"host": "127.0.0.1", "port": port}]}],
+                }
+                for name, port in sorted(ports.items())
+            ],
+        }
+    )
+
+
+async def test_publisher_sends_deltas_and_the_whole_table_to_a_replica_that_serves_another(
+    planes: list[GatewayProcess],
+) -> None:
+    m = metrics_mod.Metrics()
+    live = [state.Replica("127.0.0.1", gw.admin_port) for gw in planes]
+    ports = {f"r{i}": 9000 + i for i in range(10)}
+    async with httpx.AsyncClient() as client:
+        pub = publisher.Publisher(
+            client=client, token=lambda: TOKEN, backoff_initial=0.05, timeout=2, metrics=m
+        )
+        pub.set_replicas(live)
+        pub.publish(_wide_table("d1", ports))
+        await _until(lambda: pub.in_sync() == 2)
+        assert m.value("kubegate_operator_delta_pushes_total", {"result": "ok"}) == 0  # nothing to build on
+
+        pub.publish(_wide_table("d2", {**ports, "r3": 1, "new": 2}))
+        await _until(lambda: pub.in_sync() == 2)
+        assert m.value("kubegate_operator_delta_pushes_total", {"result": "ok"}) == 2
+        assert [gw.table()["version"] for gw in planes] == ["d2", "d2"]
+        assert pub.desired is not None
+        assert [gw.table()["hash"] for gw in planes] == [pub.desired.hash] * 2
+
+        # Replica 0 starts serving another table behind the publisher's back: its delta gets 409, and it
+        # gets the whole table right away; replica 1 still takes the delta.
+        assert planes[0].push(_wide_table("elsewhere", {"x": 1}).to_wire()).status_code == 200
+        pub.publish(_wide_table("d3", {**ports, "r3": 1, "new": 3}))
+        await _until(lambda: pub.in_sync() == 2)
+        assert m.value("kubegate_operator_delta_pushes_total", {"result": "conflict"}) == 1
+        assert m.value("kubegate_operator_delta_pushes_total", {"result": "ok"}) == 3
+        assert [gw.table()["version"] for gw in planes] == ["d3", "d3"]
+        await pub.close()
+
+
 async def test_publisher_refused_token_is_reported(planes: list[GatewayProcess]) -> None:
     m = metrics_mod.Metrics()
     async with httpx.AsyncClient() as client:

@@ -7,7 +7,9 @@ before swapping it in, so a malformed push is rejected with the model's own erro
 Every route carries provenance (``id`` = ``namespace/name``, ``generation``) so that the data plane's
 ``/routes`` view, metrics labels and the operator's ``Programmed`` condition all name the object that
 produced it. The content hash covers the routes only (not the version string), so compiling the same
-inputs twice gives the same hash.
+inputs twice gives the same hash. It is built from one digest per route (sha256 over the route's canonical
+JSON, computed once per route object), so a table that shares most route objects with the last one hashes
+in a millisecond, and a data plane can check a :class:`TableDelta` (the routes that changed) against it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
@@ -92,12 +95,49 @@ class CompiledRoute(_Frozen):
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=0, alias="maxBodyBytes")
 
     _wire: dict[str, object] | None = PrivateAttr(default=None)
+    _digest: bytes | None = PrivateAttr(default=None)
+    _encoded: bytes | None = PrivateAttr(default=None)
+
+    # The caches below are read through ``__pydantic_private__`` (a slot) rather than as ``self._wire``:
+    # pydantic resolves private attributes in ``__getattr__``, which made hashing a table of 10,000
+    # already-hashed routes take 0.1 s instead of 3 ms.
 
     def wire(self) -> dict[str, object]:
         """The route's JSON-able form, computed once (the operator reuses unchanged routes between tables)."""
-        if self._wire is None:
-            self._wire = self.model_dump(mode="json", by_alias=True, exclude_none=True)
-        return self._wire
+        private = _private(self)
+        wire: dict[str, object] | None = private["_wire"]
+        if wire is None:
+            wire = private["_wire"] = self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        return wire
+
+    def encoded(self) -> bytes:
+        """The route's canonical JSON (sorted keys, no spaces), computed once: the operator assembles whole
+        tables from these without encoding 10,000 routes again for every push."""
+        private = _private(self)
+        encoded: bytes | None = private["_encoded"]
+        if encoded is None:
+            encoded = private["_encoded"] = _canonical(self.wire())
+        return encoded
+
+    def digest(self) -> bytes:
+        """sha256 of the route's canonical JSON, computed once."""
+        private = _private(self)
+        digest: bytes | None = private["_digest"]
+        if digest is None:
+            # a data plane hashes every pushed route once: no need to keep the encoding
+            blob = private["_encoded"] or _canonical(self.wire())
+            digest = private["_digest"] = hashlib.sha256(blob).digest()
+        return digest
+
+
+def _canonical(wire: dict[str, object]) -> bytes:
+    return json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _private(model: BaseModel) -> dict[str, Any]:
+    private = model.__pydantic_private__
+    assert private is not None  # the model declares private attributes
+    return private
 
 
 class RouteTable(_Frozen):
@@ -105,26 +145,30 @@ class RouteTable(_Frozen):
     version: str = Field(default="0", min_length=1)
     routes: tuple[CompiledRoute, ...] = ()
 
-    # The routes' wire form and hash, computed once per routes tuple: the operator hashes, pushes and
-    # stores every table, and dumping 10,000 routes is the expensive part. Keyed by the tuple's identity,
-    # so ``model_copy(update={"version": ...})`` shares it and a copy with other routes does not.
-    _wire_cache: tuple[int, list[dict[str, object]], str] | None = PrivateAttr(default=None)
-
-    def _routes_wire(self) -> tuple[list[dict[str, object]], str]:
-        cache = self._wire_cache
-        if cache is None or cache[0] != id(self.routes):
-            wire = [r.wire() for r in self.routes]
-            blob = json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
-            cache = self._wire_cache = (id(self.routes), wire, "sha256:" + hashlib.sha256(blob).hexdigest())
-        return cache[1], cache[2]
+    # The hash, computed once per routes tuple. Keyed by the tuple's identity, so
+    # ``model_copy(update={"version": ...})`` shares it and a copy with other routes does not.
+    _hash_cache: tuple[int, str] | None = PrivateAttr(default=None)
 
     def content_hash(self) -> str:
-        """sha256 over the canonical JSON of the routes; the version string is not part of it."""
-        return self._routes_wire()[1]
+        """sha256 over the routes' digests, in table order; the version string is not part of it."""
+        cache = self._hash_cache
+        if cache is None or cache[0] != id(self.routes):
+            cache = self._hash_cache = (id(self.routes), hash_routes(self.routes))
+        return cache[1]
 
     def to_wire(self) -> dict[str, object]:
         """The JSON-able form pushed to ``PUT /table`` and printed by ``kubegate compile``."""
-        return {"apiVersion": self.api_version, "version": self.version, "routes": self._routes_wire()[0]}
+        return {
+            "apiVersion": self.api_version,
+            "version": self.version,
+            "routes": [r.wire() for r in self.routes],
+        }
+
+    def encode(self) -> bytes:
+        """``to_wire()`` as compact JSON, assembled from the routes' cached encodings."""
+        head = json.dumps({"apiVersion": self.api_version, "version": self.version}, separators=(",", ":"))
+        routes = b",".join(r.encoded() for r in self.routes)
+        return head[:-1].encode() + b',"routes":[' + routes + b"]}"
 
     @classmethod
     def from_wire(cls, data: object, *, previous: RouteTable | None = None) -> RouteTable:
@@ -138,3 +182,78 @@ class RouteTable(_Frozen):
                 routes.append(old if old is not None and old.wire() == item else item)
             data = {**data, "routes": routes}
         return cls.model_validate(data)
+
+
+def hash_routes(routes: Sequence[CompiledRoute]) -> str:
+    digest = hashlib.sha256()
+    for route in routes:
+        digest.update(route.digest())
+    return "sha256:" + digest.hexdigest()
+
+
+class TableDelta(_Frozen):
+    """The difference between two tables, pushed with ``PATCH /table`` instead of the whole table.
+
+    ``base`` is the content hash of the table the delta applies to and ``hash`` the content hash of the
+    result; the result's routes are ordered by ``id`` (the compiler's order). A data plane serving another
+    table answers 409, and the sender pushes the whole table instead.
+    """
+
+    api_version: TableApiVersion = Field(default=TABLE_API_VERSION, alias="apiVersion")
+    version: str = Field(min_length=1)
+    base: str = Field(min_length=1)
+    hash: str = Field(min_length=1)
+    upsert: tuple[CompiledRoute, ...] = ()
+    remove: tuple[str, ...] = ()
+
+    @classmethod
+    def between(cls, base: RouteTable, target: RouteTable) -> TableDelta:
+        """The delta turning ``base`` into ``target`` (whose routes must be ordered by id)."""
+        before = {r.id: r for r in base.routes}
+        upsert = []
+        for route in target.routes:
+            old = before.pop(route.id, None)
+            if old is None or (old is not route and old.digest() != route.digest()):
+                upsert.append(route)
+        return cls(
+            version=target.version,
+            base=base.content_hash(),
+            hash=target.content_hash(),
+            upsert=tuple(upsert),
+            remove=tuple(sorted(before)),
+        )
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "apiVersion": self.api_version,
+            "version": self.version,
+            "base": self.base,
+            "hash": self.hash,
+            "upsert": [r.wire() for r in self.upsert],
+            "remove": list(self.remove),
+        }
+
+    def apply(self, base: RouteTable) -> RouteTable:
+        """The table this delta makes of ``base``. Raises :class:`DeltaConflict` when ``base`` is not the
+        table it was made for, or when the result is not the one it announces."""
+        if base.content_hash() != self.base:
+            raise DeltaConflict(
+                f"the delta applies to table {self.base}, this one serves {base.content_hash()}"
+            )
+        routes = {r.id: r for r in base.routes}
+        for route_id in self.remove:
+            routes.pop(route_id, None)
+        for route in self.upsert:
+            routes[route.id] = route
+        ordered = tuple(routes[key] for key in sorted(routes))
+        # Every route is already validated (the base's, or this delta's): no need to validate 10,000 again.
+        table = RouteTable.model_construct(version=self.version, routes=ordered)
+        if table.content_hash() != self.hash:
+            raise DeltaConflict(
+                f"the delta gives table {table.content_hash()}, not the announced {self.hash}"
+            )
+        return table
+
+
+class DeltaConflict(ValueError):
+    """A :class:`TableDelta` does not fit the table being served."""

@@ -1,7 +1,10 @@
 """The admin API (a Starlette app on the admin port, never on the traffic port).
 
 Liveness, readiness, Prometheus metrics, read-only views of what is being served, and ``PUT /table``:
-the operator's way to replace the route table. A push is authenticated with a bearer token (no token
+the operator's way to replace the route table. ``PATCH /table`` takes a
+:class:`~kubegate.compiler.table.TableDelta` instead (the routes that changed, a few kilobytes where the
+whole table of 10,000 routes is 3.4 MB): 409 when it was made for another table than the one served, and
+the operator then pushes the whole table. A push is authenticated with a bearer token (no token
 configured means pushes are refused), validated completely — model, then snapshot build — before the
 atomic swap, and rejected with 400 and the reasons otherwise, while the old table keeps serving.
 """
@@ -23,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from kubegate import gcpause
-from kubegate.compiler.table import RouteTable
+from kubegate.compiler.table import DeltaConflict, RouteTable, TableDelta
 from kubegate.dataplane.proxy import Gateway
 from kubegate.dataplane.snapshot import Snapshot
 from kubegate.dataplane.stats import StatsCollector
@@ -136,7 +139,8 @@ def build_admin_app(
     async def get_table(request: Request) -> Response:
         return JSONResponse(table_info(store.current))
 
-    async def put_table(request: Request) -> Response:
+    async def read_push(request: Request) -> Response | object:
+        """The authenticated, size-checked JSON body of a push, or the error response."""
         token = push_token()
         if not token:
             return JSONResponse(
@@ -159,16 +163,30 @@ def build_admin_app(
             if len(body) > MAX_TABLE_BYTES:
                 return JSONResponse({"error": f"table larger than {MAX_TABLE_BYTES} bytes"}, status_code=413)
         try:
-            data = json.loads(body)
+            with gcpause.paused():
+                data: object = json.loads(body)
         except ValueError as exc:
             return JSONResponse({"error": "body is not valid JSON", "reasons": [str(exc)]}, status_code=400)
+        return data
+
+    def install(build: Callable[[], RouteTable]) -> Response:
+        """Build the table and its snapshot, then swap it in; 400 (old table kept) when that fails."""
         try:
             with gcpause.paused():
-                table = RouteTable.from_wire(data, previous=store.current.table if store.current else None)
+                table = build()
             snapshot = store.build(table)
         except ValidationError as exc:
             reasons = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
             return JSONResponse({"error": "invalid route table", "reasons": reasons}, status_code=400)
+        except DeltaConflict as exc:
+            return JSONResponse(
+                {
+                    "error": "the delta does not fit the table served",
+                    "reasons": [str(exc)],
+                    **table_info(store.current),
+                },
+                status_code=409,
+            )
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": "invalid route table", "reasons": [str(exc)]}, status_code=400)
         store.swap(snapshot)
@@ -180,6 +198,25 @@ def build_admin_app(
         )
         return JSONResponse(table_info(snapshot))
 
+    async def put_table(request: Request) -> Response:
+        data = await read_push(request)
+        if isinstance(data, Response):
+            return data
+        previous = store.current.table if store.current else None
+        return install(lambda: RouteTable.from_wire(data, previous=previous))
+
+    async def patch_table(request: Request) -> Response:
+        data = await read_push(request)
+        if isinstance(data, Response):
+            return data
+        current = store.current
+        if current is None:
+            return JSONResponse(
+                {"error": "no table is served yet: push the whole table with PUT", **table_info(None)},
+                status_code=409,
+            )
+        return install(lambda: TableDelta.model_validate(data).apply(current.table))
+
     return Starlette(
         routes=[
             Route("/health", health),
@@ -190,5 +227,6 @@ def build_admin_app(
             Route("/services/{name:path}", service),
             Route("/table", get_table, methods=["GET"]),
             Route("/table", put_table, methods=["PUT"]),
+            Route("/table", patch_table, methods=["PATCH"]),
         ]
     )
