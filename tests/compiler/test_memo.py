@@ -86,3 +86,32 @@ def test_objects_without_revision_are_not_memoised() -> None:
     for _ in range(2):
         compile_bundle(resources.from_objects([route]), now=NOW, memo=memo)
     assert memo.hits == 0 and memo.validated == {}
+
+
+def test_memo_with_previous_statuses_equals_full_compile() -> None:
+    """As the operator compiles: each compile gets the last one's statuses as ``previous`` (which lets the
+    memo hand back an unchanged status as is) and a later ``now``; statuses still equal a full compile's,
+    lastTransitionTime included, and unchanged ones are the very same objects."""
+    svc = [{"service": "svc", "port": 8080}]
+    objects = {f"r{i}": _route(f"r{i}", f"/p{i}", svc) for i in range(6)}
+    objects["slice"] = _slice("svc", ["10.0.0.1"])
+    memo = CompileMemo()
+    previous = None
+    for step, change in enumerate(["none", "none", "slice-gone", "none", "slice-back", "edit", "conflict"]):
+        if change == "slice-gone":
+            del objects["slice"]
+        elif change == "slice-back":
+            objects["slice"] = _slice("svc", ["10.0.0.2"], rv=2)
+        elif change == "edit":
+            objects["r2"] = _route("r2", "/edited", svc, rv=2)
+        elif change == "conflict":
+            objects["r9"] = _route("r9", "/p3", svc, creationTimestamp="2020-01-01T00:00:00Z")
+        now = datetime(2026, 1, 1, 0, step, tzinfo=UTC)
+        with_memo = compile_bundle(resources.from_objects(list(objects.values())), now=now, previous=previous,
+                                   memo=memo)  # fmt: skip
+        full = compile_bundle(resources.from_objects(list(objects.values())), now=now, previous=previous)
+        assert with_memo.statuses == full.statuses, change
+        assert with_memo.table.content_hash() == full.table.content_hash()
+        if change == "none" and previous is not None:
+            assert all(with_memo.statuses[k] is previous[k] for k in previous)
+        previous = with_memo.statuses

@@ -293,6 +293,28 @@ def test_agrees_with_a_plain_scan() -> None:
             assert actual == expected, (method, host, path, query, headers, routes)
 
 
+def test_a_matcher_built_from_the_previous_one_agrees_with_a_fresh_one() -> None:
+    """Reusing the previous matcher's per-route preparation (a table swap) changes nothing: routes kept,
+    added, removed and reordered give the same answers as a matcher built from scratch."""
+    rng = random.Random(7)
+    routes = [_random_route(rng) for _ in range(40)]
+    m = matcher.Matcher((r, r) for r in routes)
+    for _ in range(5):
+        kept = rng.sample(routes, k=30)
+        routes = kept + [_random_route(rng) for _ in range(rng.randint(0, 15))]
+        rng.shuffle(routes)
+        m = matcher.Matcher(((r, r) for r in routes), previous=m)
+        fresh = matcher.Matcher((r, r) for r in routes)
+        for _ in range(300):
+            path = "/" + "/".join(rng.choice([*SEGMENTS, "z"]) for _ in range(rng.randint(0, 4)))
+            method, host = rng.choice(["GET", "POST"]), rng.choice(REQUEST_HOSTS)
+            query = rng.choice(["", "v=1", "v=x"])
+            headers = rng.choice([{}, {"x-env": "canary"}, {"x-env": "cannery", "x-tier": "gold"}])
+            assert m.match(method, host, path, query, headers) is fresh.match(
+                method, host, path, query, headers
+            )
+
+
 # --- helpers and build-time errors -----------------------------------------------------------------------
 
 

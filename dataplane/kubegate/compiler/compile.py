@@ -75,6 +75,13 @@ class _Route:
     accepted: _Verdict | None = None  # None until a pass decides; None at the end means accepted
     resolved: _Verdict | None = None
     backends: tuple[table.CompiledBackend, ...] = ()
+    match_key: tuple[object, ...] | None = None  # for conflicts; set with the spec (pass 1)
+
+    def fresh(self, raw: resources.RawObject) -> _Route:
+        """A copy carrying only what passes 1 and 2 decided (what :class:`CompileMemo` keeps)."""
+        return _Route(
+            raw=raw, spec=self.spec, accepted=self.accepted, resolved=self.resolved, match_key=self.match_key
+        )
 
 
 # --- pass 1: model validation ---------------------------------------------------------------------
@@ -292,8 +299,12 @@ def _resolve_conflicts(routes: list[_Route]) -> None:
     groups: dict[tuple[object, ...], list[_Route]] = {}
     for route in routes:
         if route.accepted is None and route.spec is not None:
-            groups.setdefault(_match_key(route.spec), []).append(route)
+            if route.match_key is None:
+                route.match_key = _match_key(route.spec)
+            groups.setdefault(route.match_key, []).append(route)
     for group in groups.values():
+        if len(group) == 1:
+            continue
         group.sort(key=lambda r: (r.raw.creation_timestamp, r.raw.key))
         winner = group[0].raw.key
         for loser in group[1:]:
@@ -399,6 +410,10 @@ class CompileMemo:
     compiled: dict[tuple[str, str, str], tuple[tuple[table.CompiledBackend, ...], table.CompiledRoute]] = (
         dataclasses.field(default_factory=dict)
     )
+    # the verdicts behind each route's last status: equal verdicts, same generation → the same status
+    verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]] = dataclasses.field(
+        default_factory=dict
+    )
     hits: int = 0
 
 
@@ -443,16 +458,17 @@ def _compile(
     for index, (route, key) in enumerate(zip(routes, keys, strict=True)):
         if memo is not None and key is not None and (done := memo.validated.get(key)) is not None:
             memo.hits += 1
-            route = routes[index] = dataclasses.replace(done, raw=route.raw)
+            route = routes[index] = done.fresh(route.raw)
         else:
             _validate(route)
             if route.spec is not None:
+                route.match_key = _match_key(route.spec)
                 names = [_backend_name(ref, route.raw.namespace) for ref in route.spec.backends]
                 problems = _semantic_problems(route.spec) + _duplicate_problems(names)
                 if problems:
                     route.accepted = _Verdict("False", "Invalid", "; ".join(problems))
         if key is not None:
-            validated[key] = dataclasses.replace(route)
+            validated[key] = route.fresh(route.raw)
     for route in routes:
         if route.spec is not None:
             _resolve_backends(route, services)
@@ -463,6 +479,7 @@ def _compile(
         tuple[str, str, str], tuple[tuple[table.CompiledBackend, ...], table.CompiledRoute]
     ] = {}
     statuses: dict[str, RouteStatus] = {}
+    memo_verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]] = {}
     for route, key in zip(routes, keys, strict=True):
         if route.accepted is None:
             reuse = memo.compiled.get(key) if memo is not None and key is not None else None
@@ -481,6 +498,17 @@ def _compile(
         assert route.resolved is not None
         generation = route.raw.generation
         prior = _previous_status(route.raw, previous)
+        last = memo.verdicts.get(key) if memo is not None and key is not None else None
+        if (
+            last is not None
+            and last[2] is prior
+            and last[0] == route.accepted
+            and last[1] == route.resolved
+            and prior.observed_generation == generation
+        ):
+            statuses[route.raw.key] = prior  # what the conditions below would conclude, without the work
+            memo_verdicts[key] = last  # type: ignore[index]
+            continue
         accepted = _condition(ACCEPTED, route.accepted, generation=generation, now=now, previous=prior)
         resolved = _condition(RESOLVED_REFS, route.resolved, generation=generation, now=now, previous=prior)
         if (
@@ -495,8 +523,10 @@ def _compile(
             statuses[route.raw.key] = models.GatewayRouteStatus(
                 observedGeneration=generation, conditions=[accepted, resolved]
             )
+        if key is not None:
+            memo_verdicts[key] = (route.accepted, route.resolved, statuses[route.raw.key])
     if memo is not None:
-        memo.validated, memo.compiled = validated, memo_compiled
+        memo.validated, memo.compiled, memo.verdicts = validated, memo_compiled, memo_verdicts
     return CompileResult(
         table=table.RouteTable(version=version, routes=tuple(compiled)),
         statuses=statuses,

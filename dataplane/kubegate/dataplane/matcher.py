@@ -39,6 +39,7 @@ _Cond = tuple[str, str, "re.Pattern[str] | None"]
 # loop unpacks them, and sorting by rank is an int comparison.
 _Entry = tuple[int, "frozenset[str] | None", tuple[_Cond, ...], tuple[_Cond, ...], T]
 _by_rank = operator.itemgetter(0)
+_by_key = operator.itemgetter(0, 1)  # (precedence key, position in the table)
 
 
 def normalize_host(host: str) -> str:
@@ -104,20 +105,15 @@ class _Bucket(Generic[T]):
         self.root: _Node[T] = _Node()
         self.size = 0
 
-    def add(self, path: table.PathMatch, entry: _Entry[T]) -> None:
+    def add(self, prep: _Prep, entry: _Entry[T]) -> None:
         """Entries must be added in rank order: every list then stays sorted without sorting."""
         self.size += 1
-        if path.type == "Exact":
-            self.exact.setdefault(path.value, []).append(entry)
+        if prep.exact is not None:
+            self.exact.setdefault(prep.exact, []).append(entry)
             return
-        segments = _segments(path.value)
-        everything_below = path.type == "Prefix"
-        if not everything_below and segments and segments[-1] == "**":
-            segments.pop()
-            everything_below = True
         node = self.root
-        for segment in segments:
-            if segment == "*" and path.type == "Glob":
+        for segment in prep.segments:
+            if segment is None:  # a Glob's '*'
                 if node.star is None:
                     node.star = _Node()
                 node = node.star
@@ -126,7 +122,7 @@ class _Bucket(Generic[T]):
                 if child is None:
                     child = node.children[segment] = _Node()
                 node = child
-        if everything_below:
+        if prep.everything_below:
             if node.prefix is None:
                 node.prefix = []
             node.prefix.append(entry)
@@ -241,7 +237,7 @@ def _segments(value: str) -> list[str]:
     return body.split("/") if body else []
 
 
-def _precedence_key(route: table.CompiledRoute, index: int) -> tuple[object, ...]:
+def _precedence_key(route: table.CompiledRoute) -> tuple[object, ...]:
     match = route.match
     path = match.path
     if path.type == "Exact":
@@ -259,45 +255,70 @@ def _precedence_key(route: table.CompiledRoute, index: int) -> tuple[object, ...
         route.created == "",  # no timestamp sorts as the newest
         route.created,
         route.id,
-        index,
     )
+
+
+class _Prep:
+    """What a matcher needs of one route, apart from its rank: computed once per route object and reused
+    by the next matcher (a table swap that changes a few of 10,000 routes prepares a few)."""
+
+    __slots__ = ("buckets", "everything_below", "exact", "headers", "key", "methods", "query", "segments")
+
+    def __init__(self, route: table.CompiledRoute, patterns: dict[str, re.Pattern[str]]) -> None:
+        match = route.match
+        path = match.path
+        if path.type == "Glob":
+            problem = validate_glob(path.value)
+            if problem is not None:
+                raise ValueError(f"route {route.id}: glob {path.value!r}: {problem}")
+        self.key = _precedence_key(route)
+        self.methods = frozenset(match.methods) if match.methods else None
+        self.headers = tuple(_condition(route, c, patterns, lower=True) for c in match.headers)
+        self.query = tuple(_condition(route, c, patterns, lower=False) for c in match.query_params)
+        names = tuple(dict.fromkeys(normalize_host(h) for h in match.hosts))
+        self.buckets: tuple[str, ...] = () if "*" in names else names
+        self.exact = path.value if path.type == "Exact" else None
+        segments: list[str | None] = list(_segments(path.value))
+        self.everything_below = path.type == "Prefix"
+        if path.type == "Glob":
+            if segments and segments[-1] == "**":
+                segments.pop()
+                self.everything_below = True
+            segments = [None if seg == "*" else seg for seg in segments]
+        self.segments = tuple(segments)
 
 
 class Matcher(Generic[T]):
     """An immutable index over ``(route, value)`` pairs; :meth:`match` returns the value of the best route."""
 
-    __slots__ = ("_any", "_by_host", "_by_suffix", "_size")
+    __slots__ = ("_any", "_by_host", "_by_suffix", "_prepared", "_size")
 
-    def __init__(self, entries: Iterable[tuple[table.CompiledRoute, T]]) -> None:
-        items = list(entries)
-        self._size = len(items)
+    def __init__(
+        self, entries: Iterable[tuple[table.CompiledRoute, T]], *, previous: Matcher[T] | None = None
+    ) -> None:
+        """Index ``entries``; routes that ``previous`` indexed (the same objects) reuse its preparation."""
         self._by_host: dict[str, _Bucket[T]] = {}
         self._by_suffix: dict[str, _Bucket[T]] = {}
         self._any: _Bucket[T] | None = None
-        keyed = sorted(
-            ((_precedence_key(route, index), route, value) for index, (route, value) in enumerate(items)),
-            key=_by_rank,
-        )
+        known: dict[int, tuple[table.CompiledRoute, _Prep]] = previous._prepared if previous else {}
+        prepared: dict[int, tuple[table.CompiledRoute, _Prep]] = {}
         patterns: dict[str, re.Pattern[str]] = {}
-        for rank, (_, route, value) in enumerate(keyed):
-            match = route.match
-            if match.path.type == "Glob":
-                problem = validate_glob(match.path.value)
-                if problem is not None:
-                    raise ValueError(f"route {route.id}: glob {match.path.value!r}: {problem}")
-            entry: _Entry[T] = (
-                rank,
-                frozenset(match.methods) if match.methods else None,
-                tuple(_condition(route, c, patterns, lower=True) for c in match.headers),
-                tuple(_condition(route, c, patterns, lower=False) for c in match.query_params),
-                value,
-            )
-            for bucket in self._buckets_for(match.hosts):
-                bucket.add(match.path, entry)
+        keyed: list[tuple[tuple[object, ...], int, _Prep, T]] = []
+        for index, (route, value) in enumerate(entries):
+            hit = known.get(id(route))
+            prep = hit[1] if hit is not None and hit[0] is route else _Prep(route, patterns)
+            prepared[id(route)] = (route, prep)
+            keyed.append((prep.key, index, prep, value))
+        keyed.sort(key=_by_key)
+        self._prepared: dict[int, tuple[table.CompiledRoute, _Prep]] = prepared
+        self._size = len(keyed)
+        for rank, (_, _, prep, value) in enumerate(keyed):
+            entry: _Entry[T] = (rank, prep.methods, prep.headers, prep.query, value)
+            for bucket in self._buckets_for(prep.buckets):
+                bucket.add(prep, entry)
 
-    def _buckets_for(self, hosts: tuple[str, ...]) -> list[_Bucket[T]]:
-        names = dict.fromkeys(normalize_host(h) for h in hosts)
-        if not names or "*" in names:
+    def _buckets_for(self, names: tuple[str, ...]) -> list[_Bucket[T]]:
+        if not names:
             if self._any is None:
                 self._any = _Bucket()
             return [self._any]

@@ -48,7 +48,10 @@ class Snapshot:
         for r in table.routes:
             kept = before.get(r.id)
             self.routes[r.id] = kept if kept is not None and kept.route is r else RuntimeRoute(r)
-        self.matcher: Matcher[RuntimeRoute] = Matcher((rt.route, rt) for rt in self.routes.values())
+        self.matcher: Matcher[RuntimeRoute] = Matcher(
+            ((rt.route, rt) for rt in self.routes.values()),
+            previous=previous.matcher if previous is not None else None,
+        )
         self.loaded_at = loaded_at
 
     def __repr__(self) -> str:
