@@ -24,6 +24,9 @@ from kubegate_operator.settings import Settings
 
 logger = logging.getLogger("kubegate.operator")
 
+PRIME_TIMEOUT = 60.0  # the longest wait for the objects listed at start-up before compiling anyway
+LIST_GRACE = 5.0  # when that listing fails: wait this long for kopf's events, then compile
+
 WATCHED = (
     (state.GATEWAYROUTE, ("kubegate.dev", "v1alpha1", "gatewayroutes")),
     (state.ENDPOINTSLICE, ("discovery.k8s.io", "v1", "endpointslices")),
@@ -97,7 +100,31 @@ class App:
             self._tasks.append(asyncio.create_task(self.elector.run(), name="leader"))
         else:
             self.reconciler.set_active(True)
+        await self._expect_listed()
         self.reconciler.start(s.resync_interval)
+
+    async def _expect_listed(self) -> None:
+        """List the names of every watched object before kopf starts watching: the reconciler compiles
+        only once all of them have come through kopf (see :meth:`Reconciler.prime`)."""
+        assert self.kube is not None and self.reconciler is not None
+        namespaces: tuple[str | None, ...] = self.settings.watched_namespaces() or (None,)
+        try:
+            for kind, _ in WATCHED:
+                keys: set[state.Key] = set()
+                for namespace in namespaces:
+                    keys |= await self.kube.list_keys(kind, namespace)
+                self.state.expect(kind, keys)
+        except Exception as error:  # the API is unreachable or refuses: wait a little, then compile
+            logger.warning("cannot list the watched objects (%s): compiling after %.0f s", error, LIST_GRACE)
+            self._tasks.append(asyncio.create_task(self._prime_later(LIST_GRACE), name="prime"))
+            return
+        logger.info("%d objects exist: waiting for them before compiling", self.state.missing)
+        self._tasks.append(asyncio.create_task(self.reconciler.prime_after(PRIME_TIMEOUT), name="prime"))
+
+    async def _prime_later(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.reconciler is not None:
+            self.reconciler.prime(reason="start-up listing failed")
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -1,10 +1,13 @@
 """The operator's writes to the Kubernetes API (kubernetes-asyncio): route status, the bootstrap Secret,
-Events and the leader Lease. Reads come from kopf's watches; this is the only other API traffic.
+Events and the leader Lease. Reads come from kopf's watches, plus one listing of the names of every
+watched object at start-up (:meth:`Kube.list_keys`: what the reconciler must have seen before it
+publishes anything).
 
 Patches are always sent as ``application/merge-patch+json`` (custom resources do not take strategic
 merge patches, and the client's default choice of content type is wrong for them). RBAC this needs:
 ``patch`` on ``gatewayroutes/status``; ``get``, ``create``, ``patch`` on the bootstrap Secret;
-``create`` on ``events``; ``get``, ``create``, ``patch`` on the leader Lease.
+``create`` on ``events``; ``get``, ``create``, ``patch`` on the leader Lease; ``list`` on what kopf
+watches anyway (GatewayRoutes, EndpointSlices, Services).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ logger = logging.getLogger("kubegate.operator.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
 PLURAL = "gatewayroutes"
+LIST_PAGE = 500  # objects per page of the start-up listing
 
 
 async def load_config() -> None:
@@ -42,6 +46,7 @@ class Kube:
         self.custom: Any = client.CustomObjectsApi(api)
         self.core: Any = client.CoreV1Api(api)
         self.coordination: Any = client.CoordinationV1Api(api)
+        self.discovery: Any = client.DiscoveryV1Api(api)
 
     @classmethod
     async def connect(cls) -> Kube:
@@ -50,6 +55,45 @@ class Kube:
 
     async def close(self) -> None:
         await self.api.close()
+
+    async def list_keys(self, kind: str, namespace: str | None) -> set[tuple[str, str]]:
+        """``(namespace, name)`` of every object of ``kind`` (GatewayRoute, EndpointSlice or Service),
+        in ``namespace`` or everywhere; read in pages, and only the names are kept."""
+        keys: set[tuple[str, str]] = set()
+        token: str | None = None
+        while True:
+            page: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
+            if token:
+                page["_continue"] = token
+            response = await self._list(kind, namespace, page)
+            try:
+                data = await response.json()
+            finally:
+                response.release()
+            for item in data.get("items") or ():
+                meta = item.get("metadata") or {}
+                if isinstance(meta.get("name"), str):
+                    keys.add((str(meta.get("namespace") or ""), meta["name"]))
+            token = (data.get("metadata") or {}).get("continue")
+            if not token:
+                return keys
+
+    async def _list(self, kind: str, namespace: str | None, page: dict[str, Any]) -> Any:
+        if kind == "GatewayRoute":
+            if namespace is None:
+                return await self.custom.list_cluster_custom_object(
+                    models.GROUP, models.VERSION, PLURAL, **page
+                )
+            return await self.custom.list_namespaced_custom_object(
+                models.GROUP, models.VERSION, namespace, PLURAL, **page
+            )
+        if kind == "EndpointSlice":
+            if namespace is None:
+                return await self.discovery.list_endpoint_slice_for_all_namespaces(**page)
+            return await self.discovery.list_namespaced_endpoint_slice(namespace, **page)
+        if namespace is None:
+            return await self.core.list_service_for_all_namespaces(**page)
+        return await self.core.list_namespaced_service(namespace, **page)
 
     def _dict(self, obj: object) -> dict[str, Any]:
         return dict(self.api.sanitize_for_serialization(obj))

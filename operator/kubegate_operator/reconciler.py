@@ -3,12 +3,16 @@
 Event handlers only update :class:`~kubegate_operator.state.ClusterState` and poke the trigger; this
 module's loops do the rest:
 
-- the *compile loop* waits for a debounced burst, compiles the whole state with the pure compiler
-  (keeping each condition's ``lastTransitionTime`` via the previous statuses) and hands the table to the
-  publisher. The table version is derived from its content hash, so equal inputs give an equal version
-  (an operator restart or a fail-over re-pushes nothing);
+- the *compile loop* starts once the view is complete (:meth:`Reconciler.prime`: every object listed at
+  start-up has come through kopf), then waits for a debounced burst, compiles the whole state with the
+  pure compiler (keeping each condition's ``lastTransitionTime`` via the previous statuses) and hands
+  the table to the publisher. The table version is derived from its content hash, so equal inputs give
+  an equal version (an operator restart or a fail-over re-pushes nothing);
 - the *status loop* wakes whenever a compile or an acknowledgement changes something, builds every
-  route's status (compiler conditions + ``Programmed``) and writes those that differ;
+  route's status (compiler conditions + ``Programmed``) and writes those that differ. While a new table
+  is being pushed it first waits (up to ``STATUS_SETTLE``) for the replicas to acknowledge it, so that a
+  route gets one write saying "Programmed 3/3" rather than a "Pending 0/3" overwritten a moment later
+  (at the initial sync of 10,000 routes: 10,000 patches instead of 20,000);
 - the *bootstrap loop* stores each new table in the bootstrap Secret;
 - the publisher's *resync loop* checks what every replica serves.
 
@@ -36,6 +40,7 @@ logger = logging.getLogger("kubegate.operator")
 
 BOOTSTRAP_DELAY = 1.0  # seconds between a new table and storing it in the bootstrap Secret
 BURST_FACTOR = 4.0  # under a sustained burst, compile at most every BURST_FACTOR x the last compile time
+STATUS_SETTLE = 1.0  # seconds the status loop waits for a table in flight to be acknowledged everywhere
 
 
 def burst_max_delay(configured: float, compile_seconds: float) -> float:
@@ -60,6 +65,7 @@ class Reconciler:
         metrics: metrics_mod.Metrics,
         holdoff: float,
         max_delay: float,
+        status_settle: float = STATUS_SETTLE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.state = cluster
@@ -74,7 +80,13 @@ class Reconciler:
         self._memo = compiler.CompileMemo()  # per-route work reused between compiles (same results)
         self._compiled_status: dict[str, dict[str, Any]] = {}
         self._status_dumps: dict[str, tuple[models.GatewayRouteStatus, dict[str, Any]]] = {}
+        # per route: (compiled status, acked, replicas) → the desired status built from them, so that an
+        # acknowledgement rebuilds the statuses of the routes it changes, not of all 10,000
+        self._desired: dict[str, tuple[dict[str, Any], int, int, dict[str, Any]]] = {}
+        self._primed = asyncio.Event()  # the state holds everything that existed at start-up
         self._status_dirty = asyncio.Event()
+        self._acked = asyncio.Event()  # set on every acknowledgement change
+        self._status_settle = status_settle
         self._bootstrap_dirty = asyncio.Event()
         self._lag: tuple[str, float] | None = None  # (version, first change) awaiting full acknowledgement
         self._tasks: list[asyncio.Task[None]] = []
@@ -82,6 +94,8 @@ class Reconciler:
         self.compiles = 0
         self._replicas_seen = -1
         pusher._on_change = self._acks_changed
+        if writer is not None:
+            cluster.written_status = writer.written
 
     # --- inputs from the event handlers ----------------------------------------------------------
 
@@ -91,7 +105,29 @@ class Reconciler:
     def delete(self, kind: str, body: Mapping[str, Any]) -> None:
         self._after(self.state.delete(kind, body))
 
+    def prime(self, *, reason: str = "every object listed at start-up has arrived") -> None:
+        """Compiling (and so publishing and writing statuses) may start. Before this, a compile would see a
+        partial cluster: a restarted operator would push a table of the first 2,000 of 10,000 routes,
+        or write ResolvedRefs=False for Services whose EndpointSlices it has not read yet."""
+        if not self._primed.is_set():
+            logger.info("starting to compile: %s (%r)", reason, self.state)
+            self._primed.set()
+            self.trigger.poke()
+
+    async def prime_after(self, timeout: float) -> None:
+        """Prime once nothing listed at start-up is missing, or after ``timeout`` seconds (an object
+        deleted between that listing and kopf's own never arrives)."""
+        if self.state.missing == 0:
+            self.prime()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._primed.wait(), timeout)
+        if not self._primed.is_set():
+            self.prime(reason=f"{self.state.missing} listed objects never arrived in {timeout:.0f} s")
+
     def _after(self, changed: bool) -> None:
+        if not self._primed.is_set() and self.state.missing == 0:
+            self.prime()
         if not changed:
             return
         if self.state.replicas_revision != self._replicas_seen:
@@ -112,6 +148,7 @@ class Reconciler:
             self._bootstrap_dirty.set()
 
     def writer_reset(self) -> None:
+        self._desired.clear()
         if self.writer is not None:
             self.writer.written.clear()  # another leader may have written meanwhile: diff against objects
 
@@ -136,6 +173,7 @@ class Reconciler:
         await self.publisher.close()
 
     async def _compile_loop(self) -> None:
+        await self._primed.wait()
         while True:
             first = await self.trigger.wait()
             try:
@@ -191,6 +229,7 @@ class Reconciler:
         return out
 
     def _acks_changed(self) -> None:
+        self._acked.set()
         if self._lag is not None and self.publisher.all_in_sync():
             version, first = self._lag
             if self.publisher.desired is not None and self.publisher.desired.version == version:
@@ -202,20 +241,40 @@ class Reconciler:
         now = datetime.now(UTC)
         generations = self.state.route_generations()
         observed = self.state.observed_status
+        cache, self._desired = self._desired, {}
         out = {}
         for key, compiled in self._compiled_status.items():
             if key not in generations:
                 continue  # deleted since the compile
             acked, replicas = self.publisher.programmed(key, compiled.get("observedGeneration"))
-            previous = self.writer.previous(key, observed) if self.writer is not None else None
-            out[key] = status.desired_status(
-                compiled, acked=acked, replicas=replicas, previous=previous, now=now
-            )
+            hit = cache.get(key)
+            if hit is not None and hit[0] is compiled and hit[1] == acked and hit[2] == replicas:
+                desired = hit[3]
+            else:
+                previous = self.writer.previous(key, observed) if self.writer is not None else None
+                desired = status.desired_status(
+                    compiled, acked=acked, replicas=replicas, previous=previous, now=now
+                )
+            self._desired[key] = (compiled, acked, replicas, desired)
+            out[key] = desired
         return out
+
+    async def _settle(self) -> None:
+        """Wait until every replica serves the desired table, at most ``status_settle`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._status_settle
+        while self.active and not self.publisher.all_in_sync():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), remaining)
 
     async def _status_loop(self) -> None:
         while True:
             await self._status_dirty.wait()
+            await self._settle()
             self._status_dirty.clear()
             if not self.active or self.writer is None:
                 continue

@@ -126,23 +126,41 @@ class ClusterState:
         self._loaded: dict[str, dict[Key, resources.Bundle]] = {kind: {} for kind in _SLIMMERS}
         self._order: dict[str, list[Key] | None] = {kind: None for kind in _SLIMMERS}  # sorted keys
         self.observed_status: dict[str, Mapping[str, Any]] = {}  # "ns/name" → status seen on the route
+        # The statuses the operator wrote ("ns/name" → status): a watch event bringing one back is kept as
+        # that same object rather than a second copy (10,000 routes: ~15 MB).
+        self.written_status: Mapping[str, Mapping[str, Any]] = {}
         self.revision = 0
         self.replicas_revision = 0
+        self._generations: tuple[int, dict[str, int | None]] | None = None
+        # Objects listed at start-up that no event has delivered yet (see :meth:`expect`).
+        self._expected: dict[str, set[Key]] = {kind: set() for kind in _SLIMMERS}
 
     def _in_scope(self, kind: str, key: Key) -> bool:
         if kind == ENDPOINTSLICE and self.dataplane_service and key[0] == self.dataplane_service[0]:
             return True
         return not self.namespaces or key[0] in self.namespaces
 
+    def expect(self, kind: str, keys: set[Key]) -> None:
+        """Objects that exist (a listing at start-up): :attr:`missing` counts those no event has brought
+        yet. Until it is 0 the view is partial, and compiling it would drop the routes not seen yet."""
+        self._expected[kind] = {key for key in keys if self._in_scope(kind, key)} - set(self.objects[kind])
+
+    @property
+    def missing(self) -> int:
+        return sum(len(keys) for keys in self._expected.values())
+
     def upsert(self, kind: str, body: Mapping[str, Any]) -> bool:
         """Record an added or modified object; True when the compiler (or replica set) sees a change."""
         key = _identity(body)
         if key is None or not self._in_scope(kind, key):
             return False
+        self._expected[kind].discard(key)
         if kind == GATEWAYROUTE:
             status = body.get("status")
             if isinstance(status, Mapping):
-                self.observed_status[f"{key[0]}/{key[1]}"] = status
+                route = f"{key[0]}/{key[1]}"
+                written = self.written_status.get(route)
+                self.observed_status[route] = written if written is not None and written == status else status
         slim = _SLIMMERS[kind](body)
         table = self.objects[kind]
         if table.get(key) == slim:
@@ -156,6 +174,8 @@ class ClusterState:
 
     def delete(self, kind: str, body: Mapping[str, Any]) -> bool:
         key = _identity(body)
+        if key is not None:
+            self._expected[kind].discard(key)
         if key is None or self.objects[kind].pop(key, None) is None:
             return False
         self._loaded[kind].pop(key, None)
@@ -182,11 +202,14 @@ class ClusterState:
         return iter(self.objects[GATEWAYROUTE].values())
 
     def route_generations(self) -> dict[str, int | None]:
-        """``ns/name`` → metadata.generation of every route currently present."""
+        """``ns/name`` → metadata.generation of every route currently present (do not modify it)."""
+        if self._generations is not None and self._generations[0] == self.revision:
+            return self._generations[1]
         out: dict[str, int | None] = {}
         for (namespace, name), body in self.objects[GATEWAYROUTE].items():
             generation = body["metadata"].get("generation")
             out[f"{namespace}/{name}"] = generation if isinstance(generation, int) else None
+        self._generations = (self.revision, out)
         return out
 
     def route_uid(self, key: str) -> str | None:

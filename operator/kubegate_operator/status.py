@@ -128,7 +128,12 @@ class StatusWriter:
         self, desired: Mapping[str, WireStatus], observed: Mapping[str, Mapping[str, Any]]
     ) -> dict[str, WireStatus]:
         """The statuses that differ from what the objects carry (as far as we know)."""
-        return {key: st for key, st in desired.items() if self.previous(key, observed) != st}
+        changed = {}
+        for key, st in desired.items():
+            before = self.previous(key, observed)
+            if before is not st and before != st:
+                changed[key] = st
+        return changed
 
     def forget(self, keys: set[str]) -> None:
         for key in set(self.written) - keys:

@@ -290,12 +290,15 @@ def upstreams() -> Iterator[dict[str, UpstreamServer]]:
         server.stop()
 
 
+REPLICAS = 3  # data-plane processes behind the module-wide cluster
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory, kube_api: KubeAPI) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("operator")
     c = Cluster(tmp, kube_api)
     try:
-        c.start_gateways(2)
+        c.start_gateways(REPLICAS)
         c.start_operator()
         yield c
     finally:
@@ -303,6 +306,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, kube_api: KubeAPI) -> Iter
 
 
 __all__ = [
+    "REPLICAS",
     "ROUTES",
     "SERVICES",
     "SLICES",

@@ -137,6 +137,16 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             self.objects[_NAMESPACES, None, namespace] = body
             await self._buses[_NAMESPACES].put({"type": "ADDED", "object": body})
 
+    def _KubernetesEmulator__get_objs(self, request: kmock.Request, strict: bool) -> list[Any]:
+        """kmock finds the objects of every request by scanning all objects (15 ms per request with 10,000
+        routes); a request naming one object looks it up by key instead."""
+        named = request.name is not None and request.resource is not None
+        if named and (strict or request.namespace is not None):
+            found = self._objects._objects.get((request.resource, request.namespace, request.name))
+            if found is not None:
+                return [found]
+        return list(super()._KubernetesEmulator__get_objs(request, strict))  # type: ignore[misc]
+
     def _forget(self, request: kmock.Request) -> None:
         """kmock matches each request against its whole log (by identity): drop finished ones, so that
         it does not slow down as a test goes on (no test asserts on the log)."""

@@ -1,6 +1,6 @@
-"""The operator end to end: a kmock Kubernetes API, a real operator process, 2 real data planes.
+"""The operator end to end: a kmock Kubernetes API, a real operator process, 3 real data planes.
 
-Aspects: a new route is served by every replica (real HTTP) and its status says Programmed 2/2 with
+Aspects: a new route is served by every replica (real HTTP) and its status says Programmed 3/3 with
 observedGeneration; an edit moves generation, status and traffic; an EndpointSlice change moves traffic
 to the new endpoints only; a deletion gives 404; an invalid route is Accepted=False naming the field while
 other routes keep serving; a missing Service gives ResolvedRefs=False and 500; a restarted data plane is
@@ -24,6 +24,7 @@ import httpx
 from tests.gateway import GatewayProcess
 from tests.operator.conftest import (
     BOOTSTRAP,
+    REPLICAS,
     Cluster,
     Samples,
     assert_json_log,
@@ -57,8 +58,8 @@ def test_route_is_served_by_every_replica_and_programmed(
     }
     cluster.api.create(ROUTES, gatewayroute("route-a", spec))
 
-    cluster.wait(lambda: cluster.serves_everywhere("/a/x", "alpha"), what="route-a served by both replicas")
-    cluster.wait(lambda: programmed(cluster, "route-a", 1, 2), what="route-a Programmed 2/2")
+    cluster.wait(lambda: cluster.serves_everywhere("/a/x", "alpha"), what="route-a served by every replica")
+    cluster.wait(lambda: programmed(cluster, "route-a", 1, REPLICAS), what="route-a Programmed 3/3")
     assert cluster.condition("route-a", "Accepted")["status"] == "True"
     assert cluster.condition("route-a", "ResolvedRefs")["status"] == "True"
     versions = {gw.table()["version"] for gw in cluster.gateways}
@@ -74,7 +75,9 @@ def test_edit_moves_generation_status_and_traffic(
         "backends": [{"url": upstreams["alpha"].url}],
     }
     cluster.api.create(ROUTES, gatewayroute("route-e", spec))
-    cluster.wait(lambda: programmed(cluster, "route-e", 1, 2), what="route-e Programmed at generation 1")
+    cluster.wait(
+        lambda: programmed(cluster, "route-e", 1, REPLICAS), what="route-e Programmed at generation 1"
+    )
     before = cluster.condition("route-e", "Programmed")["lastTransitionTime"]
 
     edited = {**spec, "backends": [{"url": beta.url}]}
@@ -82,7 +85,9 @@ def test_edit_moves_generation_status_and_traffic(
     obj = cluster.api.patch(ROUTES, "default", "route-e", {"spec": edited})
     assert obj["metadata"]["generation"] == 2
     cluster.wait(lambda: cluster.serves_everywhere("/e/1", "beta"), what="route-e moved to beta")
-    cluster.wait(lambda: programmed(cluster, "route-e", 2, 2), what="route-e Programmed at generation 2")
+    cluster.wait(
+        lambda: programmed(cluster, "route-e", 2, REPLICAS), what="route-e Programmed at generation 2"
+    )
     accepted = cluster.condition("route-e", "Accepted")
     assert accepted["observedGeneration"] == 2
     # Programmed was True before and is True now (it may have been False in between: a truthful gap).
@@ -131,7 +136,7 @@ def test_invalid_route_is_rejected_others_unaffected(
         "backends": [{"url": upstreams["beta"].url}],
     }
     cluster.api.create(ROUTES, gatewayroute("route-good", good))
-    cluster.wait(lambda: programmed(cluster, "route-good", 1, 2), what="route-good Programmed")
+    cluster.wait(lambda: programmed(cluster, "route-good", 1, REPLICAS), what="route-good Programmed")
     # The schema cannot catch a bad regular expression; the compiler does.
     bad = {
         "match": {
@@ -149,7 +154,7 @@ def test_invalid_route_is_rejected_others_unaffected(
     assert "spec.match.headers[0].value" in accepted["message"]
     assert cluster.condition("route-bad", "Programmed")["status"] == "False"
     assert cluster.serves_everywhere("/g", "beta")
-    assert programmed(cluster, "route-good", 1, 2)
+    assert programmed(cluster, "route-good", 1, REPLICAS)
     assert cluster.statuses_everywhere("/bad") == {404}
 
 
@@ -189,9 +194,9 @@ def test_operator_metrics_over_http(cluster: Cluster, upstreams: dict[str, Upstr
         now = op.samples()
         if now is None or value(now, lag) <= value(before, lag):
             return None
-        return now if value(now, "kubegate_operator_replicas_in_sync") == 2 else None
+        return now if value(now, "kubegate_operator_replicas_in_sync") == REPLICAS else None
 
-    after = cluster.wait(settled, what="a reconcile lag observed for the new table, 2 replicas in sync")
+    after = cluster.wait(settled, what="a reconcile lag observed for the new table, every replica in sync")
 
     compiles = value(after, "kubegate_operator_compile_duration_seconds_count") - value(
         before, "kubegate_operator_compile_duration_seconds_count"
@@ -206,9 +211,11 @@ def test_operator_metrics_over_http(cluster: Cluster, upstreams: dict[str, Upstr
     assert 100 * served.pop() < value(after, "kubegate_operator_table_bytes") < 1_000_000
 
     ok = value(after, "kubegate_operator_pushes_total", result="ok")
-    assert ok - value(before, "kubegate_operator_pushes_total", result="ok") >= 2, "one push per replica"
-    assert value(after, "kubegate_operator_replicas") == 2
-    assert value(after, "kubegate_operator_replicas_in_sync") == 2
+    assert ok - value(before, "kubegate_operator_pushes_total", result="ok") >= REPLICAS, (
+        "one push per replica"
+    )
+    assert value(after, "kubegate_operator_replicas") == REPLICAS
+    assert value(after, "kubegate_operator_replicas_in_sync") == REPLICAS
 
     lags = value(after, lag) - value(before, lag)
     lag_time = value(after, "kubegate_operator_reconcile_lag_seconds_sum") - value(
@@ -300,7 +307,7 @@ def test_restarted_dataplane_is_repushed(cluster: Cluster) -> None:
     cluster.publish_dataplane()
     cluster.wait(lambda: fresh.table()["version"] == version, what="the new replica got the table")
     cluster.wait(lambda: cluster.serves_everywhere("/a/x", "alpha"), what="the new replica serves")
-    cluster.wait(lambda: programmed(cluster, "route-a", 1, 2), what="route-a Programmed 2/2 again")
+    cluster.wait(lambda: programmed(cluster, "route-a", 1, REPLICAS), what="route-a Programmed 3/3 again")
 
 
 def test_bootstrap_secret_serves_a_new_replica_without_the_operator(cluster: Cluster, tmp_path: Path) -> None:

@@ -98,6 +98,21 @@ def test_state_ignores_status_only_changes_and_finds_replicas() -> None:
     assert st.delete(state.ENDPOINTSLICE, dp) and st.replicas() == []
 
 
+def test_state_counts_listed_objects_until_events_bring_them() -> None:
+    st = state.ClusterState(namespaces=("default",), dataplane_service=("sys", "dp"))
+    st.expect(state.GATEWAYROUTE, {("default", "r1"), ("default", "r2"), ("elsewhere", "r3")})
+    st.expect(state.ENDPOINTSLICE, {("sys", "dp-1")})
+    assert st.missing == 3  # r3 is out of scope: no event will ever bring it
+    st.upsert(state.GATEWAYROUTE, _route("r1"))
+    st.upsert(state.GATEWAYROUTE, _route("r1"))
+    assert st.missing == 2
+    st.delete(state.GATEWAYROUTE, _route("r2"))  # deleted before kopf listed it
+    st.upsert(state.ENDPOINTSLICE, endpoint_slice("dp-1", "dp", ["10.0.0.1"], 1, "sys", port_name="admin"))
+    assert st.missing == 0
+    st.expect(state.GATEWAYROUTE, {("default", "r1")})  # already seen: not missing
+    assert st.missing == 0
+
+
 def test_namespaces_limit_routes_but_not_the_dataplane() -> None:
     st = state.ClusterState(namespaces=("team",), dataplane_service=("sys", "dp"))
     assert not st.upsert(state.GATEWAYROUTE, _route("r1"))  # in "default"
