@@ -76,6 +76,7 @@ class ReplicaSync:
     ack: Ack | None = None
     failures: int = 0
     last_error: str = ""
+    tried: str | None = None  # the last version a push of ended (acknowledged or failed)
     wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, repr=False)
     task: asyncio.Task[None] | None = dataclasses.field(default=None, repr=False)
 
@@ -179,6 +180,14 @@ class Publisher:
     def all_in_sync(self) -> bool:
         return self.desired is not None and self.in_sync() == len(self.syncs)
 
+    def settled(self) -> bool:
+        """No push of the desired table is still under way: every replica serves it, or the push to it
+        ended in a failure (an unreachable replica is not waited for)."""
+        desired = self.desired
+        if desired is None or not self.active:
+            return True
+        return all(s.serves(desired) or s.tried == desired.version for s in self.syncs.values())
+
     def programmed(self, route_id: str, generation: int | None) -> tuple[int, int]:
         """(replicas whose acknowledged table holds this generation of the route, current replicas)."""
         count = 0
@@ -220,12 +229,15 @@ class Publisher:
             if not self.active or desired is None or sync.serves(desired):
                 await sync.wake.wait()
                 continue
-            if await self._push(sync, desired):
+            ok = await self._push(sync, desired)
+            sync.tried = desired.version
+            if ok:
                 sync.failures = 0
                 self._prune()
                 self._changed()
                 continue
             sync.failures += 1
+            self._changed()
             delay = min(self.backoff_initial * 2 ** (sync.failures - 1), self.backoff_max)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sync.wake.wait(), timeout=delay)

@@ -10,9 +10,10 @@ module's loops do the rest:
   an equal version (an operator restart or a fail-over re-pushes nothing);
 - the *status loop* wakes whenever a compile or an acknowledgement changes something, builds every
   route's status (compiler conditions + ``Programmed``) and writes those that differ. While a new table
-  is being pushed it first waits (up to ``STATUS_SETTLE``) for the replicas to acknowledge it, so that a
-  route gets one write saying "Programmed 3/3" rather than a "Pending 0/3" overwritten a moment later
-  (at the initial sync of 10,000 routes: 10,000 patches instead of 20,000);
+  is being pushed it first waits for the pushes to end (acknowledged, or failed: an unreachable replica
+  is not waited for; at most ``STATUS_SETTLE``), so that a route gets one write saying "Programmed 3/3"
+  rather than a "Pending 0/3" overwritten a moment later (at the initial sync of 10,000 routes: 10,000
+  patches instead of 20,000);
 - the *bootstrap loop* stores each new table in the bootstrap Secret;
 - the publisher's *resync loop* checks what every replica serves.
 
@@ -30,6 +31,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from kubegate import malloc
 from kubegate.api import models
 from kubegate.compiler import compile as compiler
 from kubegate.compiler import table as tables
@@ -40,7 +42,7 @@ logger = logging.getLogger("kubegate.operator")
 
 BOOTSTRAP_DELAY = 1.0  # seconds between a new table and storing it in the bootstrap Secret
 BURST_FACTOR = 4.0  # under a sustained burst, compile at most every BURST_FACTOR x the last compile time
-STATUS_SETTLE = 1.0  # seconds the status loop waits for a table in flight to be acknowledged everywhere
+STATUS_SETTLE = 10.0  # at most this long, the status loop waits for the pushes of a new table to end
 
 
 def burst_max_delay(configured: float, compile_seconds: float) -> float:
@@ -191,16 +193,17 @@ class Reconciler:
         elapsed = time.perf_counter() - started
         self.metrics.compile_seconds.observe(elapsed)
         self.trigger.debounce.max_delay = burst_max_delay(self._max_delay, elapsed)
-        self.metrics.routes_rejected.set(len(result.rejected()))
+        rejected = len(result.rejected())
+        self.metrics.routes_rejected.set(rejected)
         self.result = result
         self.compiles += 1
         # Serialise only the statuses that changed (the compiler hands back unchanged ones as is).
-        dumps = self._status_dumps
-        self._status_dumps = {
-            key: (st, dumps[key][1] if key in dumps and dumps[key][0] is st else _dump(st))
-            for key, st in result.statuses.items()
-        }
-        self._compiled_status = {key: dumped for key, (_, dumped) in self._status_dumps.items()}
+        dumps, self._status_dumps, self._compiled_status = self._status_dumps, {}, {}
+        for key, st in result.statuses.items():
+            before = dumps.get(key)
+            entry = before if before is not None and before[0] is st else (st, _dump(st))
+            self._status_dumps[key] = entry
+            self._compiled_status[key] = entry[1]
         for problem in result.problems:
             logger.warning("input problem: %s", problem)
         changed = self.publisher.desired is None or self.publisher.desired.version != table.version
@@ -209,7 +212,7 @@ class Reconciler:
                 "compiled table %s: %d routes, %d rejected, in %.3f s",
                 table.version,
                 len(table.routes),
-                len(result.rejected()),
+                rejected,
                 elapsed,
             )
             self.publisher.publish(table)
@@ -260,10 +263,10 @@ class Reconciler:
         return out
 
     async def _settle(self) -> None:
-        """Wait until every replica serves the desired table, at most ``status_settle`` seconds."""
+        """Wait until no push of the desired table is under way, at most ``status_settle`` seconds."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._status_settle
-        while self.active and not self.publisher.all_in_sync():
+        while self.active and not self.publisher.settled():
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
@@ -292,6 +295,7 @@ class Reconciler:
             # tables into one write (encoding 10,000 routes takes a tenth of a second of the loop).
             await asyncio.sleep(BOOTSTRAP_DELAY)
             self._bootstrap_dirty.clear()
+            malloc.trim()  # the compile's and the pushes' garbage is freed by now
             desired = self.publisher.desired
             if not self.active or self.bootstrapper is None or desired is None or self.result is None:
                 continue

@@ -20,9 +20,10 @@ import urllib.parse
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
 
 from kubegate.api import duration
+from kubegate.api.lean import LeanModel
 
 GROUP = "kubegate.dev"
 VERSION = "v1alpha1"
@@ -81,7 +82,7 @@ Token = Annotated[
 ]
 
 
-class _Spec(BaseModel):
+class _Spec(LeanModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
@@ -321,7 +322,7 @@ CONDITION_TYPE_PATTERN = (
 CONDITION_REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 
-class Condition(BaseModel):
+class Condition(LeanModel):
     """One aspect of the route's state, in the standard Kubernetes condition shape."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
@@ -356,7 +357,7 @@ class Condition(BaseModel):
     )
 
 
-class GatewayRouteStatus(BaseModel):
+class GatewayRouteStatus(LeanModel):
     """What kubegate made of the route: conditions Accepted, ResolvedRefs and Programmed."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)

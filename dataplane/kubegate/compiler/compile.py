@@ -51,12 +51,16 @@ class CompileResult:
     problems: tuple[resources.LoadProblem, ...] = ()
 
     def rejected(self) -> list[str]:
-        """Ids of the routes whose ``Accepted`` condition is not True."""
-        return [
-            key
-            for key, status in self.statuses.items()
-            if (cond := status.condition(ACCEPTED)) is None or cond.status != "True"
-        ]
+        """Ids of the routes whose ``Accepted`` condition is not True (computed once)."""
+        found = self.__dict__.get("_rejected")
+        if found is None:
+            found = [
+                key
+                for key, status in self.statuses.items()
+                if (cond := status.condition(ACCEPTED)) is None or cond.status != "True"
+            ]
+            self.__dict__["_rejected"] = found
+        return list(found)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from kubegate.api.lean import LeanModel
+
 TableApiVersion = Literal["kubegate.dev/v1alpha1"]
 TABLE_API_VERSION: TableApiVersion = "kubegate.dev/v1alpha1"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -30,7 +32,7 @@ PathType = Literal["Exact", "Prefix", "Glob"]
 ValueType = Literal["Exact", "RegularExpression"]
 
 
-class _Frozen(BaseModel):
+class _Frozen(LeanModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
