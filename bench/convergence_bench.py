@@ -74,10 +74,15 @@ def rss_mb(pid: int) -> float:
 
 
 def wait_until(pred: Any, timeout: float, interval: float = 0.005) -> bool:
+    """Poll ``pred`` until it is true; an HTTP error (a data plane busy swapping in a whole table does
+    not answer for a moment) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():
-            return True
+        try:
+            if pred():
+                return True
+        except httpx.HTTPError:
+            pass
         time.sleep(interval)
     return False
 

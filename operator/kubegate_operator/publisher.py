@@ -229,6 +229,17 @@ class Publisher:
             if not self.active or desired is None or sync.serves(desired):
                 await sync.wake.wait()
                 continue
+            if sync.ack is None:
+                # First contact (a new replica, or this operator just started): ask what it serves. After
+                # an operator restart the replicas usually serve the very table compiled again, and a
+                # replica that serves a known table gets a delta.
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    sync.ack = await self._observe(sync)
+                    if sync.serves(desired):
+                        sync.tried = desired.version
+                        self._prune()
+                        self._changed()
+                        continue
             ok = await self._push(sync, desired)
             sync.tried = desired.version
             if ok:

@@ -282,6 +282,26 @@ async def test_publisher_sends_deltas_and_the_whole_table_to_a_replica_that_serv
         await pub.close()
 
 
+async def test_publisher_pushes_nothing_to_a_replica_that_already_serves_the_table(
+    planes: list[GatewayProcess],
+) -> None:
+    """After an operator restart the replicas serve the table it compiles again: it asks, and pushes
+    nothing (at 10,000 routes that saves a 3.4 MB push and a table swap per replica)."""
+    m = metrics_mod.Metrics()
+    table = _wide_table("same", {"a": 1, "b": 2})
+    assert planes[0].push(table.to_wire()).status_code == 200
+    async with httpx.AsyncClient() as client:
+        pub = publisher.Publisher(
+            client=client, token=lambda: TOKEN, backoff_initial=0.05, timeout=2, metrics=m
+        )
+        pub.set_replicas([state.Replica("127.0.0.1", planes[0].admin_port)])
+        pub.publish(table)
+        await _until(lambda: pub.in_sync() == 1)
+        assert m.value("kubegate_operator_pushes_total", {"result": "ok"}) == 0
+        assert pub.programmed("default/a", 1) == (1, 1)
+        await pub.close()
+
+
 async def test_publisher_refused_token_is_reported(planes: list[GatewayProcess]) -> None:
     m = metrics_mod.Metrics()
     async with httpx.AsyncClient() as client:
