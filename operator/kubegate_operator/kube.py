@@ -13,7 +13,7 @@ watches anyway (GatewayRoutes, EndpointSlices, Services).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -98,16 +98,32 @@ class Kube:
     def _dict(self, obj: object) -> dict[str, Any]:
         return dict(self.api.sanitize_for_serialization(obj))
 
+    async def _unread(self, call: Awaitable[Any]) -> None:
+        """Make a call whose answer is not needed without parsing it: a status patch or an Event answers
+        with the whole object, which the client would turn into model objects (10,000 of each after the
+        initial sync of 10,000 routes). Raises :class:`ApiException` on an error status, as usual."""
+        response = await call
+        try:
+            if not 200 <= response.status <= 299:
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body = await response.text()
+                raise error
+        finally:
+            response.release()
+
     async def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
         try:
-            await self.custom.patch_namespaced_custom_object_status(
-                models.GROUP,
-                models.VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": dict(status)},
-                _content_type=MERGE_PATCH,
+            await self._unread(
+                self.custom.patch_namespaced_custom_object_status(
+                    models.GROUP,
+                    models.VERSION,
+                    namespace,
+                    PLURAL,
+                    name,
+                    {"status": dict(status)},
+                    _content_type=MERGE_PATCH,
+                    _preload_content=False,
+                )
             )
         except ApiException as error:
             if error.status == 404:
@@ -149,7 +165,7 @@ class Kube:
         }
         if uid:
             involved["uid"] = uid
-        await self.core.create_namespaced_event(
+        event = self.core.create_namespaced_event(
             namespace,
             {
                 "apiVersion": "v1",
@@ -164,7 +180,9 @@ class Kube:
                 "lastTimestamp": now,
                 "count": 1,
             },
+            _preload_content=False,
         )
+        await self._unread(event)
 
     # --- Lease (leader election) -----------------------------------------------------------------
 

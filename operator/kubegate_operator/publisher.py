@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import time
@@ -38,12 +39,12 @@ logger = logging.getLogger("kubegate.operator.publisher")
 
 @dataclasses.dataclass(frozen=True)
 class Desired:
-    """The table every replica should serve, serialized once (from the routes' cached encodings)."""
+    """The table every replica should serve. Its JSON (3.4 MB at 10,000 routes) is assembled from the
+    routes' cached encodings only when a replica needs the whole table: most pushes are deltas."""
 
     version: str
     hash: str
     table: tables.RouteTable = dataclasses.field(repr=False)
-    body: bytes = dataclasses.field(repr=False)
     routes: Mapping[str, int | None] = dataclasses.field(repr=False)  # route id → generation
 
     @classmethod
@@ -52,9 +53,12 @@ class Desired:
             version=table.version,
             hash=table.content_hash(),
             table=table,
-            body=table.encode(),
             routes={route.id: route.generation for route in table.routes},
         )
+
+    @functools.cached_property
+    def body(self) -> bytes:
+        return self.table.encode()
 
 
 # A delta is sent instead of the whole table while it changes at most this share of the routes.
@@ -133,7 +137,7 @@ class Publisher:
         self._deltas.clear()
         self._prune()
         if self._metrics is not None:
-            self._metrics.table_bytes.set(len(desired.body))
+            self._metrics.table_bytes.set(desired.table.encoded_size())
             self._metrics.table_routes.set(len(desired.routes))
         for sync in self.syncs.values():
             sync.wake.set()

@@ -154,19 +154,30 @@ class StatusWriter:
     async def _write_one(self, key: str, status: WireStatus, before: Mapping[str, Any] | None) -> int:
         namespace, name = key.split("/", 1)
         async with self._limit:
+            # Recorded before the patch: its watch event can arrive before its answer, and the cluster
+            # state then keeps this object instead of a second, equal copy (see ClusterState.upsert).
+            last = self.written.get(key)
+            self.written[key] = status
             try:
                 found = await self._patch(namespace, name, status)
             except Exception as error:
+                self._restore(key, last)
                 logger.warning("status write for %s failed: %s", key, error)
                 self._count("error")
                 return 0
         if not found:
+            self._restore(key, last)
             self._count("gone")
             return 0
-        self.written[key] = status
         self._count("ok")
         await self._accepted_event(namespace, name, before, status)
         return 1
+
+    def _restore(self, key: str, last: WireStatus | None) -> None:
+        if last is None:
+            self.written.pop(key, None)
+        else:
+            self.written[key] = last
 
     async def _accepted_event(
         self, namespace: str, name: str, before: Mapping[str, Any] | None, after: Mapping[str, Any]

@@ -8,6 +8,8 @@ route fixed) the table, its hash and every status equal those of a compile witho
 from __future__ import annotations
 
 import copy
+import itertools
+import random
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,3 +117,60 @@ def test_memo_with_previous_statuses_equals_full_compile() -> None:
         if change == "none" and previous is not None:
             assert all(with_memo.statuses[k] is previous[k] for k in previous)
         previous = with_memo.statuses
+
+
+def test_random_changes_compile_like_a_full_compile() -> None:
+    """A seeded random walk of edits, re-creations, deletions, conflicts, invalid specs and Service and
+    EndpointSlice changes: after every step the memoised compile (which reuses whole results of routes
+    whose inputs did not change) equals a full compile, statuses included."""
+    rng = random.Random(20261129)
+    objects: dict[str, dict[str, Any]] = {}
+    loaded: dict[str, tuple[dict[str, Any], resources.Bundle]] = {}
+
+    def bundle() -> resources.Bundle:
+        """Like the operator's state: an unchanged object keeps its loaded views (the same objects)."""
+        out = resources.Bundle()
+        for name, body in objects.items():
+            if name not in loaded or loaded[name][0] is not body:
+                loaded[name] = (body, resources.from_objects([body]))
+            part = loaded[name][1]
+            out.routes += part.routes
+            out.endpoint_slices += part.endpoint_slices
+        return out
+
+    revisions = itertools.count(2)
+    memo = CompileMemo()
+    previous = None
+    for step in range(60):
+        for _ in range(rng.randint(1, 4)):
+            action = rng.random()
+            name = f"r{rng.randint(0, 24)}"
+            if action < 0.45:  # create or edit a route (few paths, so matches collide: conflicts)
+                backends = rng.choice([[{"service": "a", "port": 8080}], [{"service": "b", "port": 8080}],
+                                       [{"url": "http://127.0.0.1:9001"}],
+                                       [{"service": "a", "port": 8080, "weight": 0}]])  # fmt: skip
+                rv = next(revisions)
+                body = _route(name, rng.choice(["/x", "/y", "/z", f"/{name}"]), backends, rv=rv,
+                              creationTimestamp=f"2026-01-01T00:00:{rng.randint(0, 3):02d}Z")  # fmt: skip
+                if name in objects and rng.random() < 0.7:  # an edit keeps the uid
+                    body["metadata"]["uid"] = objects[name]["metadata"]["uid"]
+                else:
+                    body["metadata"]["uid"] = f"uid-{name}-{rv}"
+                objects[name] = body
+            elif action < 0.6:
+                objects.pop(name, None)
+            elif action < 0.8:
+                service = rng.choice(["a", "b"])
+                ips = rng.sample(["10.0.0.1", "10.0.0.2", "10.0.0.3"], 2)
+                objects[f"slice-{service}"] = _slice(service, ips, rv=next(revisions))
+            elif action < 0.9:
+                objects.pop(f"slice-{rng.choice(['a', 'b'])}", None)
+            elif name in objects:  # a status write: same generation, new resourceVersion
+                objects[name] = {**objects[name], "status": {"conditions": []}}
+        now = datetime(2026, 1, 1, 0, step, tzinfo=UTC)
+        with_memo = compile_bundle(bundle(), now=now, previous=previous, memo=memo)
+        full = compile_bundle(resources.from_objects(list(objects.values())), now=now, previous=previous)
+        assert with_memo.statuses == full.statuses, step
+        assert with_memo.table.to_wire() == full.table.to_wire(), step
+        previous = with_memo.statuses
+    assert memo.reused > 100, "the whole-result reuse was never exercised"

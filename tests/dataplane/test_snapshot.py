@@ -9,6 +9,7 @@ unchanged route objects kept); a delta made for another table, or announcing ano
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -85,3 +86,11 @@ def test_a_delta_for_another_table_or_with_a_wrong_result_is_refused() -> None:
     lying = delta.model_copy(update={"hash": other.content_hash()})
     with pytest.raises(DeltaConflict, match="not the announced"):
         lying.apply(base)
+
+
+def test_the_assembled_encoding_is_the_wire_form() -> None:
+    """``encode()`` (joined from the routes' cached encodings) is ``to_wire()`` as JSON, and
+    ``encoded_size()`` its exact length without building it."""
+    for table in (RouteTable.from_wire(_wire("v1", {"a": 1, "b": 2})), RouteTable(version="empty")):
+        assert json.loads(table.encode()) == table.to_wire()
+        assert table.encoded_size() == len(table.encode())

@@ -406,8 +406,14 @@ class CompileMemo:
 
     Entries are keyed by the object's ``namespace/name``, uid and generation, which change whenever its
     spec does (status writes do not); objects without them (routes files) are never memoised. It only
-    saves work: a compile with a memo gives the same result as one without (tested). Entries of objects
-    that were not in the last compile are dropped.
+    saves work: a compile with a memo gives the same result as one without (tested, also over a seeded
+    random walk of changes). Entries of objects that were not in the last compile are dropped.
+
+    Two levels: the validated spec of every revision (passes 1 and 2), and the whole result of a route
+    whose inputs did not change at all: same revision, the same Service and EndpointSlice view objects
+    for every Service it names (the operator loads an object once per change, so identity means
+    "unchanged"), the same members in its conflict group, and its last status handed back as
+    ``previous``. With 10,000 routes and one change, that leaves one route to compile (0.27 s → 0.14 s).
     """
 
     validated: dict[tuple[str, str, str], _Route] = dataclasses.field(default_factory=dict)
@@ -418,7 +424,62 @@ class CompileMemo:
     verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]] = dataclasses.field(
         default_factory=dict
     )
+    # Whole results, for routes whose inputs did not change at all (see _compile): what each route
+    # produced, the Service and EndpointSlice views each referenced Service had, and which routes shared
+    # each match (conflicts are decided within those groups).
+    outcomes: dict[tuple[str, str, str], _Outcome] = dataclasses.field(default_factory=dict)
+    signatures: dict[tuple[str, str], tuple[object, ...]] = dataclasses.field(default_factory=dict)
+    groups: dict[tuple[object, ...], tuple[str, ...]] = dataclasses.field(default_factory=dict)
     hits: int = 0
+    reused: int = 0  # routes whose last result was reused whole
+
+
+@dataclasses.dataclass(frozen=True)
+class _Outcome:
+    """What one route produced: its services, its compiled route (None when not accepted), its status."""
+
+    refs: tuple[tuple[str, str], ...]
+    compiled: table.CompiledRoute | None
+    status: RouteStatus
+
+
+def _status(
+    route: _Route,
+    previous: Mapping[str, RouteStatus] | None,
+    memo: CompileMemo | None,
+    key: tuple[str, str, str] | None,
+    memo_verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]],
+    now: datetime,
+) -> RouteStatus:
+    """The route's status from its verdicts, reusing the previous one (the same object) when unchanged."""
+    assert route.accepted is not None and route.resolved is not None
+    generation = route.raw.generation
+    prior = _previous_status(route.raw, previous)
+    last = memo.verdicts.get(key) if memo is not None and key is not None else None
+    if (
+        last is not None
+        and last[2] is prior
+        and last[0] == route.accepted
+        and last[1] == route.resolved
+        and prior.observed_generation == generation
+    ):
+        status = prior  # what the conditions below would conclude, without the work
+    else:
+        accepted = _condition(ACCEPTED, route.accepted, generation=generation, now=now, previous=prior)
+        resolved = _condition(RESOLVED_REFS, route.resolved, generation=generation, now=now, previous=prior)
+        if (
+            prior is not None
+            and prior.observed_generation == generation
+            and len(prior.conditions) == 2
+            and prior.conditions[0] is accepted
+            and prior.conditions[1] is resolved
+        ):
+            status = prior  # unchanged (immutable): callers can skip re-serialising it
+        else:
+            status = models.GatewayRouteStatus(observedGeneration=generation, conditions=[accepted, resolved])
+    if key is not None:
+        memo_verdicts[key] = (route.accepted, route.resolved, status)
+    return status
 
 
 def _memo_key(raw: resources.RawObject) -> tuple[str, str, str] | None:
@@ -454,29 +515,78 @@ def _compile(
 ) -> CompileResult:
     now = _normalise_now(now)
     services = _Services.of(bundle)
-    routes = [_Route(raw=raw) for raw in sorted(bundle.routes, key=lambda r: r.key)]
-    validated: dict[tuple[str, str, str], _Route] = {}
-    keys = [_memo_key(route.raw) for route in routes] if memo is not None else [None] * len(routes)
+    raws = sorted(bundle.routes, key=lambda r: r.key)
+    keys = [_memo_key(raw) for raw in raws] if memo is not None else [None] * len(raws)
+    signatures: dict[tuple[str, str], tuple[object, ...]] = {}
 
-    # passes 1 and 2 depend on the object alone: memoised per object revision
-    for index, (route, key) in enumerate(zip(routes, keys, strict=True)):
-        if memo is not None and key is not None and (done := memo.validated.get(key)) is not None:
+    def signature(ref: tuple[str, str]) -> tuple[object, ...]:
+        found = signatures.get(ref)
+        if found is None:
+            found = signatures[ref] = (services.services.get(ref), *services.slices.get(ref, ()))
+        return found
+
+    def same_services(refs: tuple[tuple[str, str], ...]) -> bool:
+        assert memo is not None
+        for ref in refs:
+            old, new = memo.signatures.get(ref), signature(ref)
+            if old is None or len(old) != len(new) or any(a is not b for a, b in zip(old, new, strict=True)):
+                return False
+        return True
+
+    # passes 1 and 2 depend on the object alone: memoised per object revision. A route whose revision,
+    # Services, conflict group and previous status are all as in the last compile keeps its whole result
+    # (``clean``); the others go through every pass (``routes``).
+    validated: dict[tuple[str, str, str], _Route] = {}
+    clean: dict[int, tuple[_Route, _Outcome]] = {}
+    routes: dict[int, _Route] = {}
+    for index, (raw, key) in enumerate(zip(raws, keys, strict=True)):
+        done = memo.validated.get(key) if memo is not None and key is not None else None
+        if done is not None:
+            assert memo is not None and key is not None
             memo.hits += 1
-            route = routes[index] = done.fresh(route.raw)
-        else:
-            _validate(route)
-            if route.spec is not None:
-                route.match_key = _match_key(route.spec)
-                names = [_backend_name(ref, route.raw.namespace) for ref in route.spec.backends]
-                problems = _semantic_problems(route.spec) + _duplicate_problems(names)
-                if problems:
-                    route.accepted = _Verdict("False", "Invalid", "; ".join(problems))
+            validated[key] = done  # never changed by the passes below: they work on fresh copies
+            outcome = memo.outcomes.get(key)
+            if (
+                outcome is not None
+                and same_services(outcome.refs)
+                and _previous_status(raw, previous) is outcome.status
+            ):
+                clean[index] = (done, outcome)
+            else:
+                routes[index] = done.fresh(raw)
+            continue
+        route = _Route(raw=raw)
+        _validate(route)
+        if route.spec is not None:
+            route.match_key = _match_key(route.spec)
+            names = [_backend_name(ref, raw.namespace) for ref in route.spec.backends]
+            problems = _semantic_problems(route.spec) + _duplicate_problems(names)
+            if problems:
+                route.accepted = _Verdict("False", "Invalid", "; ".join(problems))
         if key is not None:
-            validated[key] = route.fresh(route.raw)
-    for route in routes:
+            validated[key] = route.fresh(raw)
+        routes[index] = route
+
+    # Conflicts are decided within groups of routes with the same match: a group whose members changed,
+    # or that holds a route going through the passes, goes through them whole.
+    groups: dict[tuple[object, ...], list[int]] = {}
+    for index in range(len(raws)):
+        entry = clean[index][0] if index in clean else routes[index]
+        if entry.accepted is None and entry.spec is not None and entry.match_key is not None:
+            groups.setdefault(entry.match_key, []).append(index)
+    members: dict[tuple[object, ...], tuple[str, ...]] = {}
+    for match_key, indexes in groups.items():
+        group = members[match_key] = tuple(raws[i].key for i in indexes)
+        last = memo.groups.get(match_key) if memo is not None else None
+        if last != group or any(i in routes for i in indexes):
+            for i in indexes:
+                if i in clean:
+                    routes[i] = clean.pop(i)[0].fresh(raws[i])
+
+    for route in routes.values():
         if route.spec is not None:
             _resolve_backends(route, services)
-    _resolve_conflicts(routes)
+    _resolve_conflicts(list(routes.values()))
 
     compiled = []
     memo_compiled: dict[
@@ -484,7 +594,21 @@ def _compile(
     ] = {}
     statuses: dict[str, RouteStatus] = {}
     memo_verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]] = {}
-    for route, key in zip(routes, keys, strict=True):
+    outcomes: dict[tuple[str, str, str], _Outcome] = {}
+    for index, (raw, key) in enumerate(zip(raws, keys, strict=True)):
+        if index in clean:
+            assert memo is not None and key is not None
+            memo.reused += 1
+            outcome = clean[index][1]
+            if outcome.compiled is not None:
+                compiled.append(outcome.compiled)
+                memo_compiled[key] = memo.compiled[key]
+            statuses[raw.key] = outcome.status
+            memo_verdicts[key] = memo.verdicts[key]
+            outcomes[key] = outcome
+            continue
+        route = routes[index]
+        compiled_route: table.CompiledRoute | None = None
         if route.accepted is None:
             reuse = memo.compiled.get(key) if memo is not None and key is not None else None
             try:
@@ -499,38 +623,18 @@ def _compile(
                 if key is not None:
                     memo_compiled[key] = (route.backends, compiled_route)
                 route.accepted = _Verdict("True", "Accepted", "route compiled into the table")
-        assert route.resolved is not None
-        generation = route.raw.generation
-        prior = _previous_status(route.raw, previous)
-        last = memo.verdicts.get(key) if memo is not None and key is not None else None
-        if (
-            last is not None
-            and last[2] is prior
-            and last[0] == route.accepted
-            and last[1] == route.resolved
-            and prior.observed_generation == generation
-        ):
-            statuses[route.raw.key] = prior  # what the conditions below would conclude, without the work
-            memo_verdicts[key] = last  # type: ignore[index]
-            continue
-        accepted = _condition(ACCEPTED, route.accepted, generation=generation, now=now, previous=prior)
-        resolved = _condition(RESOLVED_REFS, route.resolved, generation=generation, now=now, previous=prior)
-        if (
-            prior is not None
-            and prior.observed_generation == generation
-            and len(prior.conditions) == 2
-            and prior.conditions[0] is accepted
-            and prior.conditions[1] is resolved
-        ):
-            statuses[route.raw.key] = prior  # unchanged (immutable): callers can skip re-serialising it
-        else:
-            statuses[route.raw.key] = models.GatewayRouteStatus(
-                observedGeneration=generation, conditions=[accepted, resolved]
-            )
+        statuses[raw.key] = status = _status(route, previous, memo, key, memo_verdicts, now)
         if key is not None:
-            memo_verdicts[key] = (route.accepted, route.resolved, statuses[route.raw.key])
+            refs = (
+                tuple((raw.namespace, ref.service) for ref in route.spec.backends if ref.service is not None)
+                if route.spec is not None
+                else ()
+            )
+            outcomes[key] = _Outcome(refs=refs, compiled=compiled_route, status=status)
     if memo is not None:
         memo.validated, memo.compiled, memo.verdicts = validated, memo_compiled, memo_verdicts
+        memo.outcomes, memo.groups = outcomes, members
+        memo.signatures = {ref: signature(ref) for outcome in outcomes.values() for ref in outcome.refs}
     return CompileResult(
         table=table.RouteTable(version=version, routes=tuple(compiled)),
         statuses=statuses,

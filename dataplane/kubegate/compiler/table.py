@@ -164,9 +164,17 @@ class RouteTable(_Frozen):
 
     def encode(self) -> bytes:
         """``to_wire()`` as compact JSON, assembled from the routes' cached encodings."""
-        head = json.dumps({"apiVersion": self.api_version, "version": self.version}, separators=(",", ":"))
         routes = b",".join(r.encoded() for r in self.routes)
-        return head[:-1].encode() + b',"routes":[' + routes + b"]}"
+        return self._head() + b',"routes":[' + routes + b"]}"
+
+    def encoded_size(self) -> int:
+        """``len(self.encode())``, without building it."""
+        routes = sum(len(r.encoded()) for r in self.routes) + max(len(self.routes) - 1, 0)
+        return len(self._head()) + len(b',"routes":[') + routes + len(b"]}")
+
+    def _head(self) -> bytes:
+        head = json.dumps({"apiVersion": self.api_version, "version": self.version}, separators=(",", ":"))
+        return head[:-1].encode()
 
     @classmethod
     def from_wire(cls, data: object, *, previous: RouteTable | None = None) -> RouteTable:
