@@ -51,16 +51,16 @@ class CompileResult:
     problems: tuple[resources.LoadProblem, ...] = ()
 
     def rejected(self) -> list[str]:
-        """Ids of the routes whose ``Accepted`` condition is not True (computed once)."""
-        found = self.__dict__.get("_rejected")
-        if found is None:
-            found = [
-                key
-                for key, status in self.statuses.items()
-                if (cond := status.condition(ACCEPTED)) is None or cond.status != "True"
-            ]
-            self.__dict__["_rejected"] = found
-        return list(found)
+        """Ids of the routes whose ``Accepted`` condition is not True."""
+        return list(self._rejected)
+
+    @functools.cached_property
+    def _rejected(self) -> tuple[str, ...]:  # computed once: the operator asks twice per compile
+        return tuple(
+            key
+            for key, status in self.statuses.items()
+            if (cond := status.condition(ACCEPTED)) is None or cond.status != "True"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,9 +302,7 @@ def _match_key(spec: models.GatewayRouteSpec) -> tuple[object, ...]:
 def _resolve_conflicts(routes: list[_Route]) -> None:
     groups: dict[tuple[object, ...], list[_Route]] = {}
     for route in routes:
-        if route.accepted is None and route.spec is not None:
-            if route.match_key is None:
-                route.match_key = _match_key(route.spec)
+        if route.accepted is None and route.match_key is not None:  # set with a valid spec (pass 1)
             groups.setdefault(route.match_key, []).append(route)
     for group in groups.values():
         if len(group) == 1:
@@ -417,16 +415,9 @@ class CompileMemo:
     """
 
     validated: dict[tuple[str, str, str], _Route] = dataclasses.field(default_factory=dict)
-    compiled: dict[tuple[str, str, str], tuple[tuple[table.CompiledBackend, ...], table.CompiledRoute]] = (
-        dataclasses.field(default_factory=dict)
-    )
-    # the verdicts behind each route's last status: equal verdicts, same generation → the same status
-    verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]] = dataclasses.field(
-        default_factory=dict
-    )
-    # Whole results, for routes whose inputs did not change at all (see _compile): what each route
-    # produced, the Service and EndpointSlice views each referenced Service had, and which routes shared
-    # each match (conflicts are decided within those groups).
+    # What each route produced last time (reused in part, or whole when its inputs did not change; see
+    # _compile), the Service and EndpointSlice views each referenced Service had, and which routes
+    # shared each match (conflicts are decided within those groups).
     outcomes: dict[tuple[str, str, str], _Outcome] = dataclasses.field(default_factory=dict)
     signatures: dict[tuple[str, str], tuple[object, ...]] = dataclasses.field(default_factory=dict)
     groups: dict[tuple[object, ...], tuple[str, ...]] = dataclasses.field(default_factory=dict)
@@ -436,31 +427,30 @@ class CompileMemo:
 
 @dataclasses.dataclass(frozen=True)
 class _Outcome:
-    """What one route produced: its services, its compiled route (None when not accepted), its status."""
+    """What one route produced: the Services it names, its resolved backends and compiled route (None
+    when not accepted), its verdicts and the status made of them."""
 
     refs: tuple[tuple[str, str], ...]
+    backends: tuple[table.CompiledBackend, ...]
     compiled: table.CompiledRoute | None
+    accepted: _Verdict
+    resolved: _Verdict
     status: RouteStatus
 
 
 def _status(
-    route: _Route,
-    previous: Mapping[str, RouteStatus] | None,
-    memo: CompileMemo | None,
-    key: tuple[str, str, str] | None,
-    memo_verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]],
-    now: datetime,
+    route: _Route, previous: Mapping[str, RouteStatus] | None, last: _Outcome | None, now: datetime
 ) -> RouteStatus:
-    """The route's status from its verdicts, reusing the previous one (the same object) when unchanged."""
+    """The route's status from its verdicts, reusing the previous one (the same object) when unchanged:
+    equal verdicts and generation as the last outcome, whose status is handed back as ``previous``."""
     assert route.accepted is not None and route.resolved is not None
     generation = route.raw.generation
     prior = _previous_status(route.raw, previous)
-    last = memo.verdicts.get(key) if memo is not None and key is not None else None
     if (
         last is not None
-        and last[2] is prior
-        and last[0] == route.accepted
-        and last[1] == route.resolved
+        and last.status is prior
+        and last.accepted == route.accepted
+        and last.resolved == route.resolved
         and prior.observed_generation == generation
     ):
         status = prior  # what the conditions below would conclude, without the work
@@ -477,8 +467,6 @@ def _status(
             status = prior  # unchanged (immutable): callers can skip re-serialising it
         else:
             status = models.GatewayRouteStatus(observedGeneration=generation, conditions=[accepted, resolved])
-    if key is not None:
-        memo_verdicts[key] = (route.accepted, route.resolved, status)
     return status
 
 
@@ -577,8 +565,8 @@ def _compile(
     members: dict[tuple[object, ...], tuple[str, ...]] = {}
     for match_key, indexes in groups.items():
         group = members[match_key] = tuple(raws[i].key for i in indexes)
-        last = memo.groups.get(match_key) if memo is not None else None
-        if last != group or any(i in routes for i in indexes):
+        before = memo.groups.get(match_key) if memo is not None else None
+        if before != group or any(i in routes for i in indexes):
             for i in indexes:
                 if i in clean:
                     routes[i] = clean.pop(i)[0].fresh(raws[i])
@@ -589,11 +577,7 @@ def _compile(
     _resolve_conflicts(list(routes.values()))
 
     compiled = []
-    memo_compiled: dict[
-        tuple[str, str, str], tuple[tuple[table.CompiledBackend, ...], table.CompiledRoute]
-    ] = {}
     statuses: dict[str, RouteStatus] = {}
-    memo_verdicts: dict[tuple[str, str, str], tuple[_Verdict, _Verdict, RouteStatus]] = {}
     outcomes: dict[tuple[str, str, str], _Outcome] = {}
     for index, (raw, key) in enumerate(zip(raws, keys, strict=True)):
         if index in clean:
@@ -602,38 +586,41 @@ def _compile(
             outcome = clean[index][1]
             if outcome.compiled is not None:
                 compiled.append(outcome.compiled)
-                memo_compiled[key] = memo.compiled[key]
             statuses[raw.key] = outcome.status
-            memo_verdicts[key] = memo.verdicts[key]
             outcomes[key] = outcome
             continue
         route = routes[index]
+        last = memo.outcomes.get(key) if memo is not None and key is not None else None
         compiled_route: table.CompiledRoute | None = None
         if route.accepted is None:
-            reuse = memo.compiled.get(key) if memo is not None and key is not None else None
             try:
-                if reuse is not None and reuse[0] == route.backends:
-                    compiled_route = reuse[1]
+                if last is not None and last.compiled is not None and last.backends == route.backends:
+                    compiled_route = last.compiled
                 else:
                     compiled_route = _compiled_route(route)
             except ValidationError as error:  # the table's own checks: a safety net, not expected
                 route.accepted = _Verdict("False", "Invalid", f"rejected by the route table: {error}")
             else:
                 compiled.append(compiled_route)
-                if key is not None:
-                    memo_compiled[key] = (route.backends, compiled_route)
                 route.accepted = _Verdict("True", "Accepted", "route compiled into the table")
-        statuses[raw.key] = status = _status(route, previous, memo, key, memo_verdicts, now)
+        statuses[raw.key] = status = _status(route, previous, last, now)
         if key is not None:
+            assert route.accepted is not None and route.resolved is not None
             refs = (
                 tuple((raw.namespace, ref.service) for ref in route.spec.backends if ref.service is not None)
                 if route.spec is not None
                 else ()
             )
-            outcomes[key] = _Outcome(refs=refs, compiled=compiled_route, status=status)
+            outcomes[key] = _Outcome(
+                refs=refs,
+                backends=route.backends,
+                compiled=compiled_route,
+                accepted=route.accepted,
+                resolved=route.resolved,
+                status=status,
+            )
     if memo is not None:
-        memo.validated, memo.compiled, memo.verdicts = validated, memo_compiled, memo_verdicts
-        memo.outcomes, memo.groups = outcomes, members
+        memo.validated, memo.outcomes, memo.groups = validated, outcomes, members
         memo.signatures = {ref: signature(ref) for outcome in outcomes.values() for ref in outcome.refs}
     return CompileResult(
         table=table.RouteTable(version=version, routes=tuple(compiled)),
