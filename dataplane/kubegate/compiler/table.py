@@ -122,14 +122,20 @@ class CompiledRoute(_Frozen):
         private = _private(self)
         digest: bytes | None = private["_digest"]
         if digest is None:
+            encoded = private["_encoded"]
             # a data plane hashes every pushed route once: no need to keep the encoding
-            blob = private["_encoded"] or _canonical(self.wire())
-            digest = private["_digest"] = hashlib.sha256(blob).digest()
+            digest = hashlib.sha256(encoded).digest() if encoded is not None else _digest(self.wire())
+            private["_digest"] = digest
         return digest
 
 
 def _canonical(wire: object) -> bytes:
     return json.dumps(wire, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _digest(wire: object) -> bytes:
+    """A route's digest from its wire form (what :meth:`CompiledRoute.digest` computes)."""
+    return hashlib.sha256(_canonical(wire)).digest()
 
 
 def _private(model: BaseModel) -> dict[str, Any]:
@@ -164,17 +170,19 @@ class RouteTable(_Frozen):
 
     def encode(self) -> bytes:
         """``to_wire()`` as compact JSON, assembled from the routes' cached encodings."""
-        routes = b",".join(r.encoded() for r in self.routes)
-        return self._head() + b',"routes":[' + routes + b"]}"
+        head, tail = self._frame()
+        return head + b",".join(r.encoded() for r in self.routes) + tail
 
     def encoded_size(self) -> int:
         """``len(self.encode())``, without building it."""
-        routes = sum(len(r.encoded()) for r in self.routes) + max(len(self.routes) - 1, 0)
-        return len(self._head()) + len(b',"routes":[') + routes + len(b"]}")
+        head, tail = self._frame()
+        commas = max(len(self.routes) - 1, 0)
+        return len(head) + sum(len(r.encoded()) for r in self.routes) + commas + len(tail)
 
-    def _head(self) -> bytes:
+    def _frame(self) -> tuple[bytes, bytes]:
+        """What :meth:`encode` puts around the routes' encodings."""
         head = json.dumps({"apiVersion": self.api_version, "version": self.version}, separators=(",", ":"))
-        return head[:-1].encode()
+        return head[:-1].encode() + b',"routes":[', b"]}"
 
     @classmethod
     def from_wire(cls, data: object, *, previous: RouteTable | None = None) -> RouteTable:
@@ -186,7 +194,7 @@ class RouteTable(_Frozen):
             for item in data["routes"]:
                 old = known.get(str(item.get("id"))) if isinstance(item, dict) else None
                 # equal canonical JSON, equal route (pydantic's dump is canonical: what we push is a dump)
-                same = old is not None and hashlib.sha256(_canonical(item)).digest() == old.digest()
+                same = old is not None and _digest(item) == old.digest()
                 routes.append(old if same else item)
             data = {**data, "routes": routes}
         return cls.model_validate(data)
