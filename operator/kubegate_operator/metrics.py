@@ -26,7 +26,7 @@ class Metrics:
         )
         self.table_bytes = Gauge(
             "kubegate_operator_table_bytes",
-            "Size of the current table's JSON (last whole-table push).",
+            "Size of the current table's JSON (what a whole-table push sends).",
             registry=r,
         )
         self.routes_rejected = Gauge(

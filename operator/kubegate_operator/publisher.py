@@ -233,18 +233,7 @@ class Publisher:
             if not self.active or desired is None or sync.serves(desired):
                 await sync.wake.wait()
                 continue
-            if sync.ack is None:
-                # First contact (a new replica, or this operator just started): ask what it serves. After
-                # an operator restart the replicas usually serve the very table compiled again, and a
-                # replica that serves a known table gets a delta.
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    sync.ack = await self._observe(sync)
-                    if sync.serves(desired):
-                        sync.tried = desired.version
-                        self._prune()
-                        self._changed()
-                        continue
-            ok = await self._push(sync, desired)
+            ok = await self._already_serves(sync, desired) or await self._push(sync, desired)
             sync.tried = desired.version
             if ok:
                 sync.failures = 0
@@ -256,6 +245,16 @@ class Publisher:
             delay = min(self.backoff_initial * 2 ** (sync.failures - 1), self.backoff_max)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sync.wake.wait(), timeout=delay)
+
+    async def _already_serves(self, sync: ReplicaSync, desired: Desired) -> bool:
+        """On first contact (a new replica, or this operator just started), ask what the replica serves.
+        After an operator restart the replicas usually serve the very table compiled again, and a replica
+        that serves a table the publisher knows gets a delta."""
+        if sync.ack is not None:
+            return False
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            sync.ack = await self._observe(sync)
+        return sync.serves(desired)
 
     def _delta(self, sync: ReplicaSync, desired: Desired) -> bytes | None:
         """The PATCH body taking this replica from what it acknowledged to ``desired``, when the base table

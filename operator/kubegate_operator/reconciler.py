@@ -80,7 +80,7 @@ class Reconciler:
         self._clock = clock
         self.result: compiler.CompileResult | None = None
         self._memo = compiler.CompileMemo()  # per-route work reused between compiles (same results)
-        self._compiled_status: dict[str, dict[str, Any]] = {}
+        # the compiler's status of each route, and its wire form (dumped once per status object)
         self._status_dumps: dict[str, tuple[models.GatewayRouteStatus, dict[str, Any]]] = {}
         # per route: (compiled status, acked, replicas) → the desired status built from them, so that an
         # acknowledgement rebuilds the statuses of the routes it changes, not of all 10,000
@@ -198,12 +198,10 @@ class Reconciler:
         self.result = result
         self.compiles += 1
         # Serialise only the statuses that changed (the compiler hands back unchanged ones as is).
-        dumps, self._status_dumps, self._compiled_status = self._status_dumps, {}, {}
+        dumps, self._status_dumps = self._status_dumps, {}
         for key, st in result.statuses.items():
             before = dumps.get(key)
-            entry = before if before is not None and before[0] is st else (st, _dump(st))
-            self._status_dumps[key] = entry
-            self._compiled_status[key] = entry[1]
+            self._status_dumps[key] = before if before is not None and before[0] is st else (st, _dump(st))
         for problem in result.problems:
             logger.warning("input problem: %s", problem)
         changed = self.publisher.desired is None or self.publisher.desired.version != table.version
@@ -246,7 +244,7 @@ class Reconciler:
         observed = self.state.observed_status
         cache, self._desired = self._desired, {}
         out = {}
-        for key, compiled in self._compiled_status.items():
+        for key, (_, compiled) in self._status_dumps.items():
             if key not in generations:
                 continue  # deleted since the compile
             acked, replicas = self.publisher.programmed(key, compiled.get("observedGeneration"))
