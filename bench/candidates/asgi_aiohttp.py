@@ -14,38 +14,32 @@ from typing import Any
 
 import aiohttp
 from _common import HOP_BY_HOP_BYTES as HOP_BY_HOP
-from _common import POOL_SIZE, UPSTREAM, read_body
+from _common import POOL_SIZE, bad_gateway, lifespan, read_body, upstream_url
 from multidict import CIMultiDict
 from yarl import URL
 
 session: aiohttp.ClientSession | None = None
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+def _start() -> None:
     global session
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=POOL_SIZE, limit_per_host=POOL_SIZE, keepalive_timeout=60
-                ),
-                cookie_jar=aiohttp.DummyCookieJar(),
-                auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=30, connect=5),
-                skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
-            )
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if session is not None:
-                await session.close()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=POOL_SIZE, limit_per_host=POOL_SIZE, keepalive_timeout=60),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=30, connect=5),
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
+    )
+
+
+async def _stop() -> None:
+    if session is not None:
+        await session.close()
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send, _start, _stop)
         return
     if scope["type"] != "http":
         return
@@ -59,9 +53,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         has_body = has_body or k == b"content-length"
         headers.add(k.decode("latin-1"), v.decode("latin-1"))
     body = await read_body(receive) if has_body else None
-    url = UPSTREAM + scope["raw_path"].decode("latin-1")
-    if scope["query_string"]:
-        url += "?" + scope["query_string"].decode("latin-1")
+    url = upstream_url(scope)
     started = False
     try:
         async with session.request(
@@ -83,12 +75,4 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     except aiohttp.ClientError as exc:
         if started:
             raise
-        msg = f"upstream error: {exc!r}\n".encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 502,
-                "headers": [(b"content-length", str(len(msg)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": msg})
+        await bad_gateway(send, exc)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import aiosonic
-from _common import HOP_BY_HOP, POOL_SIZE, UPSTREAM, read_body
+from _common import HOP_BY_HOP, POOL_SIZE, bad_gateway, lifespan, read_body, upstream_url
 from aiosonic.exceptions import AiosonicError
 from aiosonic.pools import PoolConfig
 from aiosonic.timeout import Timeouts
@@ -24,29 +24,23 @@ UPSTREAM_ERRORS = (OSError, AiosonicError)
 client: aiosonic.HTTPClient | None = None
 
 
-async def _lifespan(receive: Any, send: Any) -> None:
+def _start() -> None:
     global client
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            connector = aiosonic.TCPConnector(
-                pool_configs={
-                    ":default": PoolConfig(size=POOL_SIZE, max_conn_requests=None, max_conn_idle_ms=60000)
-                },
-                timeouts=Timeouts(sock_connect=5, request_timeout=30),
-            )
-            client = aiosonic.HTTPClient(connector=connector)
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            if client is not None:
-                await client.aclose()
-            await send({"type": "lifespan.shutdown.complete"})
-            return
+    connector = aiosonic.TCPConnector(
+        pool_configs={":default": PoolConfig(size=POOL_SIZE, max_conn_requests=None, max_conn_idle_ms=60000)},
+        timeouts=Timeouts(sock_connect=5, request_timeout=30),
+    )
+    client = aiosonic.HTTPClient(connector=connector)
+
+
+async def _stop() -> None:
+    if client is not None:
+        await client.aclose()
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        await _lifespan(receive, send)
+        await lifespan(receive, send, _start, _stop)
         return
     if scope["type"] != "http":
         return
@@ -61,9 +55,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         has_body = has_body or name == "content-length"
         headers.append((name, v.decode("latin-1")))
     body = await read_body(receive) if has_body else None
-    url = UPSTREAM + scope["raw_path"].decode("latin-1")
-    if scope["query_string"]:
-        url += "?" + scope["query_string"].decode("latin-1")
+    url = upstream_url(scope)
     started = False
     try:
         async with client.stream(scope["method"], url, headers=headers, data=body, follow=False) as resp:
@@ -82,12 +74,4 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     except UPSTREAM_ERRORS as exc:
         if started:
             raise
-        msg = f"upstream error: {exc!r}\n".encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 502,
-                "headers": [(b"content-length", str(len(msg)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": msg})
+        await bad_gateway(send, exc)
