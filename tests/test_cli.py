@@ -62,3 +62,76 @@ def test_compile_ok_and_failing(tmp_path: Path) -> None:
     out = _compile(bad, "-o", "json")
     assert out.returncode == 1
     assert "spec.backends[0].weight" in out.stdout + out.stderr
+
+
+def _kubegate(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "kubegate.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--port", "99999"], {}, "argument --port: 99999 is not a port number from 1 to 65535"),
+        (["--port", "0"], {}, "argument --port: 0 is not a port number"),
+        ([], {"KUBEGATE_PORT": "abc"}, "'abc' is not a port number (flag or KUBEGATE_PORT)"),
+        (["--admin-port", "-1"], {}, "argument --admin-port: -1 is not a port number"),
+        (["--log-level", "verbose"], {}, "argument --log-level: invalid choice: 'verbose'"),
+        (["--watch-interval", "-1"], {}, "argument --watch-interval: -1 seconds: must be 0 or more"),
+        (["--header-timeout", "0"], {}, "argument --header-timeout: 0 seconds: must be more than 0"),
+        ([], {"KUBEGATE_DRAIN_TIMEOUT": "soon"}, "'soon' is not a number of seconds (flag or KUBEGATE_DRAIN"),
+        (["--demo", "--routes", "x.yaml"], {}, "--demo serves the built-in quickstart routes"),
+        (["--escaped-slashes", "maybe"], {}, "argument --escaped-slashes: invalid choice: 'maybe'"),
+    ],
+)
+def test_serve_refuses_bad_flags_with_a_message(args: list[str], env: dict[str, str], message: str) -> None:
+    out = _kubegate("serve", *args, env=env)
+    assert out.returncode == 2
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_log_level_is_case_insensitive() -> None:
+    from kubegate.cli import build_parser
+
+    assert build_parser().parse_args(["serve", "--log-level", "DEBUG"]).log_level == "debug"
+
+
+def test_operator_without_its_extra_says_which_extra() -> None:
+    code = (
+        "import sys; sys.modules['kopf'] = None\n"  # as if the operator extra were not installed
+        "from kubegate.cli import main; sys.exit(main(['operator']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "pip install 'kubegate[operator]'" in out.stderr and "'kopf'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_echo_says_where_it_listens_in_json() -> None:
+    import json
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubegate.cli", "echo", "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first = json.loads(proc.stderr.readline())
+        assert first["message"] == f"echo backend 'echo-{port}' on http://127.0.0.1:{port}"
+        assert first["level"] == "info"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_compile_help_says_dash_reads_stdin() -> None:
+    assert "- reads standard input" in _kubegate("compile", "--help").stdout

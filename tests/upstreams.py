@@ -14,6 +14,10 @@ bodies) and whose behaviour is chosen by the request path:
 - ``/malformed``        answers with bytes that are not HTTP
 - ``/huge-headers``     a response head of about 200 KiB
 - ``/close``            answers with ``Connection: close`` and closes
+
+``forced_status`` (set by a test) makes the server answer every request with that status instead (but
+``/healthz``, answered with ``health_status``), and
+``hold`` (an Event a test clears) makes it wait before answering: a failing or a slow endpoint on command.
 """
 
 from __future__ import annotations
@@ -87,7 +91,15 @@ class _Handler(socketserver.StreamRequestHandler):
     def respond(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> bool:
         path, _, query = target.partition("?")
         name = self.server.name
-        if path.startswith("/status/"):
+        if not self.server.hold.is_set():
+            self.server.held += 1
+            self.server.hold.wait(30)
+        forced = self.server.forced_status
+        if path == "/healthz":
+            self._send(self.server.health_status, b"{}", head_only=method == "HEAD")
+        elif forced is not None:
+            self._send(forced, b'{"forced": true}', [("x-backend", name)], head_only=method == "HEAD")
+        elif path.startswith("/status/"):
             self._send(int(path.split("/")[2]), b'{"status": true}', head_only=method == "HEAD")
         elif path.startswith("/chunked/"):
             n = int(path.split("/")[2])
@@ -150,6 +162,11 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
         self.requests: list[tuple[str, str, dict[str, str], int]] = []
         self.connections = 0
         self.stalled = threading.Event()
+        self.forced_status: int | None = None
+        self.health_status = 200  # the answer to /healthz
+        self.hold = threading.Event()
+        self.hold.set()
+        self.held = 0
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -171,6 +188,7 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
 
     def stop(self) -> None:
         self.stalled.set()
+        self.hold.set()
         self.shutdown()
         self.server_close()
 

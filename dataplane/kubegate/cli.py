@@ -10,15 +10,53 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 QUICKSTART = Path(__file__).parent / "quickstart.yaml"
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"KUBEGATE_{name}", default)
+
+
+# argparse applies `type` to string defaults too, so a bad KUBEGATE_* value gets the same clear error as a
+# bad flag ("argument --port: ..."), never a traceback. Each message names the variable as well.
+def _port(env: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a port number (flag or KUBEGATE_{env})"
+            ) from None
+        if not 1 <= value <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{value} is not a port number from 1 to 65535 (flag or KUBEGATE_{env})"
+            )
+        return value
+
+    return parse
+
+
+def _seconds(env: str, *, zero: bool) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number of seconds (flag or KUBEGATE_{env})"
+            ) from None
+        if value < 0 or (value == 0 and not zero) or value != value or value == float("inf"):
+            least = "0 or more" if zero else "more than 0"
+            raise argparse.ArgumentTypeError(f"{text} seconds: must be {least} (flag or KUBEGATE_{env})")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,10 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--host", default=_env("HOST", "0.0.0.0"), help="bind address of both ports (default 0.0.0.0)"
     )
-    s.add_argument("--port", type=int, default=int(_env("PORT", "8080") or 8080), help="traffic port (8080)")
+    s.add_argument("--port", type=_port("PORT"), default=_env("PORT", "8080"), help="traffic port (8080)")
     s.add_argument("--admin-host", default=_env("ADMIN_HOST"), help="bind address of the admin port (--host)")
     s.add_argument(
-        "--admin-port", type=int, default=int(_env("ADMIN_PORT", "9090") or 9090), help="admin port (9090)"
+        "--admin-port", type=_port("ADMIN_PORT"), default=_env("ADMIN_PORT", "9090"), help="admin port (9090)"
     )
     s.add_argument(
         "--push-token-file",
@@ -53,40 +91,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--drain-timeout",
-        type=float,
-        default=float(_env("DRAIN_TIMEOUT", "25") or 25),
+        type=_seconds("DRAIN_TIMEOUT", zero=True),
+        default=_env("DRAIN_TIMEOUT", "25"),
         help="seconds to finish in-flight requests on SIGTERM (25)",
     )
     s.add_argument(
         "--watch-interval",
-        type=float,
-        default=float(_env("WATCH_INTERVAL", "1") or 1),
+        type=_seconds("WATCH_INTERVAL", zero=True),
+        default=_env("WATCH_INTERVAL", "1"),
         help="seconds between checks of --routes for changes; 0 = only on SIGHUP (1)",
     )
     s.add_argument(
         "--header-timeout",
-        type=float,
-        default=float(_env("HEADER_TIMEOUT", "10") or 10),
+        type=_seconds("HEADER_TIMEOUT", zero=False),
+        default=_env("HEADER_TIMEOUT", "10"),
         help="seconds a client has to send a request head (10)",
     )
     s.add_argument(
         "--keepalive-timeout",
-        type=float,
-        default=float(_env("KEEPALIVE_TIMEOUT", "75") or 75),
+        type=_seconds("KEEPALIVE_TIMEOUT", zero=False),
+        default=_env("KEEPALIVE_TIMEOUT", "75"),
         help="seconds an idle client connection stays open (75)",
+    )
+    s.add_argument(
+        "--tunnel-idle-timeout",
+        type=_seconds("TUNNEL_IDLE_TIMEOUT", zero=False),
+        default=_env("TUNNEL_IDLE_TIMEOUT", "300"),
+        help="seconds a WebSocket tunnel may carry no byte either way before it is closed (300)",
+    )
+    s.add_argument(
+        "--escaped-slashes",
+        choices=["reject", "unescape", "keep"],
+        default=_env("ESCAPED_SLASHES", "reject"),
+        help="request paths with %%2F or %%5C: reject (400, default), unescape to '/' before matching, "
+        "or keep (forwarded encoded)",
     )
     s.add_argument(
         "--access-log", action="store_true", default=_env("ACCESS_LOG") == "1", help="JSON access log lines"
     )
-    s.add_argument("--log-level", default=_env("LOG_LEVEL", "info"))
+    s.add_argument(
+        "--log-level", type=str.lower, choices=LOG_LEVELS, default=_env("LOG_LEVEL", "info"), help="(info)"
+    )
 
     c = sub.add_parser("compile", help="compile a GatewayRoute YAML file and print the table and statuses")
-    c.add_argument("file", type=Path)
+    c.add_argument("file", type=Path, help="GatewayRoute YAML file; - reads standard input")
     c.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
 
     e = sub.add_parser("echo", help="run a small echo backend (for the quickstart and demos)")
     e.add_argument("--host", default="127.0.0.1")
-    e.add_argument("--port", type=int, default=9001)
+    e.add_argument("--port", type=_port("ECHO_PORT"), default=_env("ECHO_PORT", "9001"), help="(9001)")
     e.add_argument("--name", default=None, help="name reported in responses (default echo-PORT)")
 
     sub.add_parser(
@@ -103,11 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["operator"]:  # its flags belong to the operator's own parser
-        from kubegate_operator.__main__ import main as operator_main
-
+        try:
+            from kubegate_operator.__main__ import main as operator_main
+        except ModuleNotFoundError as exc:
+            print(
+                f"kubegate operator needs the 'operator' extra (missing module {exc.name!r}): "
+                "pip install 'kubegate[operator]'",
+                file=sys.stderr,
+            )
+            return 2
         return operator_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "serve":
+        if args.demo and args.routes is not None:
+            parser.error(
+                "--demo serves the built-in quickstart routes: leave out --routes (or KUBEGATE_ROUTES)"
+            )
         from kubegate.dataplane.server import ServeOptions, serve
         from kubegate.logs import setup_logging
 
@@ -126,6 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             header_timeout=args.header_timeout,
             watch_interval=args.watch_interval,
             keepalive_timeout=args.keepalive_timeout,
+            tunnel_idle_timeout=args.tunnel_idle_timeout,
+            escaped_slashes=args.escaped_slashes,
         )
         try:
             import uvloop
@@ -138,6 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return compile_main(str(args.file), args.output, sys.stdout, sys.stderr, datetime.now(UTC))
     if args.command == "echo":
         from kubegate.echo import run_echo
+        from kubegate.logs import setup_logging
+
+        setup_logging("info")
 
         run_echo(args.host, args.port, args.name or f"echo-{args.port}")
         return 0

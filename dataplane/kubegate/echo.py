@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from typing import Any
 
 import uvicorn
+
+logger = logging.getLogger("kubegate.echo")
 
 
 def make_echo_app(name: str) -> Any:
@@ -57,4 +60,6 @@ def make_echo_app(name: str) -> Any:
 
 
 def run_echo(host: str, port: int, name: str) -> None:
-    uvicorn.run(make_echo_app(name), host=host, port=port, log_level="warning", lifespan="off")
+    """Serve until interrupted; logs (JSON, set up by the caller) say where, and why it could not start."""
+    logger.info("echo backend %r on http://%s:%d", name, host, port)
+    uvicorn.run(make_echo_app(name), host=host, port=port, log_config=None, access_log=False, lifespan="off")

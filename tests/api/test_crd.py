@@ -3,12 +3,15 @@
 Aspects: the checked-in file equals a fresh generation; the schema is structural (every node typed, no
 $ref/title/nullable unions/additionalProperties/uniqueItems, junctors only constrain); every golden
 GatewayRoute the models accept is accepted by the schema; invalid objects are rejected by both (with a
-list of the known, documented gaps); compiler statuses validate against the status schema.
+list of the known, documented gaps, and of those refused by CEL rules or list types, which jsonschema
+does not evaluate); CEL rules name existing fields; compiler statuses validate against the status
+schema.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +35,23 @@ KNOWN_SCHEMA_GAPS = {
     "default/unknown-spec-field": "unknown fields are pruned (or refused by strict field validation)",
     "default/unknown-match-field": "unknown fields are pruned (or refused by strict field validation)",
     "default/url-bad-port": "the url pattern checks the port's digits, not its range",
+    "default/retry-unknown-field": "unknown fields are pruned (or refused by strict field validation)",
+}
+
+# Golden routes the API server refuses with what jsonschema does not evaluate: a CEL rule (by its message)
+# or a list type, at a node of the spec's schema (dotted path). Each must be in the CRD, at that node.
+_LB_RULE = "hashOn is required with type ConsistentHash and allowed only with it"
+SERVER_SIDE_CHECKS = {
+    "default/retry-on-duplicate": ("retry.retryOn", "x-kubernetes-list-type: set"),
+    "default/retry-per-try-timeout-zero": ("retry.perTryTimeout", "must be at least 1ms"),
+    "default/retry-backoff-max-below-base": ("retry.backoff", "max must be at least base"),
+    "default/lb-consistent-hash-without-hash-on": ("loadBalancer", _LB_RULE),
+    "default/lb-hash-on-with-round-robin": ("loadBalancer", _LB_RULE),
+    "default/lb-hash-on-default-type": ("loadBalancer", _LB_RULE),
+    "default/cb-window-too-short": ("circuitBreaker.window", "must be at least 100ms"),
+    "default/outlier-ejection-time-zero": ("outlierDetection.ejectionTime", "must be at least 100ms"),
+    "default/health-interval-too-short": ("healthCheck.interval", "must be at least 100ms"),
+    "default/health-timeout-over-interval": ("healthCheck", "timeout must not be longer than interval"),
 }
 
 
@@ -147,8 +167,50 @@ def test_golden_routes_schema_agrees_with_models(key: str, body: dict[str, Any])
         assert errors == [], f"{key}: the models accept it but the CRD schema rejects it"
     elif key in KNOWN_SCHEMA_GAPS:
         assert errors == [], f"{key} is now rejected by the schema: remove it from KNOWN_SCHEMA_GAPS"
+    elif key in SERVER_SIDE_CHECKS:
+        assert errors == [], f"{key} is now rejected by the schema: remove it from SERVER_SIDE_CHECKS"
+        path, check = SERVER_SIDE_CHECKS[key]
+        assert check in _server_side_checks(_spec_node(path)), f"{key}: no {check!r} at spec.{path}"
     else:
         assert errors, f"{key}: the models reject it but the CRD schema accepts it"
+
+
+def _spec_node(path: str) -> dict[str, Any]:
+    node: dict[str, Any] = crd.openapi_schema()["properties"]["spec"]
+    for name in path.split("."):
+        node = node["properties"][name]
+    return node
+
+
+def _server_side_checks(node: dict[str, Any]) -> list[str]:
+    checks = [rule["message"] for rule in node.get("x-kubernetes-validations", ())]
+    if "x-kubernetes-list-type" in node:
+        checks.append(f"x-kubernetes-list-type: {node['x-kubernetes-list-type']}")
+    return checks
+
+
+def _cel_rules(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any], dict[str, str]]]:
+    for rule in node.get("x-kubernetes-validations", ()):
+        yield path, node, rule
+    for name, sub in node.get("properties", {}).items():
+        yield from _cel_rules(sub, f"{path}.{name}")
+    if "items" in node:
+        yield from _cel_rules(node["items"], f"{path}[]")
+
+
+def test_cel_rules_name_existing_fields_and_have_messages() -> None:
+    """No CEL evaluator here: at least every ``self.<field>`` of a rule is a property of its node, the
+    parentheses balance, and each rule has a message (what ``kubectl apply`` prints)."""
+    rules = list(_cel_rules(crd.openapi_schema(), "openAPIV3Schema"))
+    assert len(rules) >= 10
+    for path, node, rule in rules:
+        assert set(rule) == {"rule", "message"} and rule["message"], path
+        text = rule["rule"]
+        assert text.count("(") == text.count(")"), f"{path}: {text}"
+        for name in re.findall(r"\bself\.(\w+)", text):
+            assert name in node.get("properties", {}), f"{path}: {text} names {name}, not a property"
+        if node.get("type") == "string":
+            assert "self." not in text, f"{path}: {text}"
 
 
 VALID = {
@@ -168,6 +230,32 @@ VALID = {
             {"url": "http://127.0.0.1:9001", "weight": 1},
         ],
         "timeout": "30s",
+        "loadBalancer": {"type": "ConsistentHash", "hashOn": {"header": "X-User-Id"}},
+        "retry": {
+            "attempts": 2,
+            "retryOn": ["connect-failure", "reset", "gateway-error", "503"],
+            "perTryTimeout": "2s",
+            "backoff": {"base": "25ms", "max": "250ms"},
+            "budgetPercent": 20,
+            "retryNonIdempotent": False,
+        },
+        "circuitBreaker": {
+            "consecutiveFailures": 5,
+            "failureRatio": 0.5,
+            "minimumRequests": 20,
+            "window": "10s",
+            "openDuration": "30s",
+            "halfOpenRequests": 3,
+        },
+        "outlierDetection": {"consecutiveFailures": 5, "ejectionTime": "30s", "maxEjectionPercent": 50},
+        "healthCheck": {
+            "path": "/healthz",
+            "interval": "5s",
+            "timeout": "1s",
+            "unhealthyThreshold": 3,
+            "healthyThreshold": 2,
+        },
+        "bulkhead": {"maxConcurrent": 100, "maxQueue": 0, "queueTimeout": "1s"},
     },
 }
 
@@ -222,6 +310,30 @@ def test_valid_example_is_accepted() -> None:
         ("spec.match.queryParams", [{"name": "v", "value": 2}]),
         ("spec.timeout", "1.5s"),
         ("spec.timeout", "30"),
+        ("spec.loadBalancer.type", "LeastConnections"),
+        ("spec.loadBalancer.hashOn", {}),
+        ("spec.loadBalancer.hashOn", {"header": "X-User-Id", "sourceIP": True}),
+        ("spec.loadBalancer.hashOn", {"sourceIP": False}),
+        ("spec.loadBalancer.hashOn", {"cookie": "a b"}),
+        ("spec.retry.attempts", 11),
+        ("spec.retry.retryOn", ["sometimes"]),
+        ("spec.retry.retryOn", ["200"]),
+        ("spec.retry.retryOn", []),
+        ("spec.retry.perTryTimeout", "2"),
+        ("spec.retry.backoff.base", "-1ms"),
+        ("spec.retry.budgetPercent", 101),
+        ("spec.retry.retryNonIdempotent", "false"),
+        ("spec.circuitBreaker.failureRatio", 1.5),
+        ("spec.circuitBreaker.failureRatio", 0),
+        ("spec.circuitBreaker.failureRatio", "0.5"),
+        ("spec.circuitBreaker.consecutiveFailures", 0),
+        ("spec.circuitBreaker.halfOpenRequests", 1001),
+        ("spec.circuitBreaker.window", "10"),
+        ("spec.outlierDetection.maxEjectionPercent", 101),
+        ("spec.healthCheck.path", "healthz"),
+        ("spec.healthCheck.healthyThreshold", 0),
+        ("spec.bulkhead.maxConcurrent", 0),
+        ("spec.bulkhead.maxQueue", -1),
     ],
 )
 def test_invalid_objects_are_rejected_by_schema_and_models(path: str, value: object) -> None:

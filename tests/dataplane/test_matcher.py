@@ -8,12 +8,15 @@ Aspects:
 - a table of 10,000 generated routes answers correctly (correctness only; timing lives in
   ``bench/bench_matcher.py``).
 - the indexed matcher agrees with a straightforward scan of every route on random tables and requests.
+- RegularExpression conditions run on RE2: ``(a+)+$`` against a 10,000-character hostile value does not
+  match (and a good value does); patterns RE2 refuses are build-time errors.
 - helpers: ``validate_glob``, ``normalize_host``, build-time errors, ``len`` and ``repr``.
 
 In-file format: ``routes`` is a list of CompiledRoute in wire form, where ``namespace`` and ``name`` default
 to the two halves of ``id`` and ``backends`` to ``[{name: b}]``; ``requests`` is a list of
 ``{method, host, path, query?, headers?}``. The raw ``path`` goes through ``normalize_path`` first, as in
-the proxy; header names are lower-cased, as the proxy does.
+the proxy (with ``escaped_slashes="keep"``, so that the golden files show encoded slashes as data); header
+names are lower-cased, as the proxy does.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ def _run_case(doc: dict[str, Any]) -> dict[str, Any]:
         headers = {str(k): str(v) for k, v in (req.get("headers") or {}).items()}
         result: dict[str, Any] = {"request": _describe(method, host, raw_path, query, headers)}
         try:
-            path = pathnorm.normalize_path(raw_path)
+            path = pathnorm.normalize_path(raw_path, "keep")  # as with --escaped-slashes keep
         except pathnorm.BadPath:
             result["route"] = None
             result["error"] = "BadPath"
@@ -373,13 +376,33 @@ def test_rejects_unsupported_glob_at_build_time() -> None:
         matcher.Matcher([(route, 1)])
 
 
-def test_rejects_invalid_regex_at_build_time() -> None:
-    # The table model already refuses this regex; build around it to test the matcher's own guard.
-    header = table.ValueMatch.model_construct(name="x", value="(", type="RegularExpression")
+@pytest.mark.parametrize("value", ["(", r"(a)\1", "(?=a)a", "a" * 1025])
+def test_rejects_invalid_regex_at_build_time(value: str) -> None:
+    # The table model already refuses these regexes; build around it to test the matcher's own guard.
+    header = table.ValueMatch.model_construct(name="x", value=value, type="RegularExpression")
     base = _route({"id": "ns/bad"})
     route = base.model_copy(update={"match": base.match.model_copy(update={"headers": (header,)})})
     with pytest.raises(ValueError, match="ns/bad"):
         matcher.Matcher([(route, 1)])
+
+
+def test_nested_quantifier_regex_on_a_hostile_value() -> None:
+    """``(a+)+$`` takes Python's backtracking ``re`` seconds on 26 ``a`` and a ``!``; RE2 answers in linear
+    time. Correctness only here (no match, and a match for a good value); bench/regex_bench.py times it."""
+    regex = {"value": "(a+)+$", "type": "RegularExpression"}
+    routes = [
+        _route({"id": "ns/header", "match": {"headers": [{"name": "X-R", **regex}]}}),
+        _route(
+            {"id": "ns/query", "match": {"path": {"value": "/q"}, "queryParams": [{"name": "q", **regex}]}}
+        ),
+    ]
+    m = matcher.Matcher((r, r.id) for r in routes)
+    hostile = "a" * 10_000 + "!"
+    assert m.match("GET", "h", "/", "", {"x-r": hostile}) is None
+    assert m.match("GET", "h", "/", "", {"x-r": "a" * 10_000}) == "ns/header"
+    assert m.match("GET", "h", "/", "", {"x-r": "aaa"}) == "ns/header"
+    assert m.match("GET", "h", "/q", f"q={hostile}", {}) is None
+    assert m.match("GET", "h", "/q", "q=aaa", {}) == "ns/query"
 
 
 def test_len_and_repr() -> None:

@@ -2,7 +2,8 @@
 
 Aspects: the already-normal fast path returns its input unchanged; traversal bypass attempts (plain and
 percent-encoded dots, mixed case) resolve to the path a route is matched against or are rejected; encoded
-slashes stay data; malformed input raises BadPath.
+slashes and backslashes are refused, unescaped or kept as data by the ``escaped_slashes`` setting; malformed
+input raises BadPath.
 """
 
 from __future__ import annotations
@@ -47,15 +48,33 @@ NORMALISED = [
     ("/%7Euser", "/~user"),
     ("/%7euser", "/~user"),
     ("/%2d%5f%30", "/-_0"),
-    ("/a%2fb", "/a%2Fb"),  # an encoded slash is data, never a separator
-    ("/a%2Fb", "/a%2Fb"),
-    ("/a/..%2f..%2fadmin", "/a/..%2F..%2Fadmin"),
-    ("/a/%2e%2e%2fadmin", "/a/..%2Fadmin"),
     ("/%c3%a9t%c3%a9", "/%C3%A9t%C3%A9"),  # non-ASCII stays encoded, upper-case hex
     ("/%252e%252e/admin", "/%252e%252e/admin"),  # decoded once only
     ("/%20", "/%20"),
     ("/%0a", "/%0A"),
 ]
+
+# escaped_slashes="keep": an encoded slash or backslash is data, never a separator
+KEPT = [
+    ("/a%2fb", "/a%2Fb"),
+    ("/a%2Fb", "/a%2Fb"),
+    ("/a%5cb", "/a%5Cb"),
+    ("/a/..%2f..%2fadmin", "/a/..%2F..%2Fadmin"),
+    ("/a/%2e%2e%2fadmin", "/a/..%2Fadmin"),
+]
+
+# escaped_slashes="unescape": both become "/" before dot segments are removed (what a decoding backend sees)
+UNESCAPED = [
+    ("/a%2fb", "/a/b"),
+    ("/public/..%2Finternal/x", "/internal/x"),
+    ("/public/..%5Cinternal/x", "/internal/x"),
+    ("/a/%2e%2e%2fadmin", "/admin"),
+    ("/a%2F%2F", "/a/"),
+    ("/%2F", "/"),
+]
+
+# escaped_slashes="reject" (the default)
+ESCAPED_REJECTED = ["/a%2fb", "/a%2Fb", "/public/..%2Finternal/x", "/a%5Cb", "/a%5cb", "/%2F"]
 
 REJECTED = [
     ("", "start with '/'"),
@@ -103,6 +122,30 @@ def test_rejects(raw: str, reason: str) -> None:
 @pytest.mark.parametrize(("raw", "expected"), NORMALISED, ids=[r for r, _ in NORMALISED])
 def test_normal_form_is_a_fixed_point(raw: str, expected: str) -> None:
     assert pathnorm.normalize_path(expected) == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), KEPT, ids=[r for r, _ in KEPT])
+def test_keeps_escaped_slashes_as_data(raw: str, expected: str) -> None:
+    assert pathnorm.normalize_path(raw, "keep") == expected
+    assert pathnorm.normalize_path(expected, "keep") == expected
+
+
+@pytest.mark.parametrize(("raw", "expected"), UNESCAPED, ids=[r for r, _ in UNESCAPED])
+def test_unescapes_escaped_slashes(raw: str, expected: str) -> None:
+    assert pathnorm.normalize_path(raw, "unescape") == expected
+
+
+@pytest.mark.parametrize("raw", ESCAPED_REJECTED)
+def test_rejects_escaped_slashes_by_default(raw: str) -> None:
+    with pytest.raises(pathnorm.BadPath, match="encoded slash or backslash"):
+        pathnorm.normalize_path(raw)
+    with pytest.raises(pathnorm.BadPath, match="encoded slash or backslash"):
+        pathnorm.normalize_path(raw, "reject")
+
+
+def test_other_escapes_are_untouched_by_every_mode() -> None:
+    for mode in pathnorm.ESCAPED_SLASH_MODES:
+        assert pathnorm.normalize_path("/a%20b%2e", mode) == "/a%20b."
 
 
 def test_fast_path_returns_the_same_object() -> None:

@@ -7,7 +7,7 @@ by the sweeper; smooth weighted round robin shares and interleaving; round robin
 from __future__ import annotations
 
 from kubegate.compiler.table import CompiledBackend, Endpoint
-from kubegate.dataplane.balancer import BackendPool, WeightedSplit
+from kubegate.dataplane.balancer import BackendPool, plain_split
 from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool
 
 KEY = ("127.0.0.1", 8080)
@@ -76,9 +76,7 @@ def _backend(name: str, weight: int, *ports: int) -> CompiledBackend:
 
 
 def test_smooth_weighted_round_robin() -> None:
-    split = WeightedSplit(
-        (_backend("a", 5, 1), _backend("b", 1, 2), _backend("c", 1, 3), _backend("z", 0, 4))
-    )
+    split = plain_split((_backend("a", 5, 1), _backend("b", 1, 2), _backend("c", 1, 3), _backend("z", 0, 4)))
     picks = "".join(b.name for b in (split.pick() for _ in range(70)) if b is not None)
     assert picks.count("a") == 50 and picks.count("b") == 10 and picks.count("c") == 10
     assert "z" not in picks
@@ -87,7 +85,7 @@ def test_smooth_weighted_round_robin() -> None:
 
 
 def test_no_positive_weight_means_no_backend() -> None:
-    assert WeightedSplit((_backend("a", 0, 1),)).pick() is None
+    assert plain_split((_backend("a", 0, 1),)).pick() is None
 
 
 def test_round_robin_inside_a_backend() -> None:

@@ -3,8 +3,10 @@
 The models in :mod:`kubegate.api.models` are the only hand-written description of the API. This module
 turns their JSON schema into a Kubernetes *structural* schema: every ``$ref`` inlined, ``Optional[X]``
 (``anyOf`` with ``null``) turned into plain ``X`` (the field is simply not required), titles and
-pydantic-only keys dropped, and every node typed. Descriptions, enums, patterns, bounds and scalar
-defaults are kept, so ``kubectl explain`` and API-server validation follow the models.
+pydantic-only keys dropped, every node typed, and exclusive bounds written the OpenAPI v3 way
+(``minimum`` plus ``exclusiveMinimum: true``). Descriptions, enums, patterns, bounds, scalar defaults
+and CEL rules (``x-kubernetes-validations``) are kept, so ``kubectl explain`` and API-server validation
+follow the models.
 
 ``python -m kubegate.api.crd`` prints the CRD; ``--write`` refreshes the checked-in
 ``crds/gatewayroutes.kubegate.dev.yaml`` (a test fails when it is stale).
@@ -46,6 +48,8 @@ _KEPT_KEYS = frozenset(
         "default",
         "minimum",
         "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
         "minLength",
         "maxLength",
         "minItems",
@@ -56,9 +60,11 @@ _KEPT_KEYS = frozenset(
         "not",
         "x-kubernetes-list-type",
         "x-kubernetes-list-map-keys",
+        "x-kubernetes-validations",
     }
 )
 _JUNCTORS = ("oneOf", "anyOf", "allOf", "not")
+_EXCLUSIVE_BOUNDS = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}
 _FIRST_KEYS = ("type", "description")
 
 
@@ -99,6 +105,11 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, in_junctor: bool 
             out[key] = _structural(value, defs, in_junctor=True)
         elif key in _JUNCTORS:
             out[key] = [_structural(sub, defs, in_junctor=True) for sub in value]
+        elif key in _EXCLUSIVE_BOUNDS:
+            # JSON Schema 2020-12 (pydantic) gives the bound itself; OpenAPI v3, like draft 4, a minimum or
+            # maximum plus a flag.
+            out[_EXCLUSIVE_BOUNDS[key]] = value
+            out[key] = True
         else:
             out[key] = value
     if "type" not in out and not in_junctor:

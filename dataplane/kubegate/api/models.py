@@ -8,7 +8,17 @@ descriptions below are the documentation ``kubectl explain`` shows.
 Conventions: unknown fields are rejected (``extra="forbid"``) and types are strict (``port: "80"`` is an
 error, as it is for the API server). Patterns are RE2-compatible because the API server evaluates the
 same ones. Checks that need the whole route (regular expressions, glob syntax, weights, duplicates,
-conflicts) live in the compiler, not here.
+conflicts) live in the compiler, not here. The limits on RegularExpression matches
+(:data:`MAX_REGEX_BYTES`, :data:`MAX_REGEX_MATCHES`) are enforced by the compiler too; the CRD also
+states them as CEL rules (``x-kubernetes-validations``) so that the API server refuses such a route at
+``kubectl apply`` (CEL counts characters, the compiler bytes of UTF-8: a non-ASCII pattern can pass the
+first and fail the second).
+
+The traffic policies (``loadBalancer``, ``retry``, ``circuitBreaker``, ``outlierDetection``,
+``healthCheck``, ``bulkhead``) are checked here whole, cross-field rules included (hashOn with
+ConsistentHash only, backoff max >= base, health-check timeout <= interval), each error at the field it
+concerns; the CRD states the rules JSON schema cannot (duration floors, the cross-field ones) as CEL rules.
+The compiler turns them into :mod:`kubegate.compiler.policy` (milliseconds, defaults filled in).
 """
 
 from __future__ import annotations
@@ -20,7 +30,16 @@ import urllib.parse
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from kubegate.api import duration
 from kubegate.api.lean import LeanModel
@@ -45,6 +64,18 @@ PATH_PATTERN = r"^/[^?#\s]*$"
 URL_PATTERN = r"^http://([^/?#@\s:\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$"
 
 MAX_LIST_ITEMS = 16
+#: Longest RegularExpression value, in bytes of UTF-8 (RE2 compiles bytes).
+MAX_REGEX_BYTES = 1024
+#: Most RegularExpression matches one route may carry, header and query-parameter matches together.
+MAX_REGEX_MATCHES = 16
+
+_REGEX_TYPE_DESCRIPTION = (
+    "Exact: the value equals value. RegularExpression: value is an RE2 pattern (as in the Gateway API: "
+    f"no backreferences or lookaround; at most {MAX_REGEX_BYTES} bytes) that must match the whole {{}} "
+    f"value. A route has at most {MAX_REGEX_MATCHES} RegularExpression matches, headers and query "
+    "parameters together."
+)
+_IS_REGEX = "has({0}.type) && {0}.type == 'RegularExpression'"
 
 
 def _pattern_check(pattern: str, what: str) -> AfterValidator:
@@ -121,12 +152,22 @@ class PathMatchSpec(_Spec):
 class HeaderMatch(_Spec):
     """A condition on a request header. All header conditions of a route must hold."""
 
+    # An Exact value may be longer than a pattern: the API server checks the pattern's length with CEL.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!({_IS_REGEX.format('self')}) || size(self.value) <= {MAX_REGEX_BYTES}",
+                    "message": f"a RegularExpression value is at most {MAX_REGEX_BYTES} characters long",
+                }
+            ]
+        }
+    )
+
     name: Token = Field(description="Header name, compared case-insensitively.")
     value: str = Field(min_length=1, max_length=4096, description="The expected value, or a pattern.")
     type: Literal["Exact", "RegularExpression"] = Field(
-        default="Exact",
-        description="Exact: the value equals value. RegularExpression: value (Python re syntax) matches "
-        "the whole header value.",
+        default="Exact", description=_REGEX_TYPE_DESCRIPTION.format("header")
     )
 
 
@@ -136,14 +177,28 @@ class QueryParamMatch(_Spec):
     name: Token = Field(description="Query parameter name, compared case-sensitively.")
     value: str = Field(min_length=1, max_length=1024, description="The expected value, or a pattern.")
     type: Literal["Exact", "RegularExpression"] = Field(
-        default="Exact",
-        description="Exact: the value equals value. RegularExpression: value (Python re syntax) matches "
-        "the whole parameter value.",
+        default="Exact", description=_REGEX_TYPE_DESCRIPTION.format("parameter")
     )
 
 
 class RouteMatchSpec(_Spec):
     """Which requests the route takes. Every given condition must hold; an empty match takes everything."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": " + ".join(
+                        f"(has(self.{field}) ? size(self.{field}.filter(m, {_IS_REGEX.format('m')})) : 0)"
+                        for field in ("headers", "queryParams")
+                    )
+                    + f" <= {MAX_REGEX_MATCHES}",
+                    "message": f"at most {MAX_REGEX_MATCHES} RegularExpression matches per route "
+                    "(headers and queryParams together)",
+                }
+            ]
+        }
+    )
 
     path: PathMatchSpec = Field(
         default_factory=PathMatchSpec,
@@ -289,6 +344,439 @@ def _check_duration(value: str) -> str:
     return value
 
 
+# --- traffic policies -------------------------------------------------------------------------------
+# Each policy is an optional object of the spec; an empty object ({}) turns the policy on with every
+# default. Durations are Gateway API durations with a floor, checked here and, for the API server, by a
+# CEL rule; cross-field rules (hashOn with ConsistentHash, backoff max >= base, health-check timeout <=
+# interval) fail at the field they concern, and are CEL rules of the CRD as well.
+
+#: What ``retry.retryOn`` accepts besides status codes.
+RETRY_ON_WORDS = ("connect-failure", "reset", "timeout", "gateway-error", "5xx")
+#: One ``retryOn`` entry: a word above, or a 4xx or 5xx status code as a string ("503").
+RETRY_ON_PATTERN = r"^(connect-failure|reset|timeout|gateway-error|5xx|[45][0-9][0-9])$"
+#: A health-check request target: an absolute path, optionally with a query string.
+HEALTH_PATH_PATTERN = r"^/[^?#\s]*(\?[^#\s]*)?$"
+#: Upper bound of the "so many in a row" counts (consecutive failures, half-open trial requests).
+MAX_STREAK = 1000
+#: Upper bound of the health-check thresholds.
+MAX_HEALTH_THRESHOLD = 100
+#: Upper bound of request counts (minimumRequests, maxConcurrent, maxQueue).
+MAX_REQUESTS = 1_000_000
+
+
+def _at_least(minimum: str) -> AfterValidator:
+    """A duration check: Gateway API syntax, and not shorter than ``minimum``."""
+    floor = duration.parse_duration(minimum)
+
+    def check(value: str) -> str:
+        if duration.parse_duration(value) < floor:
+            raise ValueError(f"{value!r} is shorter than the minimum of {minimum}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _duration_field(default: str | None, minimum: str, description: str, *, alias: str | None = None) -> Any:
+    """A duration field; ``description`` says what it is and its default, the syntax and floor follow."""
+    return Field(
+        default=default,
+        alias=alias,
+        description=f"{description} A Gateway API duration (e.g. 500ms, 2s, 1m30s), at least {minimum}.",
+        json_schema_extra={
+            "pattern": duration.DURATION_PATTERN,
+            "x-kubernetes-validations": [
+                {"rule": f"duration(self) >= duration('{minimum}')", "message": f"must be at least {minimum}"}
+            ],
+        },
+    )
+
+
+def _field_error(field: str, message: str) -> ValidationError:
+    """An error at ``field`` (by alias) of the model whose validator raises it: pydantic prefixes the
+    model's own location, so the message names the field, not just its parent."""
+    details = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=(field,), input=None)
+    return ValidationError.from_exception_data("GatewayRouteSpec", [details])
+
+
+def _ms(value: str) -> int:
+    return duration.parse_duration(value)
+
+
+Duration1ms = Annotated[str, _at_least("1ms")]
+Duration100ms = Annotated[str, _at_least("100ms")]
+
+
+class HashOnSpec(_Spec):
+    """What a ConsistentHash load balancer hashes to pick an endpoint: exactly one of the four fields."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["header"]},
+                {"required": ["cookie"]},
+                {"required": ["sourceIP"]},
+                {"required": ["queryParam"]},
+            ]
+        }
+    )
+
+    header: Token | None = Field(
+        default=None, description="Hash the value of this request header (name compared case-insensitively)."
+    )
+    cookie: Token | None = Field(default=None, description="Hash the value of this cookie of the request.")
+    source_ip: bool | None = Field(
+        default=None,
+        alias="sourceIP",
+        description="true: hash the client's IP address (the connection's peer, not X-Forwarded-For).",
+        json_schema_extra={"enum": [True]},
+    )
+    query_param: Token | None = Field(
+        default=None,
+        alias="queryParam",
+        description="Hash the value of this query parameter (name compared case-sensitively).",
+    )
+
+    @field_validator("source_ip")
+    @classmethod
+    def _source_ip_true(cls, value: bool | None) -> bool | None:
+        if value is False:
+            raise ValueError("set sourceIP: true to hash the client address, or leave it out")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HashOnSpec:
+        given = [
+            name
+            for name, value in (
+                ("header", self.header),
+                ("cookie", self.cookie),
+                ("sourceIP", self.source_ip),
+                ("queryParam", self.query_param),
+            )
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of header, cookie, sourceIP, queryParam "
+                f"(got {', '.join(given) if given else 'none'})"
+            )
+        return self
+
+
+class LoadBalancerSpec(_Spec):
+    """How a request picks an endpoint of the backend it was sent to (backends are picked by weight)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.hashOn) == (has(self.type) && self.type == 'ConsistentHash')",
+                    "message": "hashOn is required with type ConsistentHash and allowed only with it",
+                }
+            ]
+        }
+    )
+
+    type: Literal["RoundRobin", "LeastRequest", "Random", "ConsistentHash"] = Field(
+        default="RoundRobin",
+        description="RoundRobin (the default): endpoints in turn. LeastRequest: of two endpoints picked at "
+        "random, the one with fewer requests in flight (on this replica). Random: uniformly at random. "
+        "ConsistentHash: requests with the same key (see hashOn) go to the same endpoint while it is in "
+        "rotation; when one of N endpoints leaves, about 1/N of the keys move. Requests without the key "
+        "go round robin.",
+    )
+    hash_on: HashOnSpec | None = Field(
+        default=None,
+        alias="hashOn",
+        description="The key ConsistentHash hashes; required with type ConsistentHash, not allowed with "
+        "the other types.",
+    )
+
+    @model_validator(mode="after")
+    def _hash_on_with_consistent_hash(self) -> LoadBalancerSpec:
+        if self.type == "ConsistentHash" and self.hash_on is None:
+            raise _field_error(
+                "hashOn", "required with type ConsistentHash: set one of header, cookie, sourceIP, queryParam"
+            )
+        if self.type != "ConsistentHash" and self.hash_on is not None:
+            raise _field_error("hashOn", f"only used with type ConsistentHash (type is {self.type})")
+        return self
+
+
+class BackoffSpec(_Spec):
+    """The wait before each retry: exponential (base, 2 x base, 4 x base, ... at most max), with full
+    jitter (a random wait between 0 and that bound)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.max) || "
+                    "duration(self.max) >= duration(has(self.base) ? self.base : '25ms')",
+                    "message": "max must be at least base",
+                }
+            ]
+        }
+    )
+
+    base: Duration1ms = _duration_field(
+        "25ms", "1ms", "Bound of the wait before the first retry; default 25ms."
+    )
+    max: Duration1ms | None = _duration_field(
+        None,
+        "1ms",
+        "Largest bound of the wait, at least base; default 10 x base (250ms with the default base).",
+    )
+
+    @field_validator("max")
+    @classmethod
+    def _max_at_least_base(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = info.data.get("base")  # absent when base itself is invalid
+        if value is not None and base is not None and _ms(value) < _ms(base):
+            raise ValueError(f"{value!r} is shorter than base ({base})")
+        return value
+
+    def base_ms(self) -> int:
+        return _ms(self.base)
+
+    def max_ms(self) -> int:
+        """max in milliseconds; 10 x base when unset."""
+        return _ms(self.max) if self.max is not None else 10 * self.base_ms()
+
+
+RetryOn = Annotated[
+    str,
+    Field(json_schema_extra={"pattern": RETRY_ON_PATTERN}),
+    _pattern_check(
+        RETRY_ON_PATTERN, f"one of {', '.join(RETRY_ON_WORDS)} or a 4xx or 5xx status code ('503')"
+    ),
+]
+
+
+class RetrySpec(_Spec):
+    """Retries of failed requests, to another endpoint when there is one. A request is never retried once
+    any byte of the response went to the client, nor when its body was not received whole or is over
+    64 KiB."""
+
+    attempts: int = Field(
+        default=0, ge=0, le=10, description="Retries after the first try, 0 to 10; default 0 (no retries)."
+    )
+    retry_on: list[RetryOn] = Field(
+        default=["connect-failure", "reset", "gateway-error"],
+        alias="retryOn",
+        min_length=1,
+        max_length=MAX_LIST_ITEMS,
+        description="What is retried: connect-failure (nothing reached the upstream), reset (the connection "
+        "broke before a response), timeout (perTryTimeout elapsed), gateway-error (a 502, 503 or 504 from "
+        'the upstream), 5xx (any 5xx from the upstream), or a 4xx or 5xx status code as a string ("503", '
+        '"429"). Default [connect-failure, reset, gateway-error].',
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    per_try_timeout: Duration1ms | None = _duration_field(
+        None,
+        "1ms",
+        "Time limit of each try (the route's timeout still limits the whole request); unset: none.",
+        alias="perTryTimeout",
+    )
+    backoff: BackoffSpec = Field(
+        default_factory=BackoffSpec, description="The wait before each retry; default base 25ms, max 250ms."
+    )
+    budget_percent: int = Field(
+        default=20,
+        ge=0,
+        le=100,
+        alias="budgetPercent",
+        description="Retries in flight are at most this percentage of the route's requests in flight on a "
+        "replica (3 concurrent retries are always allowed), 0 to 100; default 20. Stops retry storms "
+        "when every endpoint fails.",
+    )
+    retry_non_idempotent: bool = Field(
+        default=False,
+        alias="retryNonIdempotent",
+        description="false (the default): POST and PATCH requests are retried only on connect-failure "
+        "(nothing reached the upstream), whatever retryOn lists. true: like other methods.",
+    )
+
+    @field_validator("retry_on")
+    @classmethod
+    def _no_duplicates(cls, value: list[str]) -> list[str]:
+        for index, word in enumerate(value):
+            if word in value[:index]:
+                raise ValueError(f"{word!r} is listed twice")
+        return value
+
+
+class CircuitBreakerSpec(_Spec):
+    """Fails fast when the route's backends keep failing: while open, requests get 503 ("circuit open",
+    with Retry-After) without contacting an upstream. Failures are connect failures, resets, timeouts and
+    5xx answers from upstreams (not 503s from the gateway itself). State is kept per backend of the route
+    and per data-plane replica."""
+
+    consecutive_failures: int = Field(
+        default=5,
+        ge=1,
+        le=MAX_STREAK,
+        alias="consecutiveFailures",
+        description=f"Opens after this many failures in a row, 1 to {MAX_STREAK}; default 5.",
+    )
+    failure_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        alias="failureRatio",
+        description="Also opens when this share of the requests finished within window failed (once at "
+        "least minimumRequests finished), a number above 0 and at most 1; default 0.5.",
+    )
+    minimum_requests: int = Field(
+        default=20,
+        ge=1,
+        le=MAX_REQUESTS,
+        alias="minimumRequests",
+        description=f"Requests that must finish within window before failureRatio applies, 1 to "
+        f"{MAX_REQUESTS}; default 20.",
+    )
+    window: Duration100ms = _duration_field(
+        "10s", "100ms", "The rolling window failureRatio and minimumRequests count in; default 10s."
+    )
+    open_duration: Duration100ms = _duration_field(
+        "30s",
+        "100ms",
+        "How long the circuit stays open before it half-opens; default 30s.",
+        alias="openDuration",
+    )
+    half_open_requests: int = Field(
+        default=3,
+        ge=1,
+        le=MAX_STREAK,
+        alias="halfOpenRequests",
+        description="Trial requests let through when half-open: if all succeed the circuit closes, if one "
+        f"fails it opens again. 1 to {MAX_STREAK}; default 3.",
+    )
+
+
+class OutlierDetectionSpec(_Spec):
+    """Passive, per endpoint: an endpoint that keeps failing leaves rotation for a while (on each data-plane
+    replica, from what that replica sees). Failures are as for circuitBreaker."""
+
+    consecutive_failures: int = Field(
+        default=5,
+        ge=1,
+        le=MAX_STREAK,
+        alias="consecutiveFailures",
+        description=f"Ejects an endpoint after this many failures in a row, 1 to {MAX_STREAK}; default 5.",
+    )
+    ejection_time: Duration100ms = _duration_field(
+        "30s",
+        "100ms",
+        "How long the first ejection lasts; each repeated ejection of the endpoint lasts longer, up to 10 "
+        "times this. Default 30s.",
+        alias="ejectionTime",
+    )
+    max_ejection_percent: int = Field(
+        default=50,
+        ge=0,
+        le=100,
+        alias="maxEjectionPercent",
+        description="Never eject more than this percentage of a backend's endpoints, 0 to 100; default 50.",
+    )
+
+
+class HealthCheckSpec(_Spec):
+    """Active health checks: every data-plane replica sends GET path to each endpoint of the route's
+    backends every interval. An endpoint failing them leaves rotation until it passes again; when every
+    endpoint of a backend is out, all of them are used."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.timeout) || "
+                    "duration(self.timeout) <= duration(has(self.interval) ? self.interval : '5s')",
+                    "message": "timeout must not be longer than interval",
+                }
+            ]
+        }
+    )
+
+    path: Annotated[
+        str,
+        _pattern_check(
+            HEALTH_PATH_PATTERN, "an absolute path, optionally with a query, without fragment or whitespace"
+        ),
+    ] = Field(
+        default="/healthz",
+        min_length=1,
+        max_length=1024,
+        description="Path (and optional query) of the probe; a probe passes with a 2xx or 3xx answer. "
+        "Default /healthz.",
+        json_schema_extra={"pattern": HEALTH_PATH_PATTERN},
+    )
+    interval: Duration100ms = _duration_field(
+        "5s", "100ms", "Time between two probes of an endpoint; default 5s."
+    )
+    timeout: Duration1ms | None = _duration_field(
+        None,
+        "1ms",
+        "A probe not answered within this time fails; at most interval. Default 1s, or interval when "
+        "that is shorter.",
+    )
+    unhealthy_threshold: int = Field(
+        default=3,
+        ge=1,
+        le=MAX_HEALTH_THRESHOLD,
+        alias="unhealthyThreshold",
+        description=f"Failed probes in a row that take an endpoint out of rotation, 1 to "
+        f"{MAX_HEALTH_THRESHOLD}; default 3.",
+    )
+    healthy_threshold: int = Field(
+        default=2,
+        ge=1,
+        le=MAX_HEALTH_THRESHOLD,
+        alias="healthyThreshold",
+        description=f"Passed probes in a row that put it back, 1 to {MAX_HEALTH_THRESHOLD}; default 2.",
+    )
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_within_interval(cls, value: str | None, info: ValidationInfo) -> str | None:
+        interval = info.data.get("interval")  # absent when interval itself is invalid
+        if value is not None and interval is not None and _ms(value) > _ms(interval):
+            raise ValueError(f"{value!r} is longer than interval ({interval})")
+        return value
+
+    def timeout_ms(self) -> int:
+        """timeout in milliseconds; 1s or interval, whichever is shorter, when unset."""
+        return _ms(self.timeout) if self.timeout is not None else min(1_000, _ms(self.interval))
+
+
+class BulkheadSpec(_Spec):
+    """Caps the route's requests in flight on each data-plane replica, so that one slow backend cannot
+    take all of a replica's connections. A request over the cap waits in a queue (if maxQueue allows) or
+    gets 503 ("route at capacity", with Retry-After)."""
+
+    max_concurrent: int = Field(
+        default=100,
+        ge=1,
+        le=MAX_REQUESTS,
+        alias="maxConcurrent",
+        description=f"Requests of this route in flight per replica, 1 to {MAX_REQUESTS}; default 100.",
+    )
+    max_queue: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_REQUESTS,
+        alias="maxQueue",
+        description="Requests that may wait for a slot while maxConcurrent are in flight, 0 to "
+        f"{MAX_REQUESTS}; default 0 (none wait: the answer is 503 at once).",
+    )
+    queue_timeout: Duration1ms = _duration_field(
+        "1s",
+        "1ms",
+        "How long a request may wait in the queue before it gets 503; default 1s.",
+        alias="queueTimeout",
+    )
+
+
 class GatewayRouteSpec(_Spec):
     """A GatewayRoute sends the requests that match to one of its weighted backends."""
 
@@ -306,6 +794,32 @@ class GatewayRouteSpec(_Spec):
         description="Time limit for the whole request, as a Gateway API duration such as 30s, 1h30m or "
         "500ms; 0s disables the timeout. Unset means the gateway's default.",
         json_schema_extra={"pattern": duration.DURATION_PATTERN},
+    )
+
+    load_balancer: LoadBalancerSpec | None = Field(
+        default=None,
+        alias="loadBalancer",
+        description="How a request picks an endpoint of its backend; unset: round robin.",
+    )
+    retry: RetrySpec | None = Field(default=None, description="Retries of failed requests; unset: none.")
+    circuit_breaker: CircuitBreakerSpec | None = Field(
+        default=None,
+        alias="circuitBreaker",
+        description="Fail fast (503) while the backends keep failing; unset: never.",
+    )
+    outlier_detection: OutlierDetectionSpec | None = Field(
+        default=None,
+        alias="outlierDetection",
+        description="Take endpoints that keep failing out of rotation for a while; unset: never.",
+    )
+    health_check: HealthCheckSpec | None = Field(
+        default=None,
+        alias="healthCheck",
+        description="Probe every endpoint and keep failing ones out of rotation; unset: no probes.",
+    )
+    bulkhead: BulkheadSpec | None = Field(
+        default=None,
+        description="Cap the route's requests in flight per data-plane replica; unset: no cap.",
     )
 
     def timeout_ms(self) -> int | None:

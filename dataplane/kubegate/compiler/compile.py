@@ -9,7 +9,9 @@ the operator, ``kubegate compile`` and standalone mode. It runs in ordered passe
    keeps the route but carries an ``error``, so its share of traffic gets 500);
 4. resolve conflicts between routes with identical matches (the oldest wins, the others are
    ``Conflicted``);
-5. emit the accepted routes and their endpoints, sorted, so equal inputs give an equal content hash.
+5. emit the accepted routes, with their endpoints and traffic policies (in table form: milliseconds,
+   defaults filled in; ``policy`` stays None for a route that sets none), sorted, so equal inputs give
+   an equal content hash.
 
 The compiler never raises on user input: every problem becomes a condition on the route that caused
 it, and the other routes compile as if it were absent. ``now`` is injected; a condition's
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Literal
@@ -28,8 +29,8 @@ from typing import Literal
 from pydantic import ValidationError
 
 from kubegate import gcpause
-from kubegate.api import models
-from kubegate.compiler import resources, table
+from kubegate.api import duration, models
+from kubegate.compiler import regex, resources, table
 
 RouteStatus = models.GatewayRouteStatus
 
@@ -152,12 +153,20 @@ def _semantic_problems(spec: models.GatewayRouteSpec) -> list[str]:
     problems = []
     patterns = [(f"headers[{i}]", h.type, h.value) for i, h in enumerate(spec.match.headers)]
     patterns += [(f"queryParams[{i}]", q.type, q.value) for i, q in enumerate(spec.match.query_params)]
+    count = 0
     for where, kind, value in patterns:
-        if kind == "RegularExpression":
-            try:
-                re.compile(value)
-            except re.error as error:
-                problems.append(f"spec.match.{where}.value: invalid regular expression {value!r}: {error}")
+        if kind != "RegularExpression":
+            continue
+        count += 1
+        if count == models.MAX_REGEX_MATCHES + 1:
+            problems.append(
+                f"spec.match.{where}: RegularExpression match number {count}; a route may have at most "
+                f"{models.MAX_REGEX_MATCHES} (headers and queryParams together)"
+            )
+        try:
+            regex.compile(value)  # only a check: the table's route compiles the pattern it keeps
+        except regex.RegexError as error:
+            problems.append(f"spec.match.{where}.value: {error}")
     if spec.match.path.type == "Glob" and (glob := _glob_problem(spec.match.path.value)):
         problems.append(f"spec.match.path.value: invalid glob {spec.match.path.value!r}: {glob}")
     if all(backend.weight == 0 for backend in spec.backends):
@@ -321,6 +330,69 @@ def _resolve_conflicts(routes: list[_Route]) -> None:
 # --- pass 5: output ----------------------------------------------------------------------------------
 
 
+def _ms(value: str) -> int:
+    return duration.parse_duration(value)
+
+
+def _policy(spec: models.GatewayRouteSpec) -> dict[str, object] | None:
+    """The route's traffic policies in table form (see :mod:`kubegate.compiler.policy`): durations in
+    milliseconds, every default filled in, retryOn sorted; None when the spec sets none of them."""
+    policy: dict[str, object] = {}
+    if (balancer := spec.load_balancer) is not None:
+        hash_on = balancer.hash_on
+        policy["loadBalancer"] = {
+            "type": balancer.type,
+            "hashOn": None
+            if hash_on is None
+            else {
+                "header": hash_on.header,
+                "cookie": hash_on.cookie,
+                "sourceIP": bool(hash_on.source_ip),
+                "queryParam": hash_on.query_param,
+            },
+        }
+    if (retry := spec.retry) is not None:
+        policy["retry"] = {
+            "attempts": retry.attempts,
+            "retryOn": tuple(sorted(retry.retry_on)),
+            "perTryTimeoutMs": None if retry.per_try_timeout is None else _ms(retry.per_try_timeout),
+            "backoffBaseMs": retry.backoff.base_ms(),
+            "backoffMaxMs": retry.backoff.max_ms(),
+            "budgetPercent": retry.budget_percent,
+            "retryNonIdempotent": retry.retry_non_idempotent,
+        }
+    if (breaker := spec.circuit_breaker) is not None:
+        policy["circuitBreaker"] = {
+            "consecutiveFailures": breaker.consecutive_failures,
+            "failureRatio": breaker.failure_ratio,
+            "minimumRequests": breaker.minimum_requests,
+            "windowMs": _ms(breaker.window),
+            "openMs": _ms(breaker.open_duration),
+            "halfOpenRequests": breaker.half_open_requests,
+        }
+    if (outlier := spec.outlier_detection) is not None:
+        policy["outlierDetection"] = {
+            "consecutiveFailures": outlier.consecutive_failures,
+            "ejectionMs": _ms(outlier.ejection_time),
+            "maxEjectionPercent": outlier.max_ejection_percent,
+        }
+    if (health := spec.health_check) is not None:
+        policy["healthCheck"] = {
+            "path": health.path,
+            "intervalMs": _ms(health.interval),
+            "timeoutMs": health.timeout_ms(),
+            "unhealthyThreshold": health.unhealthy_threshold,
+            "healthyThreshold": health.healthy_threshold,
+        }
+    if (bulkhead := spec.bulkhead) is not None:
+        policy["bulkhead"] = {
+            "maxConcurrent": bulkhead.max_concurrent,
+            "maxQueue": bulkhead.max_queue,
+            "queueTimeoutMs": _ms(bulkhead.queue_timeout),
+        }
+    return policy or None
+
+
 def _compiled_route(route: _Route) -> table.CompiledRoute:
     assert route.spec is not None
     match = route.spec.match
@@ -344,6 +416,7 @@ def _compiled_route(route: _Route) -> table.CompiledRoute:
             },
             "backends": route.backends,
             "timeoutMs": route.spec.timeout_ms(),
+            "policy": _policy(route.spec),
         }
     )
 

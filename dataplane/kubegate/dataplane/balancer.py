@@ -2,14 +2,18 @@
 
 Backends are split with nginx's *smooth weighted round robin*: deterministic (tests can count exact
 shares), interleaved (weights 3:1 give a,a,b,a rather than a,a,a,b) and O(number of backends) per pick,
-which is a handful. Endpoints inside a backend rotate round robin. Other strategies (least connections,
-consistent hash, ...) arrive with the traffic-policy work and plug in here.
+which is a handful. Endpoints inside a backend rotate round robin (:class:`BackendPool`); a route with
+traffic policies splits over :class:`~kubegate.dataplane.policies.runtime.PolicyBackend` objects instead,
+whose balancers (least request, consistent hash, ...) live in :mod:`kubegate.dataplane.policies`.
 
 State lives in the snapshot's runtime routes: a route left unchanged by a table swap keeps its position,
 a changed route starts afresh; requests in flight keep the objects of the table they started with.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
 
 from kubegate.compiler.table import CompiledBackend
 
@@ -40,18 +44,28 @@ class BackendPool:
         return f"<BackendPool {self.name} weight={self.weight} endpoints={len(self.endpoints)}>"
 
 
-class WeightedSplit:
+class Weighted(Protocol):
+    @property
+    def weight(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+
+
+B = TypeVar("B", bound=Weighted)
+
+
+class WeightedSplit(Generic[B]):
     """Smooth weighted round robin over a route's backends (weight 0 backends never get traffic)."""
 
     __slots__ = ("_current", "_total", "_weights", "backends")
 
-    def __init__(self, backends: tuple[CompiledBackend, ...]) -> None:
-        self.backends = tuple(BackendPool(b) for b in backends if b.weight > 0)
+    def __init__(self, backends: Iterable[B]) -> None:
+        self.backends: tuple[B, ...] = tuple(b for b in backends if b.weight > 0)
         self._weights = tuple(b.weight for b in self.backends)
         self._total = sum(self._weights)
         self._current = [0] * len(self.backends)
 
-    def pick(self) -> BackendPool | None:
+    def pick(self) -> B | None:
         backends = self.backends
         if len(backends) == 1:
             return backends[0]
@@ -69,3 +83,8 @@ class WeightedSplit:
     def __repr__(self) -> str:
         parts = ", ".join(f"{b.name}={b.weight}" for b in self.backends)
         return f"<WeightedSplit {parts}>"
+
+
+def plain_split(backends: tuple[CompiledBackend, ...]) -> WeightedSplit[BackendPool]:
+    """The split of a route without traffic policies: round robin inside each backend."""
+    return WeightedSplit(BackendPool(b) for b in backends)

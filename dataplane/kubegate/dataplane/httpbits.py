@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from http import HTTPStatus
 from itertools import count
 
@@ -61,7 +62,39 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
     return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
 
 
-def error_response(status: int, message: str, request_id: bytes, *, close: bool, head: bool = False) -> bytes:
+# RFC 9110 §7.2 / RFC 3986 §3.2.2, narrowed to what real hosts use: a DNS-ish name (letters, digits, "-",
+# ".", "_", "~") or a bracketed IP literal, then an optional port. No space, "/", "@", "," or "%": the value
+# is routed on and copied into Host and X-Forwarded-Host, where anything else is ambiguity at best.
+_HOST_RE = re.compile(rb"(?:(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)?")
+_valid_hosts: dict[bytes, bool] = {}
+
+
+def valid_host(value: bytes) -> bool:
+    """Whether a Host header (or an absolute-form authority) is a plain host[:port]; empty is valid."""
+    known = _valid_hosts.get(value)
+    if known is not None:
+        return known
+    ok = _HOST_RE.fullmatch(value) is not None
+    if len(_valid_hosts) >= 1024:  # clients choose these values: keep the memo bounded
+        _valid_hosts.clear()
+    _valid_hosts[value] = ok
+    return ok
+
+
+def only_chunked(transfer_encoding: bytes) -> bool:
+    """Whether a Transfer-Encoding value is exactly ``chunked`` (the only coding the gateway relays)."""
+    return transfer_encoding.strip().lower() == b"chunked"
+
+
+def error_response(
+    status: int,
+    message: str,
+    request_id: bytes,
+    *,
+    close: bool,
+    head: bool = False,
+    retry_after: int | None = None,
+) -> bytes:
     """A complete HTTP/1.1 error response with a small JSON body naming the request ID."""
     body = json.dumps(
         {
@@ -78,6 +111,8 @@ def error_response(status: int, message: str, request_id: bytes, *, close: bool,
         b"content-length: %d" % len(body),
         b"x-request-id: " + request_id,
     ]
+    if retry_after is not None:
+        lines.append(b"retry-after: %d" % retry_after)
     if close:
         lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)

@@ -12,6 +12,9 @@ in atomically; :meth:`Matcher.match` then runs once per request, so it must not 
   literal prefix, Prefix before Glob on a tie > has methods > most header matches > most query matches >
   oldest ``created``, empty last > ``id``). Candidate lists are kept in rank order; matching evaluates the
   candidates best-first and returns the first whose method, header and query conditions all hold.
+* a RegularExpression condition uses the RE2 pattern compiled when the table was validated and kept on
+  its :class:`~kubegate.compiler.table.ValueMatch` (:mod:`kubegate.compiler.regex`): it must match the whole
+  value, in time linear in the value, and it goes away with the table.
 
 ``path`` must already be normalised by :func:`kubegate.dataplane.pathnorm.normalize_path`. Glob patterns
 support ``*`` (exactly one segment) and a final ``**`` (zero or more segments) as whole segments only;
@@ -21,12 +24,11 @@ support ``*`` (exactly one segment) and a final ``**`` (zero or more segments) a
 from __future__ import annotations
 
 import operator
-import re
 from collections.abc import Iterable, Mapping
 from typing import Generic, TypeVar
 from urllib.parse import parse_qsl
 
-from kubegate.compiler import table
+from kubegate.compiler import regex, table
 from kubegate.dataplane import pathnorm
 
 __all__ = ["Matcher", "normalize_host", "validate_glob"]
@@ -34,7 +36,7 @@ __all__ = ["Matcher", "normalize_host", "validate_glob"]
 T = TypeVar("T")
 
 # (name, expected value, compiled pattern or None for an Exact comparison)
-_Cond = tuple[str, str, "re.Pattern[str] | None"]
+_Cond = tuple[str, str, "regex.Pattern | None"]
 # (rank, methods or None for any, header conditions, query conditions, value). Tuples, not objects: the hot
 # loop unpacks them, and sorting by rank is an int comparison.
 _Entry = tuple[int, "frozenset[str] | None", tuple[_Cond, ...], tuple[_Cond, ...], T]
@@ -75,7 +77,7 @@ def validate_glob(pattern: str) -> str | None:
         elif segment in ("", ".", ".."):
             return "a glob pattern must not contain empty, '.' or '..' segments"
     try:
-        normal = pathnorm.normalize_path(pattern)
+        normal = pathnorm.normalize_path(pattern, "keep")  # valid whatever --escaped-slashes says
     except pathnorm.BadPath as exc:
         return str(exc)
     if normal != pattern:
@@ -218,7 +220,7 @@ def _holds(conds: tuple[_Cond, ...], values: Mapping[str, str]) -> bool:
         if pattern is None:
             if actual != expected:
                 return False
-        elif pattern.fullmatch(actual) is None:
+        elif not pattern.fullmatch(actual):
             return False
     return True
 
@@ -264,7 +266,7 @@ class _Prep:
 
     __slots__ = ("buckets", "everything_below", "exact", "headers", "key", "methods", "query", "segments")
 
-    def __init__(self, route: table.CompiledRoute, patterns: dict[str, re.Pattern[str]]) -> None:
+    def __init__(self, route: table.CompiledRoute) -> None:
         match = route.match
         path = match.path
         if path.type == "Glob":
@@ -273,8 +275,8 @@ class _Prep:
                 raise ValueError(f"route {route.id}: glob {path.value!r}: {problem}")
         self.key = _precedence_key(route)
         self.methods = frozenset(match.methods) if match.methods else None
-        self.headers = tuple(_condition(route, c, patterns, lower=True) for c in match.headers)
-        self.query = tuple(_condition(route, c, patterns, lower=False) for c in match.query_params)
+        self.headers = tuple(_condition(route, c, lower=True) for c in match.headers)
+        self.query = tuple(_condition(route, c, lower=False) for c in match.query_params)
         names = tuple(dict.fromkeys(normalize_host(h) for h in match.hosts))
         self.buckets: tuple[str, ...] = () if "*" in names else names
         self.exact = path.value if path.type == "Exact" else None
@@ -302,11 +304,10 @@ class Matcher(Generic[T]):
         self._any: _Bucket[T] | None = None
         known: dict[int, tuple[table.CompiledRoute, _Prep]] = previous._prepared if previous else {}
         prepared: dict[int, tuple[table.CompiledRoute, _Prep]] = {}
-        patterns: dict[str, re.Pattern[str]] = {}
         keyed: list[tuple[tuple[object, ...], int, _Prep, T]] = []
         for index, (route, value) in enumerate(entries):
             hit = known.get(id(route))
-            prep = hit[1] if hit is not None and hit[0] is route else _Prep(route, patterns)
+            prep = hit[1] if hit is not None and hit[0] is route else _Prep(route)
             prepared[id(route)] = (route, prep)
             keyed.append((prep.key, index, prep, value))
         keyed.sort(key=_by_key)
@@ -376,16 +377,10 @@ class Matcher(Generic[T]):
         )
 
 
-def _condition(
-    route: table.CompiledRoute, cond: table.ValueMatch, patterns: dict[str, re.Pattern[str]], *, lower: bool
-) -> _Cond:
+def _condition(route: table.CompiledRoute, cond: table.ValueMatch, *, lower: bool) -> _Cond:
     name = cond.name.lower() if lower else cond.name
-    if cond.type == "Exact":
-        return (name, cond.value, None)
-    pattern = patterns.get(cond.value)
-    if pattern is None:
-        try:
-            pattern = patterns[cond.value] = re.compile(cond.value)
-        except re.error as exc:
-            raise ValueError(f"route {route.id}: invalid regular expression {cond.value!r}: {exc}") from exc
+    try:
+        pattern = cond.pattern()  # compiled with the table (RE2), kept on it: no cache outlives the table
+    except regex.RegexError as exc:
+        raise ValueError(f"route {route.id}: {exc}") from exc
     return (name, cond.value, pattern)

@@ -5,8 +5,12 @@ Routes are matched against the *normalised* path, never the raw one, so that ``/
 more permissive prefix. The rules:
 
 * percent-escapes of unreserved characters (ALPHA / DIGIT / ``-`` ``.`` ``_`` ``~``) are decoded, every other
-  escape keeps its encoding with upper-case hex (``%2f`` -> ``%2F``: an encoded slash is data, not a segment
-  separator); nothing is decoded twice;
+  escape keeps its encoding with upper-case hex; nothing is decoded twice;
+* encoded slashes and backslashes (``%2F``, ``%5C``) follow the gateway-wide ``escaped_slashes`` setting, as
+  in Envoy: ``reject`` (the default: :class:`BadPath`, because a backend that decodes them would see
+  ``/public/..%2Finternal`` as ``/internal``), ``unescape`` (both become ``/`` before dot segments are
+  removed, so the route is matched against what such a backend sees) or ``keep`` (data, forwarded as
+  ``%2F``/``%5C``);
 * runs of slashes are merged, then dot segments are removed (RFC 3986 §5.2.4), including dots that arrived
   as ``%2e``; a trailing slash is kept;
 * :class:`BadPath` (answer 400) for anything that cannot be made safe: not starting with ``/``, climbing above
@@ -19,7 +23,12 @@ It runs once per request, so the common case (an already-normal path) is a handf
 
 from __future__ import annotations
 
-__all__ = ["BadPath", "normalize_path"]
+from typing import Literal
+
+__all__ = ["ESCAPED_SLASH_MODES", "BadPath", "EscapedSlashes", "normalize_path"]
+
+EscapedSlashes = Literal["reject", "unescape", "keep"]
+ESCAPED_SLASH_MODES: tuple[EscapedSlashes, ...] = ("reject", "unescape", "keep")
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _HEXDIGITS = frozenset("0123456789abcdefABCDEF")
@@ -30,7 +39,7 @@ class BadPath(ValueError):
     """The request path cannot be normalised safely; the request must be rejected with 400."""
 
 
-def normalize_path(raw: str) -> str:
+def normalize_path(raw: str, escaped_slashes: EscapedSlashes = "reject") -> str:
     """Return the normal form of ``raw`` (the path part of the request-target, query already split off).
 
     Raises :class:`BadPath` when the path is malformed or would climb above ``/``.
@@ -47,10 +56,10 @@ def normalize_path(raw: str) -> str:
         and raw.isprintable()
     ):
         return raw
-    return _normalize_slow(raw)
+    return _normalize_slow(raw, escaped_slashes)
 
 
-def _normalize_slow(raw: str) -> str:
+def _normalize_slow(raw: str, escaped_slashes: EscapedSlashes) -> str:
     if raw[:1] != "/":
         raise BadPath(f"path must start with '/': {raw[:_SHOWN]!r}")
     if not raw.isascii():
@@ -59,11 +68,11 @@ def _normalize_slow(raw: str) -> str:
         raise BadPath(f"control character in path: {raw[:_SHOWN]!r}")
     if "\\" in raw:
         raise BadPath(f"backslash in path: {raw[:_SHOWN]!r}")
-    path = _decode_unreserved(raw) if "%" in raw else raw
+    path = _decode_unreserved(raw, escaped_slashes) if "%" in raw else raw
     return _remove_dot_segments(path)
 
 
-def _decode_unreserved(raw: str) -> str:
+def _decode_unreserved(raw: str, escaped_slashes: EscapedSlashes) -> str:
     parts = raw.split("%")
     out = [parts[0]]
     for part in parts[1:]:
@@ -75,6 +84,10 @@ def _decode_unreserved(raw: str) -> str:
             out.append(char)
         elif char == "\x00":
             raise BadPath(f"encoded NUL in path: {raw[:_SHOWN]!r}")
+        elif char in "/\\" and escaped_slashes != "keep":
+            if escaped_slashes == "reject":
+                raise BadPath(f"encoded slash or backslash in path: {raw[:_SHOWN]!r}")
+            out.append("/")
         else:
             out.append("%" + hexpair.upper())
         out.append(part[2:])

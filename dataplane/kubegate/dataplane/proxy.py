@@ -8,12 +8,24 @@ accepts a custom HTTP protocol class (``Config(http=...)``), so the data plane s
 llhttp (``httptools``) and proxied by callbacks, with no coroutine per request. The admin API, the
 lifespan and everything else off the hot path stay a Starlette application on the admin port.
 
-Pipeline per request: parse (llhttp) → normalise path → match (snapshot's matcher) → pick backend and
-endpoint (balancer) → upstream connection (pool) → stream the body both ways with back-pressure.
+Pipeline per request: parse (llhttp) → refuse what is ambiguous → normalise path → match (snapshot's
+matcher) → pick backend and endpoint (balancer) → upstream connection (pool) → stream the body both ways
+with back-pressure.
+
+Framing is the gateway's own, in both directions: the message it sends carries a ``Content-Length`` or
+chunked encoding computed from what llhttp parsed, never the sender's header copied through, and
+``Connection`` can only remove end-to-end headers, never framing or ``Host``. A request that two parsers
+could read differently (a transfer coding other than ``chunked``, ``Transfer-Encoding`` in HTTP/1.0, a
+fragment, user info, a bad ``Host``) is refused, not forwarded.
+
+Upgrades: ``Upgrade: websocket`` on a body-less HTTP/1.1 GET is forwarded, and after the upstream's 101 both
+connections are handed to :mod:`kubegate.dataplane.tunnel`; any other upgrade is stripped and the request
+(with its body) is proxied as plain HTTP; ``CONNECT`` gets 405 and the connection closes.
 
 Every failure gets a small JSON error with the request ID: 400 malformed / bad path, 404 no route,
-408 slow headers, 413 body too large, 417 unknown expectation, 431 headers too large, 500 unresolved
-backend, 502 upstream failure, 503 no endpoint, 504 timeout.
+405 CONNECT, 408 slow headers, 413 body too large, 417 unknown expectation, 431 headers too large,
+500 unresolved backend, 501 unsupported transfer coding, 502 upstream failure, 503 no endpoint,
+504 timeout, 505 HTTP version.
 """
 
 from __future__ import annotations
@@ -30,9 +42,12 @@ import httptools
 import uvicorn
 
 from kubegate.dataplane import httpbits
-from kubegate.dataplane.pathnorm import BadPath, normalize_path
+from kubegate.dataplane.attempts import Attempts
+from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, normalize_path
+from kubegate.dataplane.policies.balancing import hash_key
 from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
 from kubegate.dataplane.stats import Stats
+from kubegate.dataplane.tunnel import Tunnel
 from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool
 
 access_logger = logging.getLogger("kubegate.access")
@@ -66,7 +81,11 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 
 # connection phases for the timeout sweeper
-IDLE, HEADERS, BODY, WAITING = 0, 1, 2, 3
+IDLE, HEADERS, BODY, WAITING, TUNNEL = 0, 1, 2, 3, 4
+
+# What llhttp's upgrade flag (Connection: upgrade + Upgrade, or CONNECT) leads to, decided per request.
+_NO_UPGRADE, _TUNNEL, _STRIP, _STRIP_WITH_BODY, _DISCARD = range(5)
+_VERSIONS = frozenset({"1.1", "1.0", "0.9"})  # anything else on this port gets 505
 
 
 @dataclass
@@ -76,6 +95,8 @@ class ProxySettings:
     header_timeout: float = 10.0  # whole request head must arrive within this (slowloris)
     body_idle_timeout: float = 60.0  # no request body byte for this long: close
     keepalive_timeout: float = 75.0
+    tunnel_idle_timeout: float = 300.0  # a WebSocket tunnel with no byte either way for this long: close
+    escaped_slashes: EscapedSlashes = "reject"  # %2F / %5C in paths: reject (400) | unescape | keep
     access_log: bool = False
 
 
@@ -178,6 +199,12 @@ class ProxyProtocol(asyncio.Protocol):
         self.queue: deque[Exchange] = deque()
         self.phase = IDLE
         self.phase_since = 0.0
+        # upgrades and the end of input
+        self.upgrade = _NO_UPGRADE  # for the request being parsed
+        self.last = False  # the request being parsed is the connection's last (not keep-alive)
+        self.input_done = False  # read nothing more as HTTP (after a last request, CONNECT or an upgrade)
+        self.early = b""  # bytes a WebSocket client sent after its head, held until the upstream's 101
+        self.tunnel: Tunnel | None = None
 
     # --- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -202,7 +229,7 @@ class ProxyProtocol(asyncio.Protocol):
         self.active = self.parsing = None
 
     def data_received(self, data: bytes) -> None:
-        if self.closing:
+        if self.closing or self.input_done:
             return
         phase = self.phase
         if phase == IDLE:  # a request starts: its head must be complete within header_timeout
@@ -213,13 +240,8 @@ class ProxyProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # Upgrades (WebSocket) are not proxied yet: the request is served as plain HTTP (Upgrade is a
-            # hop-by-hop header and is not forwarded); whatever followed the head goes to a fresh parser.
             offset = int(exc.args[0]) if exc.args else len(data)
-            self.parser = httptools.HttpRequestParser(self)
-            rest = data[offset:]
-            if rest:
-                self.data_received(rest)
+            self.upgraded(data[offset:])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Reject):
@@ -230,7 +252,51 @@ class ProxyProtocol(asyncio.Protocol):
         except httptools.HttpParserInvalidMethodError:
             self.reject(400, "invalid method")
         except httptools.HttpParserError as exc:
-            self.reject(400, f"malformed request: {exc}")
+            self.parse_error(exc)
+
+    def parse_error(self, exc: httptools.HttpParserError) -> None:
+        if self.input_done:  # bytes after a request that ended the connection: never a request, ignored
+            return
+        self.reject(400, f"malformed request: {exc}")
+
+    def upgraded(self, rest: bytes) -> None:
+        """llhttp stopped after a request head it took as an upgrade; ``rest`` is what followed it.
+
+        llhttp assumes an upgrade request has no body, so the head's own framing decides what ``rest`` is.
+        """
+        kind, self.upgrade = self.upgrade, _NO_UPGRADE
+        if kind == _TUNNEL:  # WebSocket: rest is for the upstream once it has switched protocols
+            self.early = rest
+            self.input_done = True
+            self.pause_reading()
+        elif kind == _STRIP:  # an upgrade the gateway does not do, without a body: next request follows
+            self.parser = httptools.HttpRequestParser(self)
+            if rest:
+                self.data_received(rest)
+        elif kind == _STRIP_WITH_BODY:  # ... with a body: parse it with llhttp, then the next requests
+            ex = self.parsing
+            length = ex.declared_length() if ex is not None else 0
+            cont = _AfterStrippedUpgrade(self)
+            self.parser = httptools.HttpRequestParser(cont)
+            framing = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
+            self.parser.feed_data(b"POST / HTTP/1.1\r\n" + framing + b"\r\n\r\n")
+            if rest:
+                self.data_received(rest)
+        else:  # CONNECT, or a body the gateway cannot frame: what follows is never served as a request
+            self.input_done = True
+            self.pause_reading()
+
+    def start_tunnel(self, upstream: asyncio.Transport, from_upstream: bytes) -> None:
+        """The upstream switched protocols for this connection's WebSocket request: copy bytes both ways."""
+        assert self.transport is not None
+        self.tunnel = Tunnel(self.transport, upstream, clock=self.loop.time, on_closed=self._tunnel_closed)
+        self.phase = TUNNEL
+        self.reading_paused = False
+        early, self.early = self.early, b""
+        self.tunnel.start(early, from_upstream)
+
+    def _tunnel_closed(self) -> None:
+        self.connection_lost(None)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -260,14 +326,18 @@ class ProxyProtocol(asyncio.Protocol):
         if self.closing:
             return
         p = self.parser
+        keep_alive = p.should_keep_alive()
         ex = Exchange(
             self,
             p.get_method(),
             self.url,
             self.headers,
             p.get_http_version(),
-            p.should_keep_alive() and not self.gw.draining,
+            keep_alive and not self.gw.draining,
         )
+        self.last = not keep_alive
+        if p.should_upgrade():
+            self.upgrade = ex.upgrade_kind()
         self.url = b""
         self.headers = []
         self.header_bytes = 0
@@ -288,6 +358,11 @@ class ProxyProtocol(asyncio.Protocol):
             ex.client_body(body)
 
     def on_message_complete(self) -> None:
+        if self.upgrade == _STRIP_WITH_BODY:  # llhttp skipped the body of an upgrade request; see upgraded()
+            return
+        if self.last:  # Connection: close (or HTTP/1.0): answer this request, then read nothing more
+            self.input_done = True
+            self.pause_reading()
         ex, self.parsing = self.parsing, None
         self.phase = WAITING if self.active is not None else IDLE
         if ex is not None:
@@ -344,6 +419,8 @@ class ProxyProtocol(asyncio.Protocol):
         if ex is not self.active:
             return
         self.active = None
+        if self.tunnel is not None:  # the connection is the tunnel's now
+            return
         if not keep_alive or self.closing or self.gw.draining:
             self.close()
             return
@@ -357,8 +434,11 @@ class ProxyProtocol(asyncio.Protocol):
             self.phase_since = self.loop.time()
 
     def shutdown(self) -> None:
-        """Called by uvicorn on graceful shutdown: close now if idle, else after the current response."""
-        if self.active is None and self.parsing is None:
+        """Called by uvicorn on graceful shutdown: close now if idle, else after the current response.
+
+        A WebSocket tunnel is left to run until it ends or the drain timeout ends the process.
+        """
+        if self.active is None and self.parsing is None and self.tunnel is None:
             self.close()
 
     def check_timeouts(self, now: float, s: ProxySettings) -> None:
@@ -372,6 +452,45 @@ class ProxyProtocol(asyncio.Protocol):
             self.reject(408, "request head not received in time")
         elif phase == BODY and self.parsing is not None and now - since > s.body_idle_timeout:
             self.reject(408, "request body stalled")
+        elif phase == TUNNEL:
+            tunnel = self.tunnel
+            if tunnel is not None and tunnel.idle_for(now) > s.tunnel_idle_timeout:
+                tunnel.close()
+
+
+class _AfterStrippedUpgrade:
+    """Parser callbacks for a connection whose last request was an upgrade the gateway strips (``h2c``).
+
+    llhttp skips the body of any request it takes as an upgrade. To read that body with llhttp all the same,
+    a fresh parser is fed a synthetic head carrying the original request's framing, whose callbacks are
+    swallowed here; its body and end, and every request after it, go to the connection as usual.
+    """
+
+    __slots__ = ("proto", "synthetic")
+
+    def __init__(self, proto: ProxyProtocol) -> None:
+        self.proto = proto
+        self.synthetic = True
+
+    def on_url(self, url: bytes) -> None:
+        if not self.synthetic:
+            self.proto.on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.synthetic:
+            self.proto.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.synthetic:
+            self.synthetic = False
+        else:
+            self.proto.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self.proto.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self.proto.on_message_complete()
 
 
 def _log_access(
@@ -395,6 +514,7 @@ class Exchange:
     """One request/response through the proxy. Implements the upstream connection's sink interface."""
 
     __slots__ = (
+        "attempts",
         "body_buf",
         "body_buffered",
         "body_done",
@@ -408,9 +528,11 @@ class Exchange:
         "head_only",
         "keep_alive",
         "method",
+        "no_host",
         "out",
         "path",
         "raw_headers",
+        "received",
         "request_id",
         "resp_chunked",
         "resp_close_delimited",
@@ -422,6 +544,7 @@ class Exchange:
         "timer",
         "url",
         "version",
+        "websocket",
     )
 
     def __init__(
@@ -460,17 +583,71 @@ class Exchange:
         self.done = False
         self.retried = False
         self.timer: asyncio.TimerHandle | None = None
+        self.websocket = False
+        self.attempts: Attempts | None = None  # routes with traffic policies only
+        self.received = 0  # request body payload bytes (without chunk framing)
+        self.no_host = False  # HTTP/1.0 without Host: the endpoint's authority is sent as Host
+
+    # --- upgrades (rare: only requests llhttp flagged as upgrades get here) -----------------------------
+    def upgrade_kind(self) -> int:
+        """What to do with a request llhttp took as an upgrade; called once its head is complete."""
+        if self.method == b"CONNECT":
+            self.keep_alive = False
+            return _DISCARD
+        upgrade = b""
+        te_chunked = has_te = has_body = False
+        for name, value in self.raw_headers:
+            lname = name.lower()
+            if lname == b"upgrade":
+                upgrade += b"," + value.lower()
+            elif lname == b"transfer-encoding":
+                has_te = True
+                te_chunked = httpbits.only_chunked(value)
+            elif lname == b"content-length":
+                has_body = int(value) > 0  # llhttp has validated it
+        if (
+            self.method == b"GET"
+            and self.version == "1.1"
+            and not has_te
+            and not has_body
+            and b"websocket" in (t.strip() for t in upgrade.split(b","))
+        ):
+            self.websocket = True
+            self.keep_alive = False  # unless the upstream switches, the connection ends with the response
+            return _TUNNEL
+        if has_te and not te_chunked:  # refused in start(); its body cannot be framed, so nothing follows
+            self.keep_alive = False
+            return _DISCARD
+        return _STRIP_WITH_BODY if has_te or has_body else _STRIP
+
+    def declared_length(self) -> int | None:
+        """The request's Content-Length (None when chunked), read from its head."""
+        for name, value in self.raw_headers:
+            lname = name.lower()
+            if lname == b"transfer-encoding":
+                return None
+            if lname == b"content-length":
+                return int(value)
+        return 0
 
     # --- request side -----------------------------------------------------------------------------------
     def start(self) -> None:
         """Route the request and set the upstream request in motion (headers are complete)."""
         client = self.client
         gw = client.gw
+        if self.version not in _VERSIONS:
+            self.refuse(505, "HTTP version not supported on this port")
+            return
+        if self.method == b"CONNECT":
+            self.refuse(405, "CONNECT is not supported")
+            return
         host = b""
         hosts = 0
         xff = b""
         rid = b""
         expect = b""
+        te = b""
+        tes = 0
         tokens: frozenset[bytes] | None = None
         out: list[bytes] = []
         special = _REQUEST_SPECIAL
@@ -483,8 +660,8 @@ class Exchange:
                 host = value
                 hosts += 1
             elif act == _CONTENT_LENGTH:
-                self.content_length = int(value)  # llhttp has validated it (digits, no conflicting dupes)
-                out.append(b"content-length: " + value)
+                # llhttp has validated it (digits, one header); the value sent upstream is the gateway's own
+                self.content_length = int(value)
             elif act == _CONNECTION:
                 tokens = (
                     httpbits.connection_tokens(value)
@@ -492,7 +669,8 @@ class Exchange:
                     else tokens | httpbits.connection_tokens(value)
                 )
             elif act == _TRANSFER_ENCODING:
-                self.chunked = True
+                te = value
+                tes += 1
             elif act == _XFF:
                 xff = xff + b", " + value if xff else value
             elif act == _REQUEST_ID:
@@ -501,17 +679,38 @@ class Exchange:
                 expect = value.lower()
             # _DROP: other hop-by-hop headers and X-Forwarded-Proto/Host, which the proxy sets itself
         if tokens is not None and not tokens <= _PLAIN_CONNECTION:
+            # Only end-to-end headers are in `out`: framing, Host and the X-Forwarded-* set are added below.
             out = [line for line in out if line.split(b":", 1)[0] not in tokens]
         self.request_id = rid if rid and httpbits.valid_request_id(rid) else gw.ids.next()
+        if tes:
+            if tes > 1:
+                self.refuse(400, "more than one Transfer-Encoding header")
+                return
+            if self.version != "1.1":
+                self.refuse(400, "Transfer-Encoding in an HTTP/1.0 request")
+                return
+            if not httpbits.only_chunked(te):
+                if te.rsplit(b",", 1)[-1].strip().lower() != b"chunked":  # RFC 9112 §6.3: length unknown
+                    self.refuse(400, "the final transfer coding is not chunked")
+                else:
+                    self.refuse(501, "transfer codings other than chunked are not supported")
+                return
+            self.chunked = True
 
         # request target: origin-form, or absolute-form (whose authority replaces Host)
         url = self.url
+        if b"#" in url:
+            self.fail(400, "a request target cannot carry a fragment")
+            return
         if url[:1] != b"/":
             if url[:7].lower() in (b"http://", b"https:/"):
                 try:
                     parsed = httptools.parse_url(url)
                 except httptools.HttpParserInvalidURLError:
                     self.fail(400, "malformed request target")
+                    return
+                if parsed.userinfo:
+                    self.fail(400, "user info in the request target")
                     return
                 host = parsed.host + (b":%d" % parsed.port if parsed.port else b"")
                 url = (parsed.path or b"/") + (b"?" + parsed.query if parsed.query else b"")
@@ -522,10 +721,13 @@ class Exchange:
         if hosts > 1 or (hosts == 0 and self.version == "1.1"):
             self.fail(400, "exactly one Host header is required")
             return
+        if not httpbits.valid_host(host):
+            self.fail(400, "invalid Host")
+            return
         qpos = url.find(b"?")
         raw_path, query = (url, b"") if qpos < 0 else (url[:qpos], url[qpos + 1 :])
         try:
-            path = normalize_path(raw_path.decode("latin-1"))
+            path = normalize_path(raw_path.decode("latin-1"), gw.settings.escaped_slashes)
         except BadPath as exc:
             self.fail(400, f"bad request path: {exc}")
             return
@@ -555,21 +757,32 @@ class Exchange:
         if expect and expect != b"100-continue":
             self.fail(417, "unsupported expectation")
             return
-        backend = route.split.pick()
-        if backend is None or backend.error is not None:
-            self.fail(500, backend.error if backend is not None and backend.error else "no usable backend")
-            return
-        endpoint = backend.pick()
-        if endpoint is None:
-            self.fail(503, f"no ready endpoint for backend {backend.name}")
-            return
+        policies = route.policies
+        endpoint: tuple[str, int] | None = None
+        if policies is None:
+            backend = route.split.pick()
+            if backend is None or backend.error is not None:
+                self.fail(
+                    500, backend.error if backend is not None and backend.error else "no usable backend"
+                )
+                return
+            endpoint = backend.pick()
+            if endpoint is None:
+                self.fail(503, f"no ready endpoint for backend {backend.name}")
+                return
 
         lines = [b"%s %s%s HTTP/1.1" % (self.method, self.path, b"?" + query if qpos >= 0 else b"")]
         if host:
             lines.append(b"host: " + host)
+        else:  # HTTP/1.0 may come without Host; HTTP/1.1 upstreams need one: the endpoint's, in attach()
+            self.no_host = True
         lines.extend(out)
         if self.chunked:
             lines.append(b"transfer-encoding: chunked")
+        elif self.content_length is not None:
+            lines.append(b"content-length: %d" % self.content_length)
+        if self.websocket:
+            lines.append(b"connection: upgrade\r\nupgrade: websocket")
         lines.append(b"x-forwarded-for: " + (xff + b", " + client.client_ip if xff else client.client_ip))
         lines.append(b"x-forwarded-proto: http")
         if host:
@@ -581,7 +794,26 @@ class Exchange:
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if route.timeout is not None:
             self.timer = client.loop.call_later(route.timeout, self.on_timeout)
-        conn = gw.pool.acquire_idle(endpoint)
+        if endpoint is not None:
+            self.send(endpoint)
+            return
+        assert policies is not None
+        key = None
+        if policies.hash_on is not None:
+            cookie = next((v.decode("latin-1") for n, v in self.raw_headers if n.lower() == b"cookie"), None)
+            key = hash_key(
+                policies.hash_on,
+                _Headers(self.raw_headers),
+                query.decode("latin-1"),
+                cookie,
+                client.client_ip,
+            )
+        self.attempts = Attempts(self, policies, client.loop, key)
+        self.attempts.admit()  # sends through send() when admitted, or answers 503
+
+    def send(self, endpoint: tuple[str, int]) -> None:
+        """Send an attempt to ``endpoint`` on an idle pooled connection, or on a new one."""
+        conn = self.client.gw.pool.acquire_idle(endpoint)
         if conn is not None:
             self.attach(conn)
         else:
@@ -605,11 +837,13 @@ class Exchange:
             if self.done:
                 return
             route = self.route.id if self.route else ""
-            if isinstance(exc, asyncio.TimeoutError):
-                gw.stats.upstream_error(route, "connect_timeout")
+            timed_out = isinstance(exc, asyncio.TimeoutError)
+            gw.stats.upstream_error(route, "connect_timeout" if timed_out else "connect")
+            if self.attempts is not None and self.attempts.failed("connect-failure"):
+                return
+            if timed_out:
                 self.fail(504, "upstream connect timed out")
             else:
-                gw.stats.upstream_error(route, "connect")
                 self.fail(502, f"upstream connect failed: {exc.__class__.__name__}")
             return
         conn = task.result()
@@ -620,15 +854,25 @@ class Exchange:
 
     def attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
-        parts = [self.head]
-        if self.body_buf:
+        head = self.head
+        if self.no_host:
+            line, rest = head.split(b"\r\n", 1)
+            head = line + b"\r\nhost: " + _authority(conn.key) + b"\r\n" + rest
+        parts = [head]
+        attempts = self.attempts
+        if attempts is not None and attempts.flushed:  # a retry after body bytes went out: all again
+            if attempts.replay:
+                parts.extend(attempts.replay)
+        elif self.body_buf:
             parts.extend(self.body_buf)
             self.body_sent += self.body_buffered
             self.body_buf = []
             self.body_buffered = 0
         if self.body_done and self.chunked:
             parts.append(b"0\r\n\r\n")
-        conn.start(self, b"".join(parts), head_only=self.head_only)
+        if attempts is not None:
+            attempts.flushed = True
+        conn.start(self, b"".join(parts), head_only=self.head_only, upgrade=self.websocket)
         client = self.client
         if client.write_paused:
             conn.pause_reading()
@@ -638,13 +882,15 @@ class Exchange:
     def client_body(self, data: bytes) -> None:
         if self.done:
             return
-        size = self.body_sent + self.body_buffered + len(data)
+        self.received += len(data)  # payload only: the limit is on the body, not on its chunk framing
         route = self.route
-        if route is not None and size > route.max_body:
+        if route is not None and self.received > route.max_body:
             self.fail(413, f"request body larger than {route.max_body} bytes")
             return
         if self.chunked:
             data = b"%x\r\n%s\r\n" % (len(data), data)
+        if self.attempts is not None:
+            self.attempts.body(data)
         conn = self.conn
         if conn is not None:
             conn.write(data)
@@ -677,11 +923,18 @@ class Exchange:
     def upstream_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.done:
             return
-        self.status = status
-        self.resp_started = True
+        attempts = self.attempts
+        if attempts is not None:
+            if status < 500:
+                attempts.succeeded()
+            elif attempts.failed("status", status):  # retried: this response is dropped unread
+                conn, self.conn = self.conn, None
+                if conn is not None:
+                    conn.close()
+                return
         tokens: frozenset[bytes] | None = None
-        has_length = False
-        upstream_chunked = False
+        length = b""
+        te = b""
         # The standard reason phrase, not the upstream's (reason phrases carry no meaning; RFC 9112 §4).
         lines = [httpbits.status_line(status)]
         special = _RESPONSE_SPECIAL
@@ -691,8 +944,7 @@ class Exchange:
             if act is None:
                 lines.append(name + b": " + value)
             elif act == _CONTENT_LENGTH:
-                has_length = True
-                lines.append(name + b": " + value)
+                length = value  # llhttp allows one (or equal duplicates) and has checked the digits
             elif act == _CONNECTION:
                 tokens = (
                     httpbits.connection_tokens(value)
@@ -700,12 +952,23 @@ class Exchange:
                     else tokens | httpbits.connection_tokens(value)
                 )
             elif act == _TRANSFER_ENCODING:
-                upstream_chunked = True
+                te = te + b"," + value if te else value
             # _DROP: other hop-by-hop headers, and X-Request-ID (the proxy sets its own)
+        upstream_chunked = bool(te)
+        if upstream_chunked and not httpbits.only_chunked(te):
+            # llhttp reads such a body until close, but it is still encoded: refuse rather than relay
+            # it without its coding. Raised into the parser: the connection reports a bad response (502).
+            raise ValueError("upstream used a transfer coding other than chunked")
+        self.status = status
+        self.resp_started = True
         if tokens is not None and not tokens <= _PLAIN_CONNECTION:
+            # Only end-to-end headers are in `lines`: framing is added below, whatever Connection says.
             lines = [line for line in lines if line.split(b":", 1)[0].lower() not in tokens]
         no_body = self.head_only or status in (204, 304)
-        if not no_body and not has_length:
+        has_length = bool(length) and not upstream_chunked and status != 204
+        if has_length:
+            lines.append(b"content-length: %d" % int(length))
+        elif not no_body:
             if self.version == "1.1":
                 self.resp_chunked = True
                 lines.append(b"transfer-encoding: chunked")
@@ -719,6 +982,27 @@ class Exchange:
         elif self.version == "1.0":
             lines.append(b"connection: keep-alive")
         self.out.append(b"\r\n".join(lines) + b"\r\n\r\n")
+
+    def upstream_switched(
+        self, headers: list[tuple[bytes, bytes]], transport: asyncio.Transport, rest: bytes
+    ) -> None:
+        """The upstream answered 101 to this WebSocket request: relay the head, then tunnel both ways."""
+        if self.done:
+            transport.close()
+            return
+        self.status = 101
+        self.resp_started = True
+        self.conn = None
+        lines = [httpbits.status_line(101)]
+        special = _RESPONSE_SPECIAL
+        for name, value in headers:
+            if special.get(name.lower()) is None:  # end-to-end headers (Sec-WebSocket-Accept, ...)
+                lines.append(name + b": " + value)
+        lines.append(b"connection: upgrade\r\nupgrade: websocket\r\nx-request-id: " + self.request_id)
+        client = self.client
+        client.write(b"\r\n".join(lines) + b"\r\n\r\n")
+        client.start_tunnel(transport, rest)
+        self.finish(101, keep_alive=False)
 
     def upstream_body(self, data: bytes) -> None:
         if self.resp_chunked:
@@ -774,6 +1058,8 @@ class Exchange:
             self.connect(conn.key)
             return
         self._upstream_error("reset")
+        if self.attempts is not None and self.attempts.failed("reset"):
+            return
         self.fail(502, "upstream closed the connection before responding")
 
     def upstream_bad_response(self, exc: BaseException) -> None:
@@ -781,6 +1067,8 @@ class Exchange:
             return
         self.conn = None
         self._upstream_error("protocol")
+        if self.attempts is not None:
+            self.attempts.gave_up()
         if self.resp_started:
             self.client.abort()
             self.finish(self.status, keep_alive=False)
@@ -801,6 +1089,24 @@ class Exchange:
         if conn is not None:
             conn.abort()
         self._upstream_error("timeout")
+        if self.attempts is not None:
+            self.attempts.gave_up()
+        if self.resp_started:
+            self.client.abort()
+            self.finish(self.status, keep_alive=False)
+        else:
+            self.fail(504, "upstream did not answer in time")
+
+    def try_timed_out(self) -> None:
+        """The route's retry.perTryTimeout passed before the attempt's response head."""
+        if self.done:
+            return
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.abort()
+        self._upstream_error("timeout")
+        if self.attempts is not None and self.attempts.failed("timeout"):
+            return
         if self.resp_started:
             self.client.abort()
             self.finish(self.status, keep_alive=False)
@@ -808,10 +1114,15 @@ class Exchange:
             self.fail(504, "upstream did not answer in time")
 
     # --- endings ----------------------------------------------------------------------------------------
+    def refuse(self, status: int, message: str) -> None:
+        """A request the gateway will not read further (its framing or version is in doubt): answer, close."""
+        self.keep_alive = False
+        self.fail(status, message)
+
     def _upstream_error(self, kind: str) -> None:
         self.client.gw.stats.upstream_error(self.route.id if self.route else "", kind)
 
-    def fail(self, status: int, message: str) -> None:
+    def fail(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         """Answer with a JSON error (nothing has been sent yet) and end the exchange."""
         if self.done:
             return
@@ -823,7 +1134,9 @@ class Exchange:
         # Unread request body: close rather than read and discard it.
         keep = self.keep_alive and self.body_done and not self.client.gw.draining
         self.client.write(
-            httpbits.error_response(status, message, self.request_id, close=not keep, head=self.head_only)
+            httpbits.error_response(
+                status, message, self.request_id, close=not keep, head=self.head_only, retry_after=retry_after
+            )
         )
         self.finish(status, keep_alive=keep)
 
@@ -832,6 +1145,8 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.attempts is not None:
+            self.attempts.finished()
         client = self.client
         gw = client.gw
         seconds = time.perf_counter() - self.t0
@@ -842,3 +1157,8 @@ class Exchange:
                 self.request_id, route, self.method, self.path or self.url, status, seconds, client.client_ip
             )
         client.exchange_finished(self, keep_alive)
+
+
+def _authority(endpoint: tuple[str, int]) -> bytes:
+    host = endpoint[0]
+    return (b"[%s]:%d" if ":" in host else b"%s:%d") % (host.encode("latin-1"), endpoint[1])

@@ -2,10 +2,11 @@
 
 A :class:`Snapshot` is everything the hot path needs, built once from a validated
 :class:`~kubegate.compiler.table.RouteTable`: the matcher and, per route, its pre-encoded runtime form
-(balancer, timeout, body limit). Building happens *before* the swap, so a table that cannot be built is
-rejected while the old one keeps serving. The swap itself is one attribute assignment on the single
-event-loop thread: a request picks the snapshot once when its headers are complete and keeps using the
-objects it got, so requests in flight finish on the table they started with.
+(balancer, timeout, body limit, and the runtime of its traffic policies if it has any). Building happens
+*before* the swap, so a table that cannot be built is rejected while the old one keeps serving. The swap
+itself is one attribute assignment on the single event-loop thread: a request picks the snapshot once when
+its headers are complete and keeps using the objects it got, so requests in flight finish on the table
+they started with.
 """
 
 from __future__ import annotations
@@ -15,19 +16,32 @@ from collections.abc import Callable
 
 from kubegate import gcpause
 from kubegate.compiler.table import CompiledRoute, RouteTable
-from kubegate.dataplane.balancer import WeightedSplit
+from kubegate.dataplane.balancer import BackendPool, WeightedSplit, plain_split
 from kubegate.dataplane.matcher import Matcher
+from kubegate.dataplane.policies.runtime import RoutePolicies
 
 
 class RuntimeRoute:
-    """A compiled route plus the per-table runtime state the proxy uses."""
+    """A compiled route plus the per-table runtime state the proxy uses.
 
-    __slots__ = ("id", "max_body", "route", "split", "timeout")
+    ``policies`` is None for a route without traffic policies (``split`` then picks round-robin backend
+    pools); otherwise the proxy uses ``policies.split`` and the policies' hooks, and ``split`` is empty.
+    A route rebuilt for a new table keeps its policies' state when its policy is equal (``previous``).
+    """
 
-    def __init__(self, route: CompiledRoute) -> None:
+    __slots__ = ("id", "max_body", "policies", "route", "split", "timeout")
+
+    def __init__(self, route: CompiledRoute, previous: RuntimeRoute | None = None) -> None:
         self.route = route
         self.id = route.id
-        self.split = WeightedSplit(route.backends)
+        self.policies: RoutePolicies | None = None
+        self.split: WeightedSplit[BackendPool]
+        if route.policy is None:
+            self.split = plain_split(route.backends)
+        else:
+            before = previous.policies if previous is not None else None
+            self.policies = RoutePolicies(route.policy, route.backends, previous=before)
+            self.split = plain_split(())
         self.timeout: float | None = route.timeout_ms / 1000.0 if route.timeout_ms else None
         self.max_body = route.max_body_bytes
 
@@ -47,7 +61,7 @@ class Snapshot:
         self.routes: dict[str, RuntimeRoute] = {}
         for r in table.routes:
             kept = before.get(r.id)
-            self.routes[r.id] = kept if kept is not None and kept.route is r else RuntimeRoute(r)
+            self.routes[r.id] = kept if kept is not None and kept.route is r else RuntimeRoute(r, kept)
         self.matcher: Matcher[RuntimeRoute] = Matcher(
             ((rt.route, rt) for rt in self.routes.values()),
             previous=previous.matcher if previous is not None else None,

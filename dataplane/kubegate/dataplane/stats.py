@@ -5,12 +5,19 @@ of requests per second that is a visible share of the per-request budget. The pr
 plain integers in dictionaries (one event loop, no lock needed), and :class:`StatsCollector` turns them
 into Prometheus metric families when ``/metrics`` is scraped. Exposition format, naming and histogram
 semantics still come from ``prometheus_client``.
+
+Per-route series exist for the routes of the table being served: when a table is swapped in,
+:meth:`Stats.retain` drops the series of the routes it no longer has (a table churning through route
+names would otherwise grow ``/metrics`` without bound), and the collector leaves out any a request still
+in flight across the swap re-created. Scrapes run on the admin port's worker thread while the proxy
+keeps counting: they read each dictionary with one C-level copy (``list(d.items())``), never iterating a
+dictionary the proxy may change meanwhile.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -50,41 +57,69 @@ class Stats:
         key = (route, kind)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
+    def retain(self, routes: Container[str]) -> None:
+        """Drop the series of every route not in ``routes`` (those of requests matching no route stay).
+        Called on the traffic loop, where the counters are bumped."""
+        for key in [k for k in self.requests if k[0] and k[0] not in routes]:
+            del self.requests[key]
+        for route in [r for r in self.latency_counts if r and r not in routes]:
+            del self.latency_counts[route]
+            self.latency_sums.pop(route, None)
+        for err in [k for k in self.upstream_errors if k[0] and k[0] not in routes]:
+            del self.upstream_errors[err]
+
 
 class StatsCollector(Collector):
     """A ``prometheus_client`` collector that reads :class:`Stats` at scrape time."""
 
-    def __init__(self, stats: Stats, *, table_info: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        stats: Stats,
+        *,
+        table_info: Callable[[], dict[str, Any]],
+        live_routes: Callable[[], Container[str]] | None = None,
+    ) -> None:
         self._stats = stats
         self._table_info = table_info
+        self._live_routes = live_routes
 
     def collect(self) -> Iterator[Any]:
         s = self._stats
+        live = self._live_routes() if self._live_routes is not None else None
+
+        def shown(route: str) -> bool:
+            return live is None or not route or route in live
+
         req = CounterMetricFamily(
             "kubegate_requests", "Requests handled, by route, method and status class",
             labels=["route", "method", "status_class"],
         )  # fmt: skip
-        for (route, method, cls), n in sorted(s.requests.items()):
-            req.add_metric([route, method, cls], n)
+        for (route, method, cls), n in sorted(list(s.requests.items())):
+            if shown(route):
+                req.add_metric([route, method, cls], n)
         yield req
 
         hist = HistogramMetricFamily(
             "kubegate_request_duration_seconds", "Request latency through the gateway", labels=["route"]
         )
-        for route, counts in sorted(s.latency_counts.items()):
+        sums = dict(s.latency_sums)
+        for route, counts in sorted(list(s.latency_counts.items())):
+            if not shown(route):
+                continue
             cumulative = 0
             buckets: list[tuple[str, float]] = []
-            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), list(counts), strict=True):
                 cumulative += n
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-            hist.add_metric([route], buckets, s.latency_sums[route])
+            hist.add_metric([route], buckets, sums.get(route, 0.0))
         yield hist
 
         errs = CounterMetricFamily(
             "kubegate_upstream_errors", "Upstream failures by route and kind", labels=["route", "kind"]
         )
-        for (route, kind), n in sorted(s.upstream_errors.items()):
-            errs.add_metric([route, kind], n)
+        for (route, kind), n in sorted(list(s.upstream_errors.items())):
+            if shown(route):
+                errs.add_metric([route, kind], n)
         yield errs
 
         info = self._table_info()

@@ -33,6 +33,9 @@ class UpstreamSink(Protocol):
     def upstream_lost(self, exc: BaseException | None) -> None: ...
     def upstream_bad_response(self, exc: BaseException) -> None: ...
     def upstream_write_paused(self, paused: bool) -> None: ...
+    def upstream_switched(
+        self, headers: list[tuple[bytes, bytes]], transport: asyncio.Transport, rest: bytes
+    ) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -52,7 +55,9 @@ class UpstreamConnection(asyncio.Protocol):
         "received",
         "reused",
         "sink",
+        "switched",
         "transport",
+        "upgrade",
         "write_paused",
     )
 
@@ -70,6 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.read_paused = False  # paused because the client is slow to read the response
         self.keep = True  # the last response allowed keep-alive
         self.idle_since = 0.0
+        self.upgrade = False  # the current request asked for a WebSocket upgrade
+        self.switched: list[tuple[bytes, bytes]] | None = None  # the head of the upstream's 101
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_bytes = 0
 
@@ -85,11 +92,26 @@ class UpstreamConnection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            switched, transport = self.switched, self.transport
+            self.sink = None
+            if switched is None or transport is None:
+                self.close()
+                sink.upstream_bad_response(exc)
+                return
+            # The transport is the tunnel's from now on; this object never touches it again.
+            self.closed = True
+            self.transport = None
+            offset = int(exc.args[0]) if exc.args else len(data)
+            sink.upstream_switched(switched, transport, data[offset:])
+            return
         except httptools.HttpParserError as exc:
             if not self.message_done:
                 self.close()
                 sink.upstream_bad_response(exc)
                 return
+        if self.sink is not sink:  # the exchange let go of this connection while it parsed (a retry)
+            return
         sink.upstream_flush()
         if self.message_done:
             self.sink = None
@@ -125,6 +147,15 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         headers, self._headers = self._headers, []
         self._head_bytes = 0
+        if not 100 <= status <= 599:
+            raise ValueError(f"upstream status {status} out of range")
+        if status == 101:
+            # Switching protocols is accepted only for a WebSocket upgrade that was asked for, and must
+            # say what it switched to; llhttp then stops (HttpParserUpgrade) and data_received hands over.
+            if not self.upgrade or not _switches_to_websocket(headers):
+                raise ValueError("unexpected 101 Switching Protocols")
+            self.switched = headers
+            return
         if 100 <= status < 200:
             return  # interim responses are not forwarded (the proxy answers 100-continue itself)
         self.keep = self.parser.should_keep_alive()
@@ -145,10 +176,11 @@ class UpstreamConnection(asyncio.Protocol):
             self.message_done = True
 
     # --- use by the pool and exchanges ------------------------------------------------------------------
-    def start(self, sink: UpstreamSink, payload: bytes, *, head_only: bool) -> None:
+    def start(self, sink: UpstreamSink, payload: bytes, *, head_only: bool, upgrade: bool = False) -> None:
         """Attach to an exchange and send the request head (and any body bytes already available)."""
         self.sink = sink
         self.head_only = head_only
+        self.upgrade = upgrade
         self.message_done = False
         self.received = False
         assert self.transport is not None
@@ -197,6 +229,17 @@ class UpstreamConnection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("active" if self.sink is not None else "idle")
         return f"<UpstreamConnection {self.key[0]}:{self.key[1]} {state}>"
+
+
+def _switches_to_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
+    upgrade = connection = False
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"upgrade":
+            upgrade = upgrade or value.strip().lower() == b"websocket"
+        elif lname == b"connection":
+            connection = connection or b"upgrade" in (t.strip().lower() for t in value.split(b","))
+    return upgrade and connection
 
 
 class UpstreamPool:
