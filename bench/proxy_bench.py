@@ -452,8 +452,24 @@ def _wait_ready(admin_port: int, proc: Proc, timeout: float) -> tuple[bool, str]
     return False, f"not ready after {timeout:.0f}s ({last})"
 
 
-def run_kubegate(ctx: Ctx) -> Running:
+#: The policies of the `kubegate-policies` variant: configured, none triggered (issue 9's 0.9x target).
+POLICY_SPEC = """\
+  loadBalancer: {type: LeastRequest}
+  circuitBreaker: {consecutiveFailures: 5}
+  outlierDetection: {consecutiveFailures: 5}
+  retry: {attempts: 2}
+  bulkhead: {maxConcurrent: 1000}
+"""
+
+
+def _no_baseline() -> str:
+    raise ProxyFailed("kubegate-baseline needs BENCH_BASELINE_SRC=<root of another kubegate checkout>")
+
+
+def run_kubegate(ctx: Ctx, *, extra: tuple[str, ...] = (), spec: str = "", src: str = "") -> Running:
+    """kubegate serve; ``src``: another checkout's root, whose ``dataplane/`` is run instead (a baseline)."""
     _kubegate_available()
+    env = clean_env(PYTHONPATH=str(Path(src) / "dataplane")) if src else clean_env()
     port, admin = free_ports(2)
     d = ctx.pm.workdir / "kubegate"
     d.mkdir(exist_ok=True)
@@ -474,9 +490,10 @@ def run_kubegate(ctx: Ctx) -> Running:
             "warning",
             "--drain-timeout",
             "1",
+            *extra,
         ]
 
-    mode = ctx.args.kubegate_mode
+    mode = ctx.args.kubegate_mode if not spec else "routes"
     why_not_routes = ""
     if mode in ("auto", "routes"):
         routes = d / "routes.yaml"
@@ -493,12 +510,12 @@ spec:
       value: /
   backends:
     - url: "http://127.0.0.1:{ctx.upstream_port}"
-""")
+{spec}""")
         proc = ctx.pm.start(
             "proxy-kubegate-routes",
             [*base(port, admin), "--routes", str(routes)],
             cpu=ctx.proxy_cpu,
-            env=clean_env(),
+            env=env,
         )
         ok, why = _wait_ready(admin, proc, 20.0)
         if ok:
@@ -518,7 +535,7 @@ spec:
         "proxy-kubegate-push",
         [*base(port, admin), "--push-token-file", str(token_file)],
         cpu=ctx.proxy_cpu,
-        env=clean_env(),
+        env=env,
     )
     wait_port(admin, proc)
     table = {
@@ -622,6 +639,21 @@ PROXIES: list[ProxySpec] = [
     ProxySpec("nginx", "nginx reverse proxy (reference)", run_nginx_proxy),
     ProxySpec("haproxy", "haproxy reverse proxy", run_haproxy),
     ProxySpec("kubegate", "kubegate serve (its data plane)", run_kubegate),
+    ProxySpec(
+        "kubegate-accesslog",
+        "kubegate serve --access-log (JSON lines to its log file)",
+        lambda ctx: run_kubegate(ctx, extra=("--access-log",)),
+    ),
+    ProxySpec(
+        "kubegate-baseline",
+        "kubegate serve from the checkout in $BENCH_BASELINE_SRC (e.g. a worktree of the last release)",
+        lambda ctx: run_kubegate(ctx, src=os.environ.get("BENCH_BASELINE_SRC", "") or _no_baseline()),
+    ),
+    ProxySpec(
+        "kubegate-policies",
+        "kubegate serve, route with LeastRequest, breaker, outlier, retry, bulkhead (none triggered)",
+        lambda ctx: run_kubegate(ctx, spec=POLICY_SPEC),
+    ),
     ProxySpec(
         "starlette-httpx",
         "Starlette + httpx.AsyncClient (the naive design)",

@@ -96,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to finish in-flight requests on SIGTERM (25)",
     )
     s.add_argument(
+        "--drain-linger",
+        type=_seconds("DRAIN_LINGER", zero=True),
+        default=_env("DRAIN_LINGER", "2"),
+        help="seconds an idle keep-alive connection stays open once draining, for a request already on its "
+        "way (2)",
+    )
+    s.add_argument(
         "--watch-interval",
         type=_seconds("WATCH_INTERVAL", zero=True),
         default=_env("WATCH_INTERVAL", "1"),
@@ -192,6 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             watch_interval=args.watch_interval,
             keepalive_timeout=args.keepalive_timeout,
             tunnel_idle_timeout=args.tunnel_idle_timeout,
+            drain_linger=args.drain_linger,
             escaped_slashes=args.escaped_slashes,
         )
         try:

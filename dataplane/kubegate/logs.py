@@ -32,6 +32,39 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+# uvicorn's start and stop lines, logged by each of its servers: a data plane runs two or three of them
+# (traffic, admin, the demo's echo backend), so each line came two or three times, without saying which
+# server it was about. kubegate says that in lines of its own.
+_UVICORN_LIFECYCLE = (
+    "Started server process",
+    "Finished server process",
+    "Uvicorn running on",
+    "Shutting down",
+    "Waiting for application startup",
+    "Application startup complete",
+    "Waiting for application shutdown",
+    "Application shutdown complete",
+    "Waiting for connections to close",
+    "Waiting for background tasks to complete",
+)
+
+
+class UvicornLifecycleFilter(logging.Filter):
+    """Turns uvicorn's start and stop lines (:data:`_UVICORN_LIFECYCLE`) into debug lines; its errors and
+    warnings pass as they are."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (
+            record.levelno == logging.INFO
+            and isinstance(record.msg, str)
+            and record.msg.startswith(_UVICORN_LIFECYCLE)
+        ):
+            if not logging.getLogger().isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
 def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
@@ -43,3 +76,6 @@ def setup_logging(level: str = "info") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel("WARNING")
+    lifecycle = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, UvicornLifecycleFilter) for f in lifecycle.filters):
+        lifecycle.addFilter(UvicornLifecycleFilter())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -271,3 +272,30 @@ def test_plain_route_has_no_policy_state(gw: GatewayProcess, ups: list[UpstreamS
     assert get(gw, "plain.test").status_code == 200 and get(gw, "policy.test").status_code == 200
     assert metric(gw, "kubegate_upstream_attempts_total", route="default/policy-test") == 1
     assert metric(gw, "kubegate_upstream_attempts_total", route="default/plain-test") is None
+
+
+def test_access_log_names_the_attempts_and_the_endpoint_that_answered(
+    tmp_path: Path, ups: list[UpstreamServer]
+) -> None:
+    import json
+
+    proc = GatewayProcess(tmp_path, extra=["--access-log"])
+    dead = free_port()
+    try:
+        push(proc, pooled("logged.test", dead, ups[0], retry=RETRY, loadBalancer={"type": "RoundRobin"}))
+        for i in range(
+            2
+        ):  # round robin: each request starts on the dead endpoint (the retry moved the cursor)
+            get(proc, "logged.test", headers={"x-request-id": f"logged-{i}"})
+    finally:
+        proc.stop()  # the held lines are written at shutdown
+    entries = {
+        e["requestId"]: e
+        for e in (json.loads(x) for x in proc.log().splitlines() if x.startswith("{") and "logged-" in x)
+        if e.get("logger") == "kubegate.access"
+    }
+    assert sorted((e["attempts"], e["upstream"], e["status"]) for e in entries.values()) == [
+        (2, f"127.0.0.1:{ups[0].port}", 200),
+        (2, f"127.0.0.1:{ups[0].port}", 200),
+    ]
+    assert all(e["bytes"] > 0 for e in entries.values())

@@ -214,6 +214,8 @@ BAD_VALUES = [
     ("dataplane.image.digest=latest", ["digest", "pattern"]),
     ("service.nodePort=80", ["nodePort", "30000"]),
     ("dataplane.logLevel=verbose", ["logLevel", "info"]),
+    ("dataplane.escapedSlashes=decode", ["escapedSlashes", "reject"]),
+    ("dataplane.tunnelIdleTimeoutSeconds=0", ["tunnelIdleTimeoutSeconds"]),
     # Checks across values, in templates/validate.yaml:
     (
         "dataplane.terminationGracePeriodSeconds=20",

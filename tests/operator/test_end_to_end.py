@@ -66,6 +66,37 @@ def test_route_is_served_by_every_replica_and_programmed(
     assert len(versions) == 1
 
 
+def test_a_route_with_traffic_policies_is_programmed_and_enforced(
+    cluster: Cluster, upstreams: dict[str, UpstreamServer]
+) -> None:
+    """Policies go through the CRD, the compiler and the pushed table: every replica enforces them."""
+    alpha = upstreams["alpha"]
+    cluster.api.create(SERVICES, service("policed", 80))
+    cluster.api.create(SLICES, endpoint_slice("policed-1", "policed", ["127.0.0.1"], alpha.port))
+    spec = {
+        "match": {"path": {"type": "Prefix", "value": "/pol"}},
+        "backends": [{"service": "policed", "port": 80}],
+        "loadBalancer": {"type": "LeastRequest"},
+        "retry": {"attempts": 1, "retryOn": ["connect-failure"], "perTryTimeout": "2s"},
+        "circuitBreaker": {"consecutiveFailures": 2, "openDuration": "60s"},
+        "outlierDetection": {"consecutiveFailures": 3},
+        "bulkhead": {"maxConcurrent": 50},
+    }
+    cluster.api.create(ROUTES, gatewayroute("route-pol", spec))
+    cluster.wait(lambda: cluster.serves_everywhere("/pol/x", "alpha"), what="route-pol served everywhere")
+    cluster.wait(lambda: programmed(cluster, "route-pol", 1, REPLICAS), what="route-pol Programmed 3/3")
+    gw = cluster.gateways[0]
+    alpha.forced_status = 500
+    try:
+        for _ in range(2):  # two 500s open the breaker on this replica ...
+            assert httpx.get(gw.url + "/pol/x", timeout=5).status_code == 500
+    finally:
+        alpha.forced_status = None
+    fast = httpx.get(gw.url + "/pol/x", timeout=5)
+    assert fast.status_code == 503 and fast.json()["message"] == "circuit open"  # ... which fails fast
+    assert httpx.get(cluster.gateways[1].url + "/pol/x", timeout=5).status_code == 200  # per replica
+
+
 def test_edit_moves_generation_status_and_traffic(
     cluster: Cluster, upstreams: dict[str, UpstreamServer]
 ) -> None:

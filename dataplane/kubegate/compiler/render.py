@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TextIO
 
@@ -43,9 +44,12 @@ def render_result(result: compiler.CompileResult, fmt: str) -> str:
     raise ValueError(f"unknown output format {fmt!r}: expected one of {', '.join(FORMATS)}")
 
 
-def _summary(result: compiler.CompileResult) -> list[str]:
+def _summary(result: compiler.CompileResult, origins: Mapping[str, resources.Origin]) -> list[str]:
+    """One line per load problem and per condition that is not True, a route's led by ``file:line:``."""
     lines = [f"load problem: {problem}" for problem in result.problems]
     for key, status in result.statuses.items():
+        origin = origins.get(key)
+        where = f"{origin.where}: " if origin is not None else ""
         for condition in status.conditions:
             if condition.type == compiler.ACCEPTED and condition.status != "True":
                 level = "error"
@@ -54,7 +58,7 @@ def _summary(result: compiler.CompileResult) -> list[str]:
             else:
                 continue
             verdict = f"{condition.type}={condition.status} ({condition.reason})"
-            lines.append(f"{level}: {key}: {verdict}: {condition.message}")
+            lines.append(f"{where}{level}: {key}: {verdict}: {condition.message}")
     return lines
 
 
@@ -77,7 +81,7 @@ def compile_main(path: str, fmt: str, out: TextIO, err: TextIO, now: datetime) -
         return 2
     result = compiler.compile_bundle(bundle, now=now)
     out.write(render_result(result, fmt))
-    for line in _summary(result):
+    for line in _summary(result, {raw.key: raw.origin for raw in bundle.routes}):
         err.write(line + "\n")
     rejected = result.rejected()
     routes = len(result.statuses)

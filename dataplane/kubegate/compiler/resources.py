@@ -46,24 +46,39 @@ class Origin:
 
     source: str
     index: int
-    line: int | None = None  # 1-based line where the document starts, when read from YAML
+    line: int | None = None  # 1-based line where the object starts (its document, its List item)
     item: int | None = None  # position inside a ``kind: List`` document
 
+    @property
+    def where(self) -> str:
+        """``file:line`` (just the source when the object was not read from YAML)."""
+        return self.source if self.line is None else f"{self.source}:{self.line}"
+
     def __str__(self) -> str:
-        where = self.source if self.line is None else f"{self.source}:{self.line}"
         detail = f"document index {self.index}" + ("" if self.item is None else f", item {self.item}")
-        return f"{where} ({detail})"
+        return f"{self.where} ({detail})"
 
 
 @dataclasses.dataclass(frozen=True)
 class LoadProblem:
-    """A document that was skipped (or partly ignored), and why."""
+    """A document that was skipped (or partly ignored), and why.
+
+    ``message`` says what is wrong and what ``kubegate compile`` (or the operator) does about it ("...
+    (ignored)"); ``cause`` only what is wrong, for a reader that refuses the whole input instead
+    (``kubegate serve --routes``).
+    """
 
     origin: Origin
     message: str
+    cause: str = ""
 
     def __str__(self) -> str:
         return f"{self.origin}: {self.message}"
+
+    @property
+    def refusal(self) -> str:
+        """The problem without what the compiler does about it: ``origin: cause``."""
+        return f"{self.origin}: {self.cause or self.message}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,40 +219,44 @@ class _Loader:
         self.bundle = Bundle()
         self._seen: set[tuple[str, str, str]] = set()
 
-    def problem(self, origin: Origin, message: str) -> None:
-        self.bundle.problems.append(LoadProblem(origin=origin, message=message))
+    def problem(self, origin: Origin, cause: str, effect: str | None = "ignored") -> None:
+        """Record ``cause`` (what is wrong) and, in parentheses, ``effect`` (what the compiler does)."""
+        message = cause if effect is None else f"{cause} ({effect})"
+        self.bundle.problems.append(LoadProblem(origin=origin, message=message, cause=cause))
 
-    def add(self, doc: object, origin: Origin) -> None:
+    def add(self, doc: object, origin: Origin, item_lines: list[int] | None = None) -> None:
         if doc is None:  # an empty document, e.g. after a trailing '---'
             return
         if not isinstance(doc, Mapping):
-            self.problem(origin, f"expected an object (a mapping), got {type(doc).__name__} (ignored)")
+            self.problem(origin, f"expected an object (a mapping), got {type(doc).__name__}")
             return
         api_version, kind = doc.get("apiVersion"), doc.get("kind")
         if kind == "List" and api_version == CORE_API_VERSION:
             items = doc.get("items")
             if not isinstance(items, list):
-                self.problem(origin, "a List needs an 'items' list")
+                self.problem(origin, "a List needs an 'items' list", None)
                 return
+            lines = item_lines if item_lines is not None and len(item_lines) == len(items) else None
             for position, item in enumerate(items):
-                self.add(item, dataclasses.replace(origin, item=position))
+                line = origin.line if lines is None else lines[position]
+                self.add(item, dataclasses.replace(origin, item=position, line=line))
             return
         slot = _KINDS.get((str(api_version), str(kind)))
         if slot is None:
-            self.problem(origin, f"unsupported kind {kind} ({api_version}) (ignored)")
+            self.problem(origin, _unsupported(kind, api_version))
             return
         meta = doc.get("metadata")
         meta = meta if isinstance(meta, Mapping) else {}
         name, namespace = meta.get("name"), meta.get("namespace") or DEFAULT_NAMESPACE
         if not isinstance(name, str) or not name:
-            self.problem(origin, f"{kind} without metadata.name (ignored)")
+            self.problem(origin, f"{kind} without metadata.name")
             return
         if not isinstance(namespace, str):
-            self.problem(origin, f"{kind} {name}: metadata.namespace must be a string (ignored)")
+            self.problem(origin, f"{kind} {name}: metadata.namespace must be a string")
             return
         identity = (str(kind), namespace, name)
         if identity in self._seen:
-            self.problem(origin, f"duplicate {kind} {namespace}/{name} (ignored; the first one is used)")
+            self.problem(origin, f"duplicate {kind} {namespace}/{name}", "ignored; the first one is used")
             return
         self._seen.add(identity)
         raw = RawObject(
@@ -264,10 +283,17 @@ class _Loader:
         try:
             view = EndpointSliceView.model_validate(data)
         except ValidationError as error:
-            self.problem(raw.origin, f"EndpointSlice {raw.key} ignored: {_pydantic_message(error)}")
+            detail = _pydantic_message(error)
+            self.bundle.problems.append(
+                LoadProblem(
+                    raw.origin,
+                    f"EndpointSlice {raw.key} ignored: {detail}",
+                    f"EndpointSlice {raw.key}: {detail}",
+                )
+            )
             return
         if view.service_name is None:
-            self.problem(raw.origin, f"EndpointSlice {raw.key} has no {SERVICE_NAME_LABEL} label (ignored)")
+            self.problem(raw.origin, f"EndpointSlice {raw.key} has no {SERVICE_NAME_LABEL} label")
             return
         self.bundle.endpoint_slices.append(view)
 
@@ -277,9 +303,24 @@ class _Loader:
         try:
             view = ServiceView.model_validate({"namespace": raw.namespace, "name": raw.name, "ports": ports})
         except ValidationError as error:
-            self.problem(raw.origin, f"Service {raw.key} ignored: {_pydantic_message(error)}")
+            detail = _pydantic_message(error)
+            self.bundle.problems.append(
+                LoadProblem(
+                    raw.origin, f"Service {raw.key} ignored: {detail}", f"Service {raw.key}: {detail}"
+                )
+            )
             return
         self.bundle.services.append(view)
+
+
+def _unsupported(kind: object, api_version: object) -> str:
+    if kind is None and api_version is None:
+        return "not a Kubernetes object: no apiVersion and no kind"
+    if kind is None:
+        return f"no kind (apiVersion {api_version})"
+    if api_version is None:
+        return f"{kind} without apiVersion"
+    return f"unsupported kind {kind} ({api_version})"
 
 
 def from_objects(objects: Iterable[object], *, source: str = "<objects>") -> Bundle:
@@ -294,8 +335,9 @@ def from_objects(objects: Iterable[object], *, source: str = "<objects>") -> Bun
 _SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _documents(text: str) -> list[tuple[object, int]]:
-    """Each document of a YAML stream with the (1-based) line it starts on."""
+def _documents(text: str) -> list[tuple[object, int, list[int] | None]]:
+    """Each document of a YAML stream with the (1-based) line it starts on and, when it has an ``items``
+    sequence (a ``kind: List``), the line each item starts on."""
     parser = _SafeLoader(text)
     try:
         docs = []
@@ -303,10 +345,19 @@ def _documents(text: str) -> list[tuple[object, int]]:
             node = parser.get_node()
             if node is None:
                 break
-            docs.append((parser.construct_document(node), node.start_mark.line + 1))
+            docs.append((parser.construct_document(node), node.start_mark.line + 1, _item_lines(node)))
         return docs
     finally:
         parser.dispose()
+
+
+def _item_lines(node: yaml.Node) -> list[int] | None:
+    if not isinstance(node, yaml.MappingNode):
+        return None
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode) and key.value == "items" and isinstance(value, yaml.SequenceNode):
+            return [item.start_mark.line + 1 for item in value.value]
+    return None
 
 
 def load_yaml(text: str, *, source: str = "<string>") -> Bundle:
@@ -322,8 +373,8 @@ def load_yaml(text: str, *, source: str = "<string>") -> Bundle:
     except yaml.YAMLError as error:
         raise LoadError(f"{source}: invalid YAML: {error}") from None
     loader = _Loader()
-    for index, (doc, line) in enumerate(docs):
-        loader.add(doc, Origin(source=source, index=index, line=line))
+    for index, (doc, line, item_lines) in enumerate(docs):
+        loader.add(doc, Origin(source=source, index=index, line=line), item_lines)
     return loader.bundle
 
 

@@ -24,13 +24,14 @@ import gc
 import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -117,12 +118,18 @@ def _services(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
 
 
 def _service_aliases(name: str) -> set[str]:
-    """``service:default/users:8080`` is also found as ``default/users`` and ``users``."""
+    """The names ``/services/{name}`` finds a backend by, besides its own: ``service:default/users:8080``
+    is also ``default/users:8080``, ``users:8080``, ``default/users`` and ``users`` (the Service, in
+    whatever namespace); ``url:http://127.0.0.1:9001`` is also ``http://127.0.0.1:9001`` (as written in
+    the route) and ``127.0.0.1:9001``."""
     aliases = {name}
     if name.startswith("service:"):
-        ref = name[len("service:") :].rsplit(":", 1)[0]
-        aliases.add(ref)
-        aliases.add(ref.split("/", 1)[-1])
+        with_port = name[len("service:") :]
+        ref = with_port.rsplit(":", 1)[0]
+        aliases.update((with_port, with_port.split("/", 1)[-1], ref, ref.split("/", 1)[-1]))
+    elif name.startswith("url:"):
+        url = name[len("url:") :]
+        aliases.update((url, url.removeprefix("http://")))
     return aliases
 
 
@@ -211,9 +218,12 @@ def build_admin_app(
     limits: WireLimits = WIRE_LIMITS,
     max_table_bytes: int = MAX_TABLE_BYTES,
     worker: concurrent.futures.Executor | None = None,
+    service_aliases: Mapping[str, str] | None = None,
 ) -> Starlette:
     """The admin app. ``on_traffic_loop`` runs the swap where the proxy runs (default: right here, for an
-    app served on the traffic loop itself); ``worker`` runs the heavy work (default: one thread)."""
+    app served on the traffic loop itself); ``worker`` runs the heavy work (default: one thread);
+    ``service_aliases`` are more names for ``/services/{name}``, each standing for another name it
+    accepts (``kubegate serve --demo``: its echo backend's ``echo-9001`` for ``127.0.0.1:9001``)."""
     store = gateway.store
     run_swap: LoopRunner = on_traffic_loop or _inline
     pool = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubegate-admin-work")
@@ -283,9 +293,30 @@ def build_admin_app(
         name = request.path_params["name"]
         v = await views()
         found = v.by_alias.get(name, []) if v else []
+        if not found and service_aliases and name in service_aliases:
+            found = v.by_alias.get(service_aliases[name], []) if v else []
         if not found:
-            return JSONResponse({"error": f"no backend named {name!r} in the current table"}, status_code=404)
+            return JSONResponse(
+                {
+                    "error": f"no backend named {name!r} in the current table (GET /services lists them; "
+                    "a Service is also found by its name or namespace/name, a url backend by its URL "
+                    "or host:port)"
+                },
+                status_code=404,
+            )
         return JSONResponse({"services": found})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        """Unknown paths (404) and methods (405) answer in JSON, like everything else here."""
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            error = (
+                "not found: the admin port serves /health, /ready, /metrics, /routes, /services, "
+                "/services/{name} and /table"
+            )
+        else:
+            error = exc.detail.lower()
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
 
     async def get_table(request: Request) -> Response:
         return JSONResponse(table_info(store.current))
@@ -394,5 +425,6 @@ def build_admin_app(
             Route("/table", get_table, methods=["GET"]),
             Route("/table", put_table, methods=["PUT"]),
             Route("/table", patch_table, methods=["PATCH"]),
-        ]
+        ],
+        exception_handlers={HTTPException: http_error},
     )

@@ -42,6 +42,7 @@ import httptools
 import uvicorn
 
 from kubegate.dataplane import httpbits
+from kubegate.dataplane.accesslog import AccessLog
 from kubegate.dataplane.attempts import Attempts
 from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, normalize_path
 from kubegate.dataplane.policies.balancing import hash_key
@@ -50,7 +51,6 @@ from kubegate.dataplane.stats import Stats
 from kubegate.dataplane.tunnel import Tunnel
 from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool
 
-access_logger = logging.getLogger("kubegate.access")
 logger = logging.getLogger("kubegate.proxy")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -97,6 +97,10 @@ class ProxySettings:
     keepalive_timeout: float = 75.0
     tunnel_idle_timeout: float = 300.0  # a WebSocket tunnel with no byte either way for this long: close
     escaped_slashes: EscapedSlashes = "reject"  # %2F / %5C in paths: reject (400) | unescape | keep
+    # During a drain an idle keep-alive connection stays open this long (from the drain's start or its
+    # last response, whichever is later) before it is closed: a request a client sent on it just as the
+    # drain began is answered (with Connection: close) instead of being cut off.
+    drain_linger: float = 2.0
     access_log: bool = False
 
 
@@ -111,7 +115,20 @@ class Gateway:
     ids: httpbits.RequestIds = field(default_factory=httpbits.RequestIds)
     connections: set[ProxyProtocol] = field(default_factory=set)
     draining: bool = False
+    drain_started: float = 0.0  # the loop's clock when draining began
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    access: AccessLog | None = None  # set when settings.access_log is on (see __post_init__)
+
+    def __post_init__(self) -> None:
+        if self.settings.access_log and self.access is None:
+            self.access = AccessLog()
+
+    def start_draining(self, now: float) -> None:
+        """SIGTERM: readiness turns 503; every response from now on closes its connection; idle
+        connections close after ``settings.drain_linger``."""
+        if not self.draining:
+            self.draining = True
+            self.drain_started = now
 
     def sweep(self, now: float) -> None:
         """Enforce the client-side timeouts; called about once a second with the loop's clock."""
@@ -119,6 +136,8 @@ class Gateway:
         for conn in list(self.connections):
             conn.check_timeouts(now, s)
         self.pool.sweep()
+        if self.access is not None:
+            self.access.flush()
 
 
 class GatewayConfig(uvicorn.Config):
@@ -411,8 +430,8 @@ class ProxyProtocol(asyncio.Protocol):
         rid = self.gw.ids.next()
         self.write(httpbits.error_response(status, message, rid, close=True))
         self.gw.stats.observe("", "-", status, 0.0)
-        if self.gw.settings.access_log:
-            _log_access(rid, "", b"-", self.url or b"-", status, 0.0, self.client_ip)
+        if self.gw.access is not None:
+            self.gw.access.line(rid, "", b"-", self.url or b"-", status, 0.0, self.client_ip, None, 0, 0)
         self.close()
 
     def exchange_finished(self, ex: Exchange, keep_alive: bool) -> None:
@@ -434,19 +453,20 @@ class ProxyProtocol(asyncio.Protocol):
             self.phase_since = self.loop.time()
 
     def shutdown(self) -> None:
-        """Called by uvicorn on graceful shutdown: close now if idle, else after the current response.
-
-        A WebSocket tunnel is left to run until it ends or the drain timeout ends the process.
-        """
-        if self.active is None and self.parsing is None and self.tunnel is None:
-            self.close()
+        """Called by uvicorn on graceful shutdown. Nothing to do now: a busy connection closes after its
+        response (which says ``Connection: close``), an idle one after ``drain_linger`` (the sweeper), a
+        WebSocket tunnel when it ends or the drain timeout ends the process."""
 
     def check_timeouts(self, now: float, s: ProxySettings) -> None:
         if self.closing:
             return
         phase, since = self.phase, self.phase_since
         if phase == IDLE and self.active is None:
-            if now - since > (0.0 if self.gw.draining else s.keepalive_timeout):
+            gw = self.gw
+            if gw.draining:
+                if now - max(since, gw.drain_started) > s.drain_linger:
+                    self.close()
+            elif now - since > s.keepalive_timeout:
                 self.close()
         elif phase == HEADERS and now - since > s.header_timeout:
             self.reject(408, "request head not received in time")
@@ -493,23 +513,6 @@ class _AfterStrippedUpgrade:
         self.proto.on_message_complete()
 
 
-def _log_access(
-    rid: bytes, route: str, method: bytes, path: bytes, status: int, seconds: float, client: bytes
-) -> None:
-    access_logger.info(
-        "request",
-        extra={
-            "requestId": rid.decode(),
-            "route": route,
-            "method": method.decode("latin-1"),
-            "path": path.decode("latin-1"),
-            "status": status,
-            "durationMs": round(seconds * 1000, 3),
-            "client": client.decode(),
-        },
-    )
-
-
 class Exchange:
     """One request/response through the proxy. Implements the upstream connection's sink interface."""
 
@@ -539,9 +542,11 @@ class Exchange:
         "resp_started",
         "retried",
         "route",
+        "sent",
         "status",
         "t0",
         "timer",
+        "upstream",
         "url",
         "version",
         "websocket",
@@ -586,6 +591,8 @@ class Exchange:
         self.websocket = False
         self.attempts: Attempts | None = None  # routes with traffic policies only
         self.received = 0  # request body payload bytes (without chunk framing)
+        self.sent = 0  # response body payload bytes relayed to the client
+        self.upstream: tuple[str, int] | None = None  # the endpoint of the last attempt (for the access log)
         self.no_host = False  # HTTP/1.0 without Host: the endpoint's authority is sent as Host
 
     # --- upgrades (rare: only requests llhttp flagged as upgrades get here) -----------------------------
@@ -854,6 +861,7 @@ class Exchange:
 
     def attach(self, conn: UpstreamConnection) -> None:
         self.conn = conn
+        self.upstream = conn.key
         head = self.head
         if self.no_host:
             line, rest = head.split(b"\r\n", 1)
@@ -1005,6 +1013,7 @@ class Exchange:
         self.finish(101, keep_alive=False)
 
     def upstream_body(self, data: bytes) -> None:
+        self.sent += len(data)
         if self.resp_chunked:
             self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -1152,9 +1161,20 @@ class Exchange:
         seconds = time.perf_counter() - self.t0
         route = self.route.id if self.route is not None else ""
         gw.stats.observe(route, self.method.decode("latin-1"), status, seconds)
-        if gw.settings.access_log:
-            _log_access(
-                self.request_id, route, self.method, self.path or self.url, status, seconds, client.client_ip
+        access = gw.access
+        if access is not None:
+            attempts = self.attempts
+            access.line(
+                self.request_id,
+                route,
+                self.method,
+                self.path or self.url,
+                status,
+                seconds,
+                client.client_ip,
+                self.upstream,
+                attempts.count if attempts is not None else (1 if self.upstream is not None else 0),
+                self.sent,
             )
         client.exchange_finished(self, keep_alive)
 

@@ -2,8 +2,12 @@
 
 A *routes file* is what a user writes in standalone mode: the same GatewayRoute / EndpointSlice / Secret
 objects a cluster would hold, compiled here by the same pure compiler the operator uses. A file is applied
-only when it compiles cleanly; any problem is reported with file, object and field, and the table already
-serving stays.
+only whole, when it compiles cleanly (where ``kubegate compile`` drops a bad route or document and
+compiles the rest); any problem is reported with file, line, object and field, and the table already
+serving stays. A file that does not exist (:class:`RoutesFileMissing`) or holds nothing but whitespace,
+comments and ``---`` (:class:`RoutesFileEmpty`: truncated, or being written) never replaces a table
+either; a file with objects but no GatewayRoute (``{apiVersion: v1, kind: List, items: []}``) is served as
+an empty table.
 
 A *bootstrap file* is a compiled table (wire form, JSON or YAML, optionally gzip-compressed) that the
 operator stores in a Secret, so that a new replica serves before the operator can push to it. It is
@@ -15,6 +19,7 @@ there), YAML without aliases (a few kilobytes of them expand to gigabytes), at m
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
@@ -27,8 +32,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kubegate.compiler.compile import compile_bundle
-from kubegate.compiler.resources import LoadError, load_file
+from kubegate.compiler import resources
+from kubegate.compiler.compile import RESOLVED_REFS, compile_bundle
 from kubegate.compiler.table import WIRE_LIMITS, RouteTable, TableTooLarge, WireLimits, load_json
 
 MAX_BOOTSTRAP_BYTES = 64 * 1024 * 1024  # read, and decompressed: the admin port's push limit
@@ -39,10 +44,28 @@ class RoutesFileError(Exception):
     """A routes or bootstrap file that cannot be applied; the message says where and why."""
 
 
+class RoutesFileMissing(RoutesFileError):
+    """The routes file does not exist (yet, or any more)."""
+
+
+class RoutesFileEmpty(RoutesFileError):
+    """The routes file holds nothing but whitespace, comments and document markers."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledFile:
+    """A routes file compiled cleanly: its table, and what is worth a warning about it (one line each:
+    a route with a backend that does not resolve)."""
+
+    table: RouteTable
+    warnings: tuple[str, ...] = ()
+
+
 class RoutesFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._stamp: tuple[int, int, int] | None = None
+        self._read = False  # compiled at least once: a missing file is reported the first time too
         self.loads = 0
 
     def _stat(self) -> tuple[int, int, int] | None:
@@ -55,29 +78,61 @@ class RoutesFile:
     def changed(self) -> bool:
         return self._stat() != self._stamp
 
-    def compile(self, *, force: bool = False) -> RouteTable | None:
-        """Compile the file; None if unchanged since the last call (unless forced)."""
+    def compile(self, *, force: bool = False) -> CompiledFile | None:
+        """Compile the file; None if unchanged since the last call (unless forced).
+
+        :class:`RoutesFileMissing`, :class:`RoutesFileEmpty`, or :class:`RoutesFileError` naming every
+        problem (``file:line``, object, field) when the file cannot be applied as a whole.
+        """
         stamp = self._stat()
-        if stamp == self._stamp and not force:
+        if self._read and stamp == self._stamp and not force:
             return None
-        self._stamp = stamp
-        if stamp is None:
-            raise RoutesFileError(f"{self.path}: cannot read the file")
+        self._stamp, self._read = stamp, True
+        source = os.fspath(self.path)
         try:
-            bundle = load_file(self.path)
-        except LoadError as exc:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise RoutesFileMissing(f"{source} does not exist") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RoutesFileError(f"{source}: cannot read: {exc}") from exc
+        if _holds_nothing(text):
+            raise RoutesFileEmpty(f"{source} is empty (nothing but whitespace, comments or '---')")
+        try:
+            bundle = resources.load_yaml(text, source=source)
+        except resources.LoadError as exc:
             raise RoutesFileError(str(exc)) from exc
         result = compile_bundle(bundle, now=datetime.now(UTC))
-        problems = [str(p) for p in result.problems]
+        origins = {raw.key: raw.origin.where for raw in bundle.routes}
+        problems = [p.refusal for p in result.problems]
         for key in sorted(result.rejected()):
             cond = result.statuses[key].condition("Accepted")
             detail = f"{cond.reason}: {cond.message}" if cond is not None else "not accepted"
-            problems.append(f"{self.path}: GatewayRoute {key}: {detail}")
+            problems.append(f"{origins.get(key, source)}: GatewayRoute {key}: {detail}")
         if problems:
             raise RoutesFileError("; ".join(problems))
+        warnings = []
+        for key, status in sorted(result.statuses.items()):
+            cond = status.condition(RESOLVED_REFS)
+            if cond is not None and cond.status == "False":
+                warnings.append(
+                    f"{origins.get(key, source)}: GatewayRoute {key}: {cond.reason}: {cond.message}"
+                )
         self.loads += 1
         table = result.table
-        return table.model_copy(update={"version": f"file-{self.loads}-{table.content_hash()[7:19]}"})
+        table = table.model_copy(update={"version": f"file-{self.loads}-{table.content_hash()[7:19]}"})
+        return CompiledFile(table=table, warnings=tuple(warnings))
+
+
+def _holds_nothing(text: str) -> bool:
+    """True for a text with no YAML content: only blank lines, comments, document markers (``---``,
+    ``...``) and directives. Reads lines only up to the first one with content."""
+    for raw in io.StringIO(text.removeprefix("\ufeff")):
+        line = raw.strip()
+        if line[:3] in ("---", "...") and line[3:4] in ("", " ", "\t"):
+            line = line[3:].lstrip()
+        if line and not line.startswith(("#", "%")):
+            return False
+    return True
 
 
 def load_bootstrap(

@@ -18,6 +18,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -31,12 +32,20 @@ from kubegate.dataplane.adminserver import AdminLimits, AdminServer
 from kubegate.dataplane.healthprober import HealthProber
 from kubegate.dataplane.pathnorm import EscapedSlashes
 from kubegate.dataplane.proxy import Gateway, GatewayConfig, ProxySettings
-from kubegate.dataplane.routesfile import RoutesFile, RoutesFileError, load_bootstrap
+from kubegate.dataplane.routesfile import (
+    RoutesFile,
+    RoutesFileEmpty,
+    RoutesFileError,
+    RoutesFileMissing,
+    load_bootstrap,
+)
 from kubegate.dataplane.snapshot import SnapshotStore
 
 logger = logging.getLogger("kubegate.serve")
 
 _T = TypeVar("_T")
+
+DEMO_ECHO_NAME, DEMO_ECHO_PORT = "echo-9001", 9001  # --demo's echo backend, the quickstart's target
 
 
 @dataclass
@@ -57,6 +66,7 @@ class ServeOptions:
     admin_body_timeout: float = 60.0  # a request body on the admin port must be complete within this
     admin_max_connections: int = 64
     tunnel_idle_timeout: float = 300.0
+    drain_linger: float = 2.0
     escaped_slashes: EscapedSlashes = "reject"
 
 
@@ -110,11 +120,26 @@ def run_on_traffic_loop(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[[
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server without its own signal handling (this module handles signals for both)."""
+    """uvicorn's server without its own signal handling (this module handles signals for both), saying in
+    one line of its own what it is once it listens (uvicorn's own start and stop lines are left out by
+    :func:`kubegate.logs.setup_logging`: with three servers in one process they came three times)."""
+
+    def __init__(self, config: uvicorn.Config, what: str) -> None:
+        super().__init__(config)
+        self.what = what
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            logger.info("%s listening on %s", self.what, _url(self.config.host, self.config.port))
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 async def serve(opts: ServeOptions) -> int:
@@ -127,6 +152,7 @@ async def serve(opts: ServeOptions) -> int:
             header_timeout=opts.header_timeout,
             keepalive_timeout=opts.keepalive_timeout,
             tunnel_idle_timeout=opts.tunnel_idle_timeout,
+            drain_linger=opts.drain_linger,
             escaped_slashes=opts.escaped_slashes,
         ),
     )
@@ -139,14 +165,36 @@ async def serve(opts: ServeOptions) -> int:
     if opts.bootstrap is not None:
         _load_bootstrap(opts.bootstrap, store)
     if routes_file is not None:
-        _reload(routes_file, store, gateway)
+        _reload(routes_file, store, gateway, watching=opts.watch_interval > 0)
 
-    if opts.push_token_file is None and not os.environ.get("KUBEGATE_PUSH_TOKEN"):
+    pushes = opts.push_token_file is not None or bool(os.environ.get("KUBEGATE_PUSH_TOKEN"))
+    if not pushes:
         logger.warning("no push token configured (--push-token-file): PUT and PATCH /table are refused")
+    if routes_file is None and store.current is None:
+        why = (
+            "no --routes, --bootstrap or --demo"
+            if opts.bootstrap is None
+            else "the bootstrap table was not loaded"
+        )
+        if pushes:
+            logger.info(
+                "no route table yet (%s): waiting for one to be pushed (PUT /table on the admin port, %s); "
+                "/ready answers 503 until then",
+                why,
+                _url(opts.admin_host, opts.admin_port),
+            )
+        else:
+            logger.warning(
+                "nothing to serve (%s), and no table can be pushed without a push token "
+                "(--push-token-file or $KUBEGATE_PUSH_TOKEN): every request gets 503, and so does /ready",
+                why,
+            )
     admin_app = build_admin_app(
         gateway,
         push_token=push_token_source(opts.push_token_file),
         on_traffic_loop=run_on_traffic_loop(loop),
+        # what the demo's echo backend calls itself in its answers, as a name for /services/{name}
+        service_aliases={DEMO_ECHO_NAME: f"127.0.0.1:{DEMO_ECHO_PORT}"} if opts.demo else None,
     )
     traffic = _Server(
         GatewayConfig(
@@ -156,7 +204,8 @@ async def serve(opts: ServeOptions) -> int:
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=int(opts.drain_timeout),
-        )
+        ),
+        "traffic port",
     )
     admin = AdminServer(
         admin_app,
@@ -176,7 +225,7 @@ async def serve(opts: ServeOptions) -> int:
     def on_stop() -> None:
         if not stopping.is_set():
             logger.info("shutting down: draining for up to %.0fs", opts.drain_timeout)
-            gateway.draining = True
+            gateway.start_draining(loop.time())
             traffic.should_exit = True
             stopping.set()
         else:
@@ -185,7 +234,10 @@ async def serve(opts: ServeOptions) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)
     if routes_file is not None:
-        loop.add_signal_handler(signal.SIGHUP, lambda: _reload(routes_file, store, gateway, force=True))
+        loop.add_signal_handler(
+            signal.SIGHUP,
+            lambda: _reload(routes_file, store, gateway, force=True, watching=opts.watch_interval > 0),
+        )
 
     async def housekeeping() -> None:
         last_check = loop.time()
@@ -214,6 +266,7 @@ async def serve(opts: ServeOptions) -> int:
     if not await admin.start():
         logger.error("admin port %s:%d could not be opened", opts.admin_host, opts.admin_port)
         return 1
+    logger.info("admin port listening on %s", _url(opts.admin_host, opts.admin_port))
     keeper = asyncio.create_task(housekeeping())
     echo: _Server | None = None
     if opts.demo:
@@ -221,13 +274,14 @@ async def serve(opts: ServeOptions) -> int:
 
         echo = _Server(
             uvicorn.Config(
-                make_echo_app("echo-9001"),
+                make_echo_app(DEMO_ECHO_NAME),
                 host="127.0.0.1",
-                port=9001,
+                port=DEMO_ECHO_PORT,
                 lifespan="off",
                 log_config=None,
                 access_log=False,
-            )
+            ),
+            f"demo echo backend {DEMO_ECHO_NAME!r}",
         )
         echo_task = asyncio.create_task(echo.serve())
     try:
@@ -236,41 +290,87 @@ async def serve(opts: ServeOptions) -> int:
         gateway.draining = True
         keeper.cancel()
         gateway.pool.close_all()
+        if gateway.access is not None:
+            gateway.access.flush()  # the lines of the last requests, drained or not
         await prober.close()
         await admin.stop()
         if echo is not None:
             echo.should_exit = True
             await echo_task
+    if traffic.started:
+        logger.info("stopped")
     return 0 if traffic.started else 1
 
 
-def _reload(routes_file: RoutesFile, store: SnapshotStore, gateway: Gateway, *, force: bool = False) -> None:
-    """Compile the routes file and swap it in only if it compiles cleanly; otherwise keep serving."""
+def _reload(
+    routes_file: RoutesFile,
+    store: SnapshotStore,
+    gateway: Gateway,
+    *,
+    force: bool = False,
+    watching: bool = True,
+) -> None:
+    """Compile the routes file and swap it in only if it compiles cleanly; otherwise keep serving.
+
+    A missing or empty file (truncated, or being written) is a warning, never an empty table; a file
+    with objects but no route is served, with a warning. Backends that do not resolve are warned about
+    once per table, when it is swapped in. ``watching``: the file is polled for changes (else SIGHUP
+    alone re-reads it), which the warnings say.
+    """
     try:
-        table = routes_file.compile(force=force)
+        compiled = routes_file.compile(force=force)
+    except RoutesFileMissing:
+        logger.warning(
+            "routes file %s does not exist, %s: waiting for it (%s)",
+            routes_file.path,
+            _still_serving(store),
+            "read as soon as it appears" if watching else "send SIGHUP once it is there",
+        )
+        return
+    except RoutesFileEmpty:
+        logger.warning(
+            "routes file %s is empty (nothing but whitespace, comments or '---'), %s: %s (read again %s)",
+            routes_file.path,
+            _still_serving(store),
+            "an empty file never replaces the table served" if store.current else "waiting for routes in it",
+            "as soon as it changes" if watching else "on SIGHUP",
+        )
+        return
     except RoutesFileError as exc:
-        logger.error("routes file not applied, still serving table %s: %s", _version(store), exc)
+        logger.error("routes file not applied, %s: %s", _still_serving(store), exc)
         return
-    if table is None:
+    if compiled is None:
         return
+    table = compiled.table
     if store.current is not None and store.current.hash == table.content_hash():
         logger.info("routes file %s re-read: no change", routes_file.path)
         return
     try:
         snapshot = store.build(table)
     except ValueError as exc:
-        logger.error("routes file not applied, still serving table %s: %s", _version(store), exc)
+        logger.error("routes file not applied, %s: %s", _still_serving(store), exc)
         return
     to_oldest_generation()
     store.swap(snapshot)
     gateway.stats.table_swaps += 1
     logger.info(
-        "serving table %s from %s (%d routes, %s)",
+        "serving table %s from %s (%s, %s)",
         table.version,
         routes_file.path,
-        len(table.routes),
+        _routes(len(table.routes)),
         snapshot.hash,
     )
+    if not table.routes:
+        logger.warning(
+            "routes file %s holds no GatewayRoute: serving an empty table (every request gets 404)",
+            routes_file.path,
+        )
+    for warning in compiled.warnings:
+        logger.warning(
+            "%s; with no cluster, a Service is found only when the routes file holds it or its "
+            "EndpointSlices (or use a url: backend)",
+            warning,
+        )
 
 
 def _load_bootstrap(path: Path, store: SnapshotStore) -> None:
@@ -285,8 +385,14 @@ def _load_bootstrap(path: Path, store: SnapshotStore) -> None:
     except (ValueError, TypeError, RecursionError) as exc:
         logger.error("bootstrap table not loaded: %s: %s", path, str(exc)[:1000])
         return
-    logger.info("serving bootstrap table %s from %s (%d routes)", table.version, path, len(table.routes))
+    logger.info("serving bootstrap table %s from %s (%s)", table.version, path, _routes(len(table.routes)))
 
 
-def _version(store: SnapshotStore) -> str:
-    return store.current.version if store.current is not None else "(none)"
+def _still_serving(store: SnapshotStore) -> str:
+    if store.current is None:
+        return "nothing is served yet"
+    return f"still serving table {store.current.version}"
+
+
+def _routes(count: int) -> str:
+    return f"{count} route" if count == 1 else f"{count} routes"
