@@ -93,6 +93,9 @@ def test_a_503_is_retried_on_the_other_endpoint(gw: GatewayProcess, ups: list[Up
     answers = [get(gw, "status.test") for _ in range(10)]
     assert {(a.status_code, a.headers["x-backend"]) for a in answers} == {(200, "u1")}
     assert len(ups[1].requests) == 10 and 0 < len(ups[0].requests) <= 10
+    retried = len(ups[0].requests)  # every try on u0 got 503 and was retried on u1
+    assert metric(gw, "kubegate_retries_total", route="default/status-test", outcome="allowed") == retried
+    assert metric(gw, "kubegate_upstream_attempts_total", route="default/status-test") == 10 + retried
 
 
 def test_post_is_not_retried_after_a_response_unless_allowed(
@@ -139,6 +142,12 @@ def test_breaker_opens_and_fails_fast(gw: GatewayProcess, ups: list[UpstreamServ
     assert [get(gw, "breaker.test").status_code for _ in range(3)] == [500] * 3
     fast = get(gw, "breaker.test")
     assert fast.status_code == 503 and fast.json()["message"] == "circuit open"
+    labels = {"route": "default/breaker-test", "backend": "url:pool"}
+    assert metric(gw, "kubegate_circuit_breaker_state", **labels) == 2  # open
+    assert (
+        metric(gw, "kubegate_circuit_breaker_transitions_total", **labels, **{"from": "closed", "to": "open"})
+        == 1
+    )
     assert 50 <= int(fast.headers["retry-after"]) <= 60
     assert len(ups[0].requests) == 3  # the fast answer never reached the backend
     # an equal policy in a new table keeps the open circuit; a changed one starts closed
@@ -159,6 +168,12 @@ def test_outlier_detection_ejects_the_failing_endpoint(gw: GatewayProcess, ups: 
     codes = [get(gw, "outlier.test").status_code for _ in range(20)]
     assert codes.count(500) == 2 and len(ups[0].requests) == 2  # ejected after its second failure
     assert len(ups[1].requests) == 18
+    # /services/{name} shows it: the failing endpoint ejected (for about a minute), the other one in rotation
+    [svc] = httpx.get(gw.admin + "/services/url:pool", timeout=5).json()["services"]
+    eps = {e["address"]: e for e in svc["policyState"]["default/outlier-test"]["endpoints"]}
+    bad, good = eps[f"127.0.0.1:{ups[0].port}"], eps[f"127.0.0.1:{ups[1].port}"]
+    assert bad["ejected"] and 0 < bad["ejectedForSeconds"] <= 60 and bad["ejections"] == 1
+    assert not good["ejected"] and good["healthy"] and good["inFlight"] == 0
 
 
 def metric(gw: GatewayProcess, name: str, **labels: str) -> float | None:

@@ -24,6 +24,7 @@ import gc
 import hmac
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -47,7 +48,7 @@ from kubegate.compiler.table import (
     check_size,
     load_json,
 )
-from kubegate.dataplane.policymetrics import PolicyCollector
+from kubegate.dataplane.policymetrics import PolicyCollector, policy_state
 from kubegate.dataplane.proxy import Gateway
 from kubegate.dataplane.snapshot import Snapshot
 from kubegate.dataplane.stats import StatsCollector
@@ -115,6 +116,21 @@ def _services(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
             )
             entry["routes"].append(rt.id)
     return services
+
+
+def _with_policy_state(entry: dict[str, Any], snapshot: Snapshot) -> dict[str, Any]:
+    """A ``/services/{name}`` entry plus, live, the policy state each route keeps for this backend: the
+    circuit breaker and every endpoint's standing (in flight, healthy, ejected and for how long)."""
+    states = {}
+    now = time.monotonic()  # the traffic loop's clock (uvloop and asyncio both read CLOCK_MONOTONIC)
+    for rid in entry["routes"]:
+        rt = snapshot.routes.get(rid)
+        if rt is None or rt.policies is None:
+            continue
+        for backend in policy_state(rt.policies, now)["backends"]:
+            if backend["name"] == entry["name"]:
+                states[rid] = backend
+    return {**entry, "policyState": states} if states else entry
 
 
 def _service_aliases(name: str) -> set[str]:
@@ -304,6 +320,9 @@ def build_admin_app(
                 },
                 status_code=404,
             )
+        snapshot = store.current
+        if snapshot is not None:
+            found = [_with_policy_state(entry, snapshot) for entry in found]
         return JSONResponse({"services": found})
 
     async def http_error(request: Request, exc: Exception) -> Response:
