@@ -66,19 +66,22 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 # ".", "_", "~") or a bracketed IP literal, then an optional port. No space, "/", "@", "," or "%": the value
 # is routed on and copied into Host and X-Forwarded-Host, where anything else is ambiguity at best.
 _HOST_RE = re.compile(rb"(?:(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)?")
-_valid_hosts: dict[bytes, bool] = {}
+#: Hosts seen lately, valid ones decoded (the matcher wants str), invalid ones as "": the proxy looks here
+#: first (one dict lookup per request) and calls :func:`host_str` only for a host it has not seen.
+HOSTS: dict[bytes, str] = {}
 
 
-def valid_host(value: bytes) -> bool:
-    """Whether a Host header (or an absolute-form authority) is a plain host[:port]; empty is valid."""
-    known = _valid_hosts.get(value)
+def host_str(value: bytes) -> str:
+    """``value`` decoded if it is a plain host[:port] (or empty), else ``""`` (which callers refuse with
+    400 unless ``value`` itself was empty)."""
+    known = HOSTS.get(value)
     if known is not None:
         return known
-    ok = _HOST_RE.fullmatch(value) is not None
-    if len(_valid_hosts) >= 1024:  # clients choose these values: keep the memo bounded
-        _valid_hosts.clear()
-    _valid_hosts[value] = ok
-    return ok
+    text = value.decode("latin-1") if _HOST_RE.fullmatch(value) is not None else ""
+    if len(HOSTS) >= 1024:  # clients choose these values: keep the memo bounded
+        HOSTS.clear()
+    HOSTS[value] = text
+    return text
 
 
 def only_chunked(transfer_encoding: bytes) -> bool:

@@ -86,6 +86,8 @@ IDLE, HEADERS, BODY, WAITING, TUNNEL = 0, 1, 2, 3, 4
 # What llhttp's upgrade flag (Connection: upgrade + Upgrade, or CONNECT) leads to, decided per request.
 _NO_UPGRADE, _TUNNEL, _STRIP, _STRIP_WITH_BODY, _DISCARD = range(5)
 _VERSIONS = frozenset({"1.1", "1.0", "0.9"})  # anything else on this port gets 505
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+_HOSTS = httpbits.HOSTS
 
 
 @dataclass
@@ -728,7 +730,8 @@ class Exchange:
         if hosts > 1 or (hosts == 0 and self.version == "1.1"):
             self.fail(400, "exactly one Host header is required")
             return
-        if not httpbits.valid_host(host):
+        host_s = _HOSTS.get(host) or httpbits.host_str(host)  # decoded, "" if invalid
+        if not host_s and host:
             self.fail(400, "invalid Host")
             return
         qpos = url.find(b"?")
@@ -748,10 +751,10 @@ class Exchange:
             self.fail(503, "no route table loaded yet")
             return
         route = snapshot.matcher.match(
-            self.method.decode("latin-1"),
-            host.decode("latin-1"),
+            _METHODS.get(self.method) or self.method.decode("latin-1"),
+            host_s,
             path,
-            query.decode("latin-1"),
+            query.decode("latin-1") if query else "",
             _Headers(self.raw_headers),
         )
         if route is None:
@@ -801,8 +804,12 @@ class Exchange:
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if route.timeout is not None:
             self.timer = client.loop.call_later(route.timeout, self.on_timeout)
-        if endpoint is not None:
-            self.send(endpoint)
+        if endpoint is not None:  # no policies: straight to the endpoint (send(), inline)
+            conn = gw.pool.acquire_idle(endpoint)
+            if conn is not None:
+                self.attach(conn)
+            else:
+                self.connect(endpoint)
             return
         assert policies is not None
         key = None
@@ -1160,7 +1167,7 @@ class Exchange:
         gw = client.gw
         seconds = time.perf_counter() - self.t0
         route = self.route.id if self.route is not None else ""
-        gw.stats.observe(route, self.method.decode("latin-1"), status, seconds)
+        gw.stats.observe(route, _METHODS.get(self.method) or self.method.decode("latin-1"), status, seconds)
         access = gw.access
         if access is not None:
             attempts = self.attempts

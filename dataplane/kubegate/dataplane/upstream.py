@@ -147,16 +147,16 @@ class UpstreamConnection(asyncio.Protocol):
         status = self.parser.get_status_code()
         headers, self._headers = self._headers, []
         self._head_bytes = 0
-        if not 100 <= status <= 599:
-            raise ValueError(f"upstream status {status} out of range")
-        if status == 101:
-            # Switching protocols is accepted only for a WebSocket upgrade that was asked for, and must
-            # say what it switched to; llhttp then stops (HttpParserUpgrade) and data_received hands over.
-            if not self.upgrade or not _switches_to_websocket(headers):
-                raise ValueError("unexpected 101 Switching Protocols")
-            self.switched = headers
-            return
-        if 100 <= status < 200:
+        if status < 200 or status > 599:
+            if status < 100 or status > 599:
+                raise ValueError(f"upstream status {status} out of range")
+            if status == 101:
+                # Switching protocols is accepted only for a WebSocket upgrade that was asked for, and
+                # must say what it switched to; llhttp then stops (HttpParserUpgrade) and data_received
+                # hands the transport over.
+                if not self.upgrade or not _switches_to_websocket(headers):
+                    raise ValueError("unexpected 101 Switching Protocols")
+                self.switched = headers
             return  # interim responses are not forwarded (the proxy answers 100-continue itself)
         self.keep = self.parser.should_keep_alive()
         if self.sink is not None and not self.message_done:

@@ -1,0 +1,142 @@
+"""Instructions per request of ``kubegate serve`` on the plain proxy path, deterministic on a busy machine.
+
+Why: on a shared 2-core machine wall-clock benchmarks (``proxy_bench.py``) move by 30 % from run to run,
+too much to see a change of a few percent in the hot path. ``valgrind --tool=callgrind`` counts
+instructions instead: the same code and inputs give the same count (to about 0.1 %), whatever else runs.
+This script starts nginx as the upstream, runs ``kubegate serve --routes`` (this checkout, and optionally
+another checkout as the baseline) under callgrind, sends 200 warm-up requests, zeroes the counters, sends
+N requests on 4 keep-alive connections, dumps, and prints instructions per request (every thread of the
+process; the load generator is another process and is not counted).
+
+    python bench/callgrind_ab.py                       # this checkout
+    python bench/callgrind_ab.py --baseline /tmp/base  # and a worktree of another commit, for comparison
+
+Needs valgrind and nginx (Debian: valgrind, nginx-light). Each measurement takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUEST = b"GET /bench HTTP/1.1\r\nHost: localhost\r\nUser-Agent: callgrind-ab\r\nAccept: */*\r\n\r\n"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load(port: int, n: int, conns: int = 4) -> None:
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(conns)]
+    try:
+        for _ in range(n // conns):
+            for s in socks:
+                s.sendall(REQUEST)
+            for s in socks:
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise RuntimeError("kubegate closed the connection")
+                    data += chunk
+                    head, sep, body = data.partition(b"\r\n\r\n")
+                    if sep:
+                        length = int(re.search(rb"content-length: (\d+)", head.lower()).group(1))  # type: ignore[union-attr]
+                        if len(body) >= length:
+                            break
+    finally:
+        for s in socks:
+            s.close()
+
+
+def wait_for_traffic(port: int, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("kubegate exited")
+        try:
+            load(port, 1, conns=1)
+            return
+        except OSError:
+            time.sleep(1)
+    raise RuntimeError("kubegate did not answer in time")
+
+
+def measure(label: str, src: Path, upstream: int, work: Path, n: int) -> int:
+    port, admin = free_port(), free_port()
+    routes = work / "routes.yaml"
+    routes.write_text(
+        "apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: bench, namespace: default}\n"
+        "spec:\n  match: {path: {type: Prefix, value: /}}\n"
+        f'  backends: [{{url: "http://127.0.0.1:{upstream}"}}]\n'
+    )
+    out = work / f"{label}.callgrind"
+    env = {**os.environ, "PYTHONPATH": str(src / "dataplane")}
+    cmd = [
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+        sys.executable, "-m", "kubegate.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        "--admin-port", str(admin), "--routes", str(routes), "--log-level", "warning",
+    ]  # fmt: skip
+    with open(work / f"{label}.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for_traffic(port, proc)
+        load(port, 200)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
+        load(port, n)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
+        time.sleep(1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    dump = Path(f"{out}.1")
+    total = next(
+        int(line.split()[1]) for line in dump.read_text().splitlines() if line.startswith("summary:")
+    )
+    return total // n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", type=Path, help="root of another kubegate checkout to measure too")
+    ap.add_argument("-n", type=int, default=2000, help="measured requests (2000)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="callgrind-ab-") as tmp:
+        work = Path(tmp)
+        upstream = free_port()
+        (work / "nginx.conf").write_text(
+            f"daemon off; master_process off; worker_processes 1; pid {work}/nginx.pid; "
+            f"error_log {work}/nginx.err;\nevents {{ worker_connections 1024; }}\n"
+            f"http {{ access_log off; keepalive_requests 10000000; server {{ listen 127.0.0.1:{upstream}; "
+            f'location / {{ return 200 "{"x" * 100}"; }} }} }}\n'
+        )
+        nginx = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
+        try:
+            results = [("this checkout", measure("this", ROOT, upstream, work, args.n))]
+            if args.baseline is not None:
+                results.append(
+                    (f"baseline {args.baseline}", measure("base", args.baseline, upstream, work, args.n))
+                )
+        finally:
+            nginx.terminate()
+            nginx.wait(10)
+    for label, per_request in results:
+        print(f"{label:40s} {per_request:>9,} instructions/request")
+    if len(results) == 2:
+        print(f"{'ratio':40s} {results[0][1] / results[1][1]:>9.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
