@@ -14,10 +14,22 @@ bodies) and whose behaviour is chosen by the request path:
 - ``/malformed``        answers with bytes that are not HTTP
 - ``/huge-headers``     a response head of about 200 KiB
 - ``/close``            answers with ``Connection: close`` and closes
+- ``/hop-by-hop``       200 with hop-by-hop headers (``Connection: x-internal`` naming ``X-Internal``,
+                        ``Keep-Alive``, ``Proxy-Authenticate``, ``Trailer``) and end-to-end ones
+                        (``X-End-To-End``, ``Cache-Control``) that a proxy must keep
 
 ``forced_status`` (set by a test) makes the server answer every request with that status instead (but
 ``/healthz``, answered with ``health_status``), and
 ``hold`` (an Event a test clears) makes it wait before answering: a failing or a slow endpoint on command.
+``idle_close_ms`` (set by a test) makes it treat a keep-alive connection that stayed idle longer than that
+as timed out: the next request on it is read and the connection closed without an answer (as when a
+server's idle timer fires while that request is on its way; ``stale_closed`` counts them).
+
+Every request is recorded twice: in ``requests`` as (method, target, headers as a dict, body size), and in
+``header_lines`` as (target, every header line in order) where a header sent twice stays twice (a dict
+keeps only the last one and would hide a duplicate). The ``/echo`` answer carries both, as ``headers`` and
+``headerLines`` (a request dropped by ``idle_close_ms`` is in neither). ``big_written`` counts the body
+bytes of the current ``/big/N`` answer written so far.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ class _Handler(socketserver.StreamRequestHandler):
 
     def handle(self) -> None:
         self.server.connections += 1
+        answered: float | None = None  # when the last answer on this connection was sent
         while True:
             try:
                 head = _read_head(self.rfile)
@@ -77,9 +90,19 @@ class _Handler(socketserver.StreamRequestHandler):
                 return
             method, target, headers = head
             body = _read_body(self.rfile, headers)
+            idle_close = self.server.idle_close_ms
+            if (
+                idle_close is not None
+                and answered is not None
+                and time.monotonic() - answered > idle_close / 1000
+            ):
+                self.server.stale_closed += 1
+                return  # timed out while idle: this request is dropped with the connection
             self.server.requests.append((method, target, dict(headers), len(body)))
+            self.server.header_lines.append((target, list(headers)))
             if not self.respond(method, target, headers, body):
                 return
+            answered = time.monotonic()
 
     def _send(
         self, status: int, body: bytes, extra: list[tuple[str, str]] = (), head_only: bool = False
@@ -113,12 +136,14 @@ class _Handler(socketserver.StreamRequestHandler):
             return False
         elif path.startswith("/big/"):
             n = int(path.split("/")[2])
+            self.server.big_written = 0
             self.wfile.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % n)
             piece = b"x" * 65536
             left = n
             while left > 0:
                 self.wfile.write(piece[: min(left, len(piece))])
                 left -= min(left, len(piece))
+                self.server.big_written = n - left
         elif path.startswith("/slow/"):
             time.sleep(int(path.split("/")[2]) / 1000)
             self._send(200, b'{"slow": true}')
@@ -138,6 +163,15 @@ class _Handler(socketserver.StreamRequestHandler):
         elif path == "/close":
             self._send(200, b'{"closing": true}', [("connection", "close")])
             return False
+        elif path == "/hop-by-hop":
+            hop = [
+                ("connection", "x-internal"),
+                ("x-internal", "secret"),
+                ("keep-alive", "timeout=5, max=100"),
+                ("proxy-authenticate", 'Basic realm="upstream"'),
+                ("trailer", "x-checksum"),
+            ]
+            self._send(200, b"{}", [*hop, ("x-end-to-end", "kept"), ("cache-control", "no-store")])
         else:
             payload = {
                 "backend": name,
@@ -145,6 +179,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 "path": path,
                 "query": query,
                 "headers": dict(headers),
+                "headerLines": headers,
                 "bodyBytes": len(body),
                 "bodySha256": hashlib.sha256(body).hexdigest(),
             }
@@ -160,7 +195,12 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.name = name
         self.requests: list[tuple[str, str, dict[str, str], int]] = []
+        # (target, every header line in order, duplicates kept): what ``requests``' dict collapses
+        self.header_lines: list[tuple[str, list[tuple[str, str]]]] = []
         self.connections = 0
+        self.idle_close_ms: int | None = None
+        self.stale_closed = 0
+        self.big_written = 0
         self.stalled = threading.Event()
         self.forced_status: int | None = None
         self.health_status = 200  # the answer to /healthz

@@ -23,7 +23,7 @@ import yaml
 from kubegate import cli
 from tests import golden
 from tests.delivery import helm as helmtools
-from tests.delivery.conftest import NO_VALIDATOR, render_case
+from tests.delivery.conftest import NO_VALIDATOR, import_tool, missing, render_case
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name.removesuffix(".values.yaml") for p in GOLDEN.glob("*.values.yaml"))
@@ -102,7 +102,7 @@ def test_generated_token_is_random(newest_helm: helmtools.Helm) -> None:
 
 
 def _validator() -> Any:
-    return pytest.importorskip("kubernetes_validate.utils", reason=NO_VALIDATOR)
+    return import_tool("kubernetes_validate.utils", NO_VALIDATOR)
 
 
 def newest_kubernetes_versions(kv: Any) -> list[str]:
@@ -182,7 +182,7 @@ REACH = {
 def test_notes_tell_how_to_reach_the_gateway_and_apply_a_route(case: str) -> None:
     helm = helmtools.available().get(4)
     if helm is None:
-        pytest.skip("NOTES.txt renders offline only with helm 4 (`helm install --dry-run=client`)")
+        missing("NOTES.txt renders offline only with helm 4 (`helm install --dry-run=client`)")
     values = values_of(case)
     result = helm.run(
         "install", helmtools.RELEASE, str(helmtools.CHART), "--namespace", helmtools.NAMESPACE,
@@ -437,11 +437,10 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
 
 
 def test_operator_arguments_parse_with_the_real_parser(newest_helm: helmtools.Helm) -> None:
-    """The flags the chart passes to ``kubegate operator`` mean what the chart intends (issue 3's
-    interface), read by the operator's own settings parser with an empty environment."""
-    settings = pytest.importorskip(
-        "kubegate_operator.settings", reason="the operator's settings module is not there yet (issue 3)"
-    )
+    """The flags the chart passes to ``kubegate operator`` mean what the chart intends, read by the
+    operator's own settings parser with an empty environment."""
+    from kubegate_operator import settings
+
     ns = helmtools.NAMESPACE
     for case in CASES:
         values = values_of(case)

@@ -126,8 +126,6 @@ def test_entrypoint_is_the_kubegate_cli(dockerfile: str) -> None:
     assert scripts["kubegate"] == "kubegate.cli:main"
     choices = next(a for a in cli.build_parser()._actions if a.dest == "command").choices
     assert choices is not None
-    if command == "operator" and command not in choices:
-        pytest.skip("`kubegate operator` is not a CLI subcommand yet (issue 3)")
     assert command in choices
 
 

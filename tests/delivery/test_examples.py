@@ -23,7 +23,7 @@ from kubegate import cli
 from kubegate.compiler import compile as compiler
 from kubegate.compiler import resources
 from tests.delivery import helm as helmtools
-from tests.delivery.conftest import NO_VALIDATOR
+from tests.delivery.conftest import NO_VALIDATOR, import_tool
 
 EXAMPLES = helmtools.ROOT / "examples"
 CRD = helmtools.CHART / "crds" / "gatewayroutes.kubegate.dev.yaml"
@@ -179,7 +179,7 @@ def test_demo_backend_runs_kubegate_echo() -> None:
 
 
 def test_demo_backend_is_a_valid_manifest() -> None:
-    kv = pytest.importorskip("kubernetes_validate.utils", reason=NO_VALIDATOR)
+    kv = import_tool("kubernetes_validate.utils", NO_VALIDATOR)
     version = max(set(kv.all_versions()), key=lambda v: tuple(int(x) for x in v.split(".")))
     for doc in load(DEMO):
         kv.validate(doc, version, strict=True)

@@ -8,7 +8,8 @@ that as a conflict), 409 on a duplicate create, and trims the request log.
 
 :class:`KubeAPI` runs the emulator on its own event loop in a background thread (the operator under test
 runs as a separate process with ``KUBECONFIG`` pointing here) and gives tests a small synchronous client
-(``create``, ``patch``, ``delete``, ``get``, ``list``), like ``kubectl`` would.
+(``create``, ``patch``, ``delete``, ``get``, ``list``), like ``kubectl`` would, and ``history``: every
+version an object has had (for instance the Lease records written by competing operators).
 
 Also fixed here: kmock 0.8 cannot parse ``/api/v1/namespaces`` (it takes ``namespaces`` for the start of a
 namespaced path and fails with 500), so the path parser is wrapped to read it as the cluster-scoped
@@ -322,3 +323,17 @@ class KubeAPI:
 
     def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
         return list(self._check(self.client.get(self._base(resource, namespace)))["items"])
+
+    def history(self, resource: str, namespace: str, name: str) -> list[dict[str, Any]]:
+        """Every version the object has had, oldest first (kmock keeps them; None marks a deletion and
+        is left out), read on the emulator's own loop."""
+
+        async def read() -> list[dict[str, Any]]:
+            assert self.emulator is not None
+            try:
+                versions = list(self.emulator.objects[resource, namespace, name].history)
+            except KeyError:
+                return []
+            return [copy.deepcopy(dict(v.raw)) for v in versions if v is not None]
+
+        return asyncio.run_coroutine_threadsafe(read(), self._loop).result(10)

@@ -6,10 +6,10 @@ to the new endpoints only; a deletion gives 404; an invalid route is Accepted=Fa
 other routes keep serving; a missing Service gives ResolvedRefs=False and 500; a restarted data plane is
 re-pushed; the bootstrap Secret holds the table and a new data plane serves from it with the operator
 stopped; the operator's ``/metrics`` (scraped over HTTP) show compile duration, table size, pushes by
-result, replicas in sync and reconcile lag after a route is applied; an Accepted → rejected → Accepted
-round trip posts one Event per transition on the route; the operator never lists or watches CRDs or
-Namespaces (kopf scanning off: the chart's RBAC does not grant them) and logs only JSON lines. Every
-GatewayRoute used here is validated against the CRD schema first.
+result, replicas in sync and reconcile lag after a route is applied (observed, not timed: durations are
+for bench/); an Accepted → rejected → Accepted round trip posts one Event per transition on the route; the
+operator never lists or watches CRDs or Namespaces (kopf scanning off: the chart's RBAC does not grant
+them) and logs only JSON lines. Every GatewayRoute used here is validated against the CRD schema first.
 """
 
 from __future__ import annotations
@@ -229,13 +229,15 @@ def test_operator_metrics_over_http(cluster: Cluster, upstreams: dict[str, Upstr
 
     after = cluster.wait(settled, what="a reconcile lag observed for the new table, every replica in sync")
 
+    # How long compiles and reconciles take is measured in bench/, not asserted here: only that they
+    # were observed.
     compiles = value(after, "kubegate_operator_compile_duration_seconds_count") - value(
         before, "kubegate_operator_compile_duration_seconds_count"
     )
     compile_time = value(after, "kubegate_operator_compile_duration_seconds_sum") - value(
         before, "kubegate_operator_compile_duration_seconds_sum"
     )
-    assert compiles >= 1 and 0 < compile_time / compiles < 1.0, (compiles, compile_time)
+    assert compiles >= 1 and compile_time > 0, (compiles, compile_time)
 
     served = {gw.table()["routes"] for gw in cluster.gateways}
     assert served == {value(after, "kubegate_operator_table_routes")}, "table size differs from the replicas'"
@@ -252,9 +254,9 @@ def test_operator_metrics_over_http(cluster: Cluster, upstreams: dict[str, Upstr
     lag_time = value(after, "kubegate_operator_reconcile_lag_seconds_sum") - value(
         before, "kubegate_operator_reconcile_lag_seconds_sum"
     )
-    assert 0 < lag_time / lags < 5.0, (lags, lag_time)
-    within_5s = value(after, "kubegate_operator_reconcile_lag_seconds_bucket", le="5.0")
-    assert within_5s == value(after, lag), "a reconcile took more than 5 s"
+    assert lags >= 1 and lag_time > 0, (lags, lag_time)
+    every = value(after, "kubegate_operator_reconcile_lag_seconds_bucket", le="+Inf")
+    assert every == value(after, lag), "the histogram's buckets disagree with its count"
     assert value(after, "kubegate_operator_leader") == 1  # no election: this replica publishes
     assert value(after, "kubegate_operator_status_writes_total", result="ok") >= 1
 

@@ -1,13 +1,20 @@
-"""Operator parts in isolation: debounce (fake clock), state, publisher (real data planes and an
-unreachable one), status diffing and Programmed, bootstrap encoding and its size limit, settings.
+"""Operator parts in isolation: debounce (fake clock), state, publisher (real data planes, an
+unreachable one, and in-process fake replicas that answer a push when the test says so), status diffing
+and Programmed, the reconciler's status loop, bootstrap encoding and its size limit, settings.
 
-Aspects: a burst is one compile and the maximum delay bounds it; state ignores status-only updates and
-finds replicas (not-ready included, terminating excluded); an incremental state gives the same table as a
-full load; one unreachable replica never holds back the others, a restarted replica is re-pushed, and
-Programmed counts only replicas that acknowledged this generation; unchanged statuses are not rewritten;
-a table over the limit is refused; flags and KUBEGATE_* variables; leader election judges expiry by the
-candidate's own clock (not the holder's renewTime), a released Lease is taken over at once, and a leader
-steps down as soon as another replica holds the Lease.
+Aspects: a burst is one compile and the maximum delay bounds it, by the injected clock; state ignores
+status-only updates and finds replicas (not-ready included, terminating excluded); an incremental state
+gives the same table as a full load; one unreachable or slow replica never holds back the others (the
+pushes run concurrently), a restarted replica is re-pushed, and Programmed counts only replicas that
+acknowledged this generation; the push token file is read again for every push (a rotated token takes
+effect without a restart); unchanged statuses are not rewritten, status writes run at most ``concurrency``
+at a time, and a route that is not accepted is never Programmed, even while every replica still serves a
+table holding it; a new table's statuses are written once, after its pushes ended ("3/3", not "0/3"
+first), and a replica whose push failed is not waited for; a table over the limit is refused; flags and
+KUBEGATE_* variables; leader election judges expiry by the candidate's own clock (not the holder's
+renewTime), a released Lease is taken over at once, a leader steps down as soon as another replica holds
+the Lease, and by its own clock when it cannot renew. No test sleeps to let time pass: waits are hang
+guards (``GUARD``) on events.
 """
 
 from __future__ import annotations
@@ -29,10 +36,12 @@ import pytest
 from kubegate.compiler import compile as compiler
 from kubegate.compiler import table as tables
 from kubegate.dataplane.routesfile import load_bootstrap
-from kubegate_operator import bootstrap, debounce, leader, publisher, settings, state, status
+from kubegate_operator import bootstrap, debounce, leader, publisher, reconciler, settings, state, status
 from kubegate_operator import metrics as metrics_mod
 from tests.gateway import TOKEN, GatewayProcess, free_port
 from tests.operator.conftest import endpoint_slice, gatewayroute
+
+GUARD = 20.0  # seconds: a hang guard, never a measure
 
 # --- debounce -------------------------------------------------------------------------------------
 
@@ -52,15 +61,48 @@ def test_debounce_burst_is_one_compile_and_max_delay_bounds_it() -> None:
     assert "idle" in repr(d)
 
 
-def test_trigger_waits_for_the_holdoff_with_a_fake_clock() -> None:
-    now = [0.0]
+async def _spin(rounds: int = 20) -> None:
+    """Let every ready task of the loop run a few steps (no time passes)."""
+    for _ in range(rounds):
+        await asyncio.sleep(0)
 
-    async def scenario() -> float:
-        trigger = debounce.Trigger(holdoff=0.0, max_delay=0.0, clock=lambda: now[0])
+
+async def test_trigger_follows_its_clock_through_a_burst() -> None:
+    """A trickle of pokes keeps the compile waiting until max_delay after the first one, judged by the
+    injected clock only: the real time the test takes does not matter."""
+    now = [100.0]
+    trigger = debounce.Trigger(holdoff=0.05, max_delay=0.5, clock=lambda: now[0])
+    trigger.poke()
+    waiter = asyncio.create_task(trigger.wait())
+    try:
+        for _ in range(12):  # a poke every 40 ms of the fake clock: the holdoff never runs out
+            await _spin()
+            assert not waiter.done(), f"due at {now[0]} before max_delay"
+            now[0] += 0.04
+            trigger.poke()
+        assert now[0] == pytest.approx(100.48)
+        await _spin()
+        assert not waiter.done()
+        now[0] += 0.04  # 100.52: past first change + max_delay
         trigger.poke()
-        return await asyncio.wait_for(trigger.wait(), 5)
+        assert await asyncio.wait_for(waiter, GUARD) == 100.0  # the burst's first change
+    finally:
+        waiter.cancel()
 
-    assert asyncio.run(scenario()) == 0.0
+
+async def test_trigger_fires_after_the_holdoff_of_its_clock() -> None:
+    now = [10.0]
+    trigger = debounce.Trigger(holdoff=0.05, max_delay=0.5, clock=lambda: now[0])
+    trigger.poke()
+    waiter = asyncio.create_task(trigger.wait())
+    try:
+        await _spin()
+        assert not waiter.done()
+        now[0] = 10.06  # the waiter sleeps the 50 ms it computed, then finds its clock there
+        assert await asyncio.wait_for(waiter, GUARD) == 10.0
+        assert not trigger.debounce.pending
+    finally:
+        waiter.cancel()
 
 
 # --- state ----------------------------------------------------------------------------------------
@@ -315,6 +357,125 @@ async def test_publisher_refused_token_is_reported(planes: list[GatewayProcess])
         await pub.close()
 
 
+def test_token_reader_reads_the_file_on_every_call(tmp_path: Path) -> None:
+    path = tmp_path / "push-token"
+    read = publisher.token_reader(path)
+    assert read() is None  # not there (yet): no token, the push is not attempted
+    path.write_text("first-token\n")
+    assert read() == "first-token"
+    path.write_text("rotated-token\n")
+    assert read() == "rotated-token"
+    path.write_text(" \n")
+    assert read() is None
+    assert publisher.token_reader(None)() is None
+
+
+async def test_publisher_uses_a_rotated_token_without_a_restart(tmp_path: Path) -> None:
+    """The operator's side of a token rotation (the data plane re-reads its file on every push too):
+    a push refused with the old token succeeds, on retry, once the operator's file has the new one."""
+    m = metrics_mod.Metrics()
+    gw = GatewayProcess(tmp_path)
+    ours = tmp_path / "operator-token"
+    ours.write_text(TOKEN + "\n")
+    try:
+        async with httpx.AsyncClient() as client:
+            pub = publisher.Publisher(
+                client=client,
+                token=publisher.token_reader(ours),
+                backoff_initial=0.05,
+                backoff_max=0.2,
+                timeout=GUARD,
+                metrics=m,
+            )
+            pub.set_replicas([state.Replica("127.0.0.1", gw.admin_port)])
+            pub.publish(_table("before"))
+            await _until(lambda: pub.in_sync() == 1)
+            (tmp_path / f"token-{gw.port}").write_text("rotated-token-0123456789\n")  # the data plane's
+            pub.publish(_table("after", generation=2))
+            await _until(lambda: m.value("kubegate_operator_pushes_total", {"result": "rejected"}) >= 1)
+            assert pub.in_sync() == 0 and gw.table()["version"] == "before"
+            ours.write_text("rotated-token-0123456789\n")  # the operator's Secret follows
+            await _until(lambda: pub.in_sync() == 1)
+            assert gw.table()["version"] == "after"
+            await pub.close()
+    finally:
+        gw.stop()
+
+
+class FakeReplicas:
+    """Data-plane admin APIs in-process, as an httpx transport: ``GET /table`` says what a replica
+    serves; ``PUT /table`` is acknowledged once the replica's gate is open (``hold``), or refused
+    (``refuse``); ``PATCH`` gets 409, so the publisher sends whole tables; an ``unreachable`` replica
+    refuses connections. ``arrived[host]`` is set when a push reached it; replicas are told apart by host."""
+
+    def __init__(self) -> None:
+        self.serving: dict[str, tuple[str, str]] = {}
+        self.gates: dict[str, asyncio.Event] = {}
+        self.arrived: dict[str, asyncio.Event] = {}
+        self.unreachable: set[str] = set()
+        self.attempts: dict[str, int] = {}
+        self.refuse = False
+
+    def hold(self, *hosts: str) -> None:
+        for host in hosts:
+            self.gates[host] = asyncio.Event()
+
+    def release(self, *hosts: str) -> None:
+        for host in hosts:
+            self.gates[host].set()
+
+    def client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(self.handle))
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        self.attempts[host] = self.attempts.get(host, 0) + 1
+        if host in self.unreachable:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.method == "GET":
+            version, hash_ = self.serving.get(host, (None, None))
+            return httpx.Response(200, json={"version": version, "hash": hash_})
+        if request.method == "PATCH":
+            return httpx.Response(409, json={"error": "not the base table"})
+        self.arrived.setdefault(host, asyncio.Event()).set()
+        gate = self.gates.get(host)
+        if gate is not None:
+            await gate.wait()
+        if self.refuse:
+            return httpx.Response(400, json={"reasons": ["refused by the test"]})
+        table = tables.RouteTable.from_wire(json.loads(request.content))
+        self.serving[host] = (table.version, table.content_hash())
+        return httpx.Response(200, json={"version": table.version, "hash": table.content_hash()})
+
+    async def wait_arrived(self, *hosts: str) -> None:
+        for host in hosts:
+            await asyncio.wait_for(self.arrived.setdefault(host, asyncio.Event()).wait(), GUARD)
+
+
+REPLICA_HOSTS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+
+
+async def test_publisher_a_slow_replica_never_holds_back_the_others() -> None:
+    """Pushes run concurrently: the three are under way at once, and the two fast replicas are
+    acknowledged while the slow one still has not answered."""
+    fake = FakeReplicas()
+    slow, *fast = REPLICA_HOSTS
+    fake.hold(*REPLICA_HOSTS)
+    async with fake.client() as client:
+        pub = publisher.Publisher(client=client, token=lambda: TOKEN, timeout=GUARD)
+        pub.set_replicas([state.Replica(host, 9090) for host in REPLICA_HOSTS])
+        pub.publish(_table("v1"))
+        await fake.wait_arrived(*REPLICA_HOSTS)  # one push at a time would never get all three here
+        fake.release(*fast)
+        await _until(lambda: pub.in_sync() == 2)
+        assert not pub.settled() and slow not in fake.serving
+        assert pub.programmed("default/r1", 1) == (2, 3)
+        fake.release(slow)
+        await _until(lambda: pub.in_sync() == 3)
+        assert pub.settled() and pub.programmed("default/r1", 1) == (3, 3)
+        await pub.close()
+
+
 # --- status ---------------------------------------------------------------------------------------
 
 
@@ -359,6 +520,51 @@ def test_programmed_condition_counts_replicas() -> None:
     assert [c["reason"] for c in none["conditions"] if c["type"] == "Programmed"] == ["NoReplicas"]
 
 
+@pytest.mark.parametrize("why", ["Invalid", "Conflicted"])
+def test_a_route_that_is_not_accepted_is_never_programmed(why: str) -> None:
+    """Whatever the replicas acknowledged (a rejected route may still be in the table they serve while
+    new pushes fail), Programmed stays False for a route that is not Accepted."""
+    if why == "Invalid":
+        regex = {"name": "X", "type": "RegularExpression", "value": "(["}
+        bad = {**ROUTE_SPEC, "match": {"headers": [regex]}}
+        routes = [_route("r1", spec=bad)]
+    else:  # same match as r0, and not older: r0 wins
+        routes = [_route("r0"), _route("r1")]
+    result = compiler.compile_bundle(state_with(*routes).bundle(), now=datetime(2024, 1, 1, tzinfo=UTC))
+    compiled = result.statuses["default/r1"].model_dump(mode="json", by_alias=True, exclude_none=True)
+    accepted = next(c for c in compiled["conditions"] if c["type"] == "Accepted")
+    assert (accepted["status"], accepted["reason"]) == ("False", why)
+    for acked, replicas in [(3, 3), (1, 1), (0, 2), (0, 0)]:
+        st = status.desired_status(
+            compiled, acked=acked, replicas=replicas, previous=None, now=datetime(2024, 2, 1, tzinfo=UTC)
+        )
+        prog = next(c for c in st["conditions"] if c["type"] == "Programmed")
+        assert (prog["status"], prog["reason"]) == ("False", "NotAccepted"), (acked, replicas)
+
+
+async def test_status_writes_run_at_most_concurrency_at_a_time() -> None:
+    in_flight: list[str] = []
+    full, release = asyncio.Event(), asyncio.Event()
+
+    async def patch(ns: str, name: str, st: dict[str, Any]) -> bool:
+        in_flight.append(name)
+        if len(in_flight) == 4:
+            full.set()
+        await release.wait()
+        in_flight.remove(name)
+        return True
+
+    writer = status.StatusWriter(patch=patch, concurrency=4)
+    now = datetime(2024, 2, 1, tzinfo=UTC)
+    st = status.desired_status(_compiled(), acked=1, replicas=1, previous=None, now=now)
+    task = asyncio.create_task(writer.write({f"default/r{i}": st for i in range(40)}, {}))
+    await asyncio.wait_for(full.wait(), GUARD)
+    await _spin()  # the other 36 writes had every chance to start
+    assert len(in_flight) == 4
+    release.set()
+    assert await asyncio.wait_for(task, GUARD) == 40
+
+
 async def test_status_writer_writes_only_changes() -> None:
     calls: list[tuple[str, str]] = []
     events: list[tuple[str, str]] = []
@@ -382,6 +588,128 @@ async def test_status_writer_writes_only_changes() -> None:
     calls.clear()
     assert await writer.write(desired, observed) == 0
     assert calls == [("default", "gone")]  # a deleted route is retried (it may come back); r1 is not
+
+
+# --- the reconciler's status loop ----------------------------------------------------------------
+
+
+class StatusRig:
+    """A :class:`~kubegate_operator.reconciler.Reconciler` with its loops running, fake replicas behind
+    its publisher, and a status writer that records every patch."""
+
+    def __init__(self, fake: FakeReplicas, *, status_settle: float) -> None:
+        self.fake = fake
+        self.client = fake.client()
+        self.writes: list[tuple[str, dict[str, Any]]] = []
+
+        async def patch(ns: str, name: str, st: dict[str, Any]) -> bool:
+            self.writes.append((name, st))
+            return True
+
+        pusher = publisher.Publisher(
+            client=self.client, token=lambda: TOKEN, backoff_initial=0.05, backoff_max=0.2, timeout=GUARD
+        )
+        self.rec = reconciler.Reconciler(
+            cluster=state.ClusterState(dataplane_service=("sys", "dp")),
+            pusher=pusher,
+            writer=status.StatusWriter(patch=patch),
+            bootstrapper=None,
+            metrics=metrics_mod.Metrics(),
+            holdoff=0.0,
+            max_delay=0.0,
+            status_settle=status_settle,
+        )
+        self.rec.start(resync_interval=3600)
+        dp = endpoint_slice("dp-1", "dp", list(REPLICA_HOSTS), 9090, "sys", port_name="admin")
+        self.rec.upsert(state.ENDPOINTSLICE, dp)
+
+    def programmed(self, name: str) -> list[tuple[str, str]]:
+        """(status, message) of Programmed in each write of ``name``'s status, in order."""
+        return [
+            (c["status"], c["message"])
+            for written, st in self.writes
+            if written == name
+            for c in st["conditions"]
+            if c["type"] == "Programmed"
+        ]
+
+    async def close(self) -> None:
+        await self.rec.stop()
+        await self.client.aclose()
+
+
+URL_SPEC = {
+    "match": {"path": {"type": "Prefix", "value": "/one"}},
+    "backends": [{"url": "http://127.0.0.1:9"}],
+}
+
+
+async def test_status_is_written_once_after_the_pushes_end() -> None:
+    """README: a route is written once as "Programmed 3/3", not as "0/3" first, although one replica
+    takes its time to acknowledge (the status loop waits for the pushes; at most status_settle)."""
+    fake = FakeReplicas()
+    fake.hold(*REPLICA_HOSTS)
+    rig = StatusRig(fake, status_settle=3600)
+    try:
+        rig.rec.upsert(state.GATEWAYROUTE, _route("r1", spec=URL_SPEC))
+        await fake.wait_arrived(*REPLICA_HOSTS)
+        fake.release(*REPLICA_HOSTS[1:])
+        await _until(lambda: rig.rec.publisher.in_sync() == 2)
+        await _spin()
+        assert rig.writes == [], "a status was written while a push was still under way"
+        fake.release(REPLICA_HOSTS[0])
+        await _until(lambda: rig.writes != [])
+        await _until(lambda: rig.rec.publisher.in_sync() == 3)
+        await _spin()
+        assert rig.programmed("r1") == [("True", "3/3 replicas")]
+    finally:
+        await rig.close()
+
+
+async def test_status_does_not_wait_for_an_unreachable_replica() -> None:
+    """README: an unreachable replica is not waited for (status_settle is an hour here: waiting for it
+    would hang the test); its failing retries rewrite nothing."""
+    fake = FakeReplicas()
+    fake.unreachable.add(REPLICA_HOSTS[0])
+    rig = StatusRig(fake, status_settle=3600)
+    try:
+        rig.rec.upsert(state.GATEWAYROUTE, _route("r1", spec=URL_SPEC))
+        await _until(lambda: rig.writes != [])
+        assert rig.programmed("r1") == [("False", "2/3 replicas")]
+        tries = fake.attempts[REPLICA_HOSTS[0]]
+        await _until(lambda: fake.attempts[REPLICA_HOSTS[0]] >= tries + 3)  # retried with backoff ...
+        await _spin()
+        assert len(rig.writes) == 1  # ... and nothing new to write
+    finally:
+        await rig.close()
+
+
+async def test_a_route_rejected_while_pushes_fail_is_not_programmed() -> None:
+    """Every replica still serves the table holding r2 (generation 1) when r2 becomes Conflicted and the
+    pushes of the new table are refused: r2 is counted on 3/3 replicas, and still not Programmed."""
+    fake = FakeReplicas()
+    rig = StatusRig(fake, status_settle=3600)
+    two = {**URL_SPEC, "match": {"path": {"type": "Prefix", "value": "/two"}}}
+    try:
+        rig.rec.upsert(state.GATEWAYROUTE, _route("r1", spec=URL_SPEC))
+        rig.rec.upsert(state.GATEWAYROUTE, _route("r2", spec=two))
+        await _until(lambda: ("True", "3/3 replicas") in rig.programmed("r2"))
+        fake.refuse = True
+        rig.rec.upsert(state.GATEWAYROUTE, _route("r1", generation=2, spec=two))  # r1 is older: it wins
+
+        def last(name: str, type_: str) -> dict[str, Any]:
+            st = [s for written, s in rig.writes if written == name][-1]
+            return dict(next(c for c in st["conditions"] if c["type"] == type_))
+
+        await _until(lambda: last("r2", "Accepted")["status"] == "False")
+        assert last("r2", "Accepted")["reason"] == "Conflicted"
+        assert rig.rec.publisher.programmed("default/r2", 1) == (3, 3)  # what the replicas still serve
+        assert (last("r2", "Programmed")["status"], last("r2", "Programmed")["reason"]) == (
+            "False",
+            "NotAccepted",
+        )
+    finally:
+        await rig.close()
 
 
 # --- bootstrap ------------------------------------------------------------------------------------
@@ -460,13 +788,19 @@ def test_settings_from_flags_and_environment() -> None:
 
 
 class FakeLeases:
-    """The three Lease calls of :class:`~kubegate_operator.kube.Kube`, in memory, optimistic like the API."""
+    """The three Lease calls of :class:`~kubegate_operator.kube.Kube`, in memory, optimistic like the API.
+    ``calls`` counts reads; with ``broken`` set, the API server cannot be reached."""
 
     def __init__(self) -> None:
         self.lease: dict[str, Any] | None = None
         self.version = 0
+        self.calls = 0
+        self.broken = False
 
     async def get_lease(self, ref: settings.ObjectRef) -> dict[str, Any] | None:
+        self.calls += 1
+        if self.broken:
+            raise ConnectionError("the API server cannot be reached")
         return copy.deepcopy(self.lease)
 
     async def create_lease(self, ref: settings.ObjectRef, spec: dict[str, Any]) -> bool:
@@ -537,33 +871,66 @@ async def test_release_lets_a_candidate_take_over_at_once() -> None:
     assert leases.lease["spec"]["holderIdentity"] == "b"
 
 
+async def _running(a: leader.LeaderElector) -> asyncio.Task[None]:
+    task = asyncio.create_task(a.run())
+    await _until(lambda: a.leading, timeout=GUARD)
+    return task
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def test_leader_steps_down_when_another_holds_the_lease() -> None:
+    """At its next look at the Lease, whatever the time: the injected clock never moves here."""
     leases = FakeLeases()
     changes: list[bool] = []
     a = leader.LeaderElector(
         kube=cast(Any, leases),
         ref=settings.ObjectRef("ns", "lease"),
         identity="a",
-        duration=0.6,  # renews every 0.2 s
+        duration=0.6,  # looks every 0.2 s
         on_change=changes.append,
+        clock=lambda: 0.0,
     )
-    task = asyncio.create_task(a.run())
+    task = await _running(a)
     try:
-        deadline = asyncio.get_running_loop().time() + 5
-        while not a.leading:
-            assert asyncio.get_running_loop().time() < deadline, "never acquired"
-            await asyncio.sleep(0.01)
         assert leases.lease is not None
         leases.put({**leases.lease["spec"], "holderIdentity": "b"})  # b took over (say, a was paused)
-        while a.leading:
-            assert asyncio.get_running_loop().time() < deadline, "still leading"
-            await asyncio.sleep(0.01)
+        await _until(lambda: not a.leading, timeout=GUARD)
         assert changes == [True, False]
         assert leases.lease["spec"]["holderIdentity"] == "b", "a took the valid Lease back"
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await _stop(task)
+
+
+async def test_leader_that_cannot_renew_steps_down_by_its_own_clock() -> None:
+    """Renewals failing, a leader gives up once 2/3 of the duration passed since its last renewal by its
+    own clock (before a standby may take over), and not before."""
+    leases, clock = FakeLeases(), [50.0]
+    changes: list[bool] = []
+    a = leader.LeaderElector(
+        kube=cast(Any, leases),
+        ref=settings.ObjectRef("ns", "lease"),
+        identity="a",
+        duration=0.6,  # steps down 0.4 s after its last renewal; looks every 0.2 s (real time)
+        on_change=changes.append,
+        clock=lambda: clock[0],
+    )
+    task = await _running(a)
+    try:
+        leases.broken = True
+        clock[0] += 0.39
+        calls = leases.calls
+        await _until(lambda: leases.calls >= calls + 2, timeout=GUARD)  # two failed renewals ...
+        assert a.leading and changes == [True]  # ... within 2/3 of the duration
+        clock[0] += 0.02
+        await _until(lambda: not a.leading, timeout=GUARD)
+        assert changes == [True, False]
+    finally:
+        await _stop(task)
 
 
 def test_burst_max_delay_grows_with_compile_time() -> None:
