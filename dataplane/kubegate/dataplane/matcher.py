@@ -24,8 +24,8 @@ support ``*`` (exactly one segment) and a final ``**`` (zero or more segments) a
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Mapping
-from typing import Generic, TypeVar
+from collections.abc import Iterable
+from typing import Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from kubegate.compiler import regex, table
@@ -85,6 +85,13 @@ def validate_glob(pattern: str) -> str | None:
     return None
 
 
+class HeaderLookup(Protocol):
+    """What the matcher asks of a request's headers (or parsed query): one value by lower-case name.
+    A dict is one; the proxy's exchange is another, which decodes its headers only when first asked."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+
 class _Node(Generic[T]):
     """One trie node; ``prefix`` holds Prefix routes and ``/**`` globs, ``terminal`` globs ending here."""
 
@@ -134,7 +141,7 @@ class _Bucket(Generic[T]):
             node.terminal.append(entry)
 
     def find(
-        self, method: str, path: str, segs: list[str], n: int, query: str, headers: Mapping[str, str]
+        self, method: str, path: str, segs: list[str], n: int, query: str, headers: HeaderLookup
     ) -> _Entry[T] | None:
         """The best matching entry; ``segs[1:n]`` are the path's segments (no trailing empty one)."""
         exact = self.exact.get(path)
@@ -193,9 +200,7 @@ def _walk(node: _Node[T], segs: list[str], i: int, n: int, lists: list[list[_Ent
         _walk(child, segs, i + 1, n, lists)
 
 
-def _first(
-    candidates: list[_Entry[T]], method: str, query: str, headers: Mapping[str, str]
-) -> _Entry[T] | None:
+def _first(candidates: list[_Entry[T]], method: str, query: str, headers: HeaderLookup) -> _Entry[T] | None:
     params: dict[str, str] | None = None
     for entry in candidates:
         _, methods, header_conds, query_conds, _ = entry
@@ -212,7 +217,7 @@ def _first(
     return None
 
 
-def _holds(conds: tuple[_Cond, ...], values: Mapping[str, str]) -> bool:
+def _holds(conds: tuple[_Cond, ...], values: HeaderLookup) -> bool:
     for name, expected, pattern in conds:
         actual = values.get(name)
         if actual is None:
@@ -331,7 +336,7 @@ class Matcher(Generic[T]):
                 buckets.append(self._by_host.setdefault(name, _Bucket()))
         return buckets
 
-    def match(self, method: str, host: str, path: str, query: str, headers: Mapping[str, str]) -> T | None:
+    def match(self, method: str, host: str, path: str, query: str, headers: HeaderLookup) -> T | None:
         """The value of the best route for the request, or None.
 
         ``path`` is normalised, ``query`` the raw query string without '?', ``headers`` maps lower-case

@@ -34,7 +34,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -159,36 +158,6 @@ class _Reject(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class _Headers(Mapping[str, str]):
-    """Request headers as the matcher wants them (lower-case str names), built only if a route asks."""
-
-    __slots__ = ("_d", "_raw")
-
-    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
-        self._d: dict[str, str] | None = None
-
-    def _dict(self) -> dict[str, str]:
-        d = self._d
-        if d is None:
-            d = {}
-            for name, value in self._raw:
-                key = name.decode("latin-1").lower()
-                v = value.decode("latin-1")
-                d[key] = d[key] + "," + v if key in d else v
-            self._d = d
-        return d
-
-    def __getitem__(self, key: str) -> str:
-        return self._dict()[key]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._dict())
-
-    def __len__(self) -> int:
-        return len(self._dict())
 
 
 class ProxyProtocol(asyncio.Protocol):
@@ -529,6 +498,7 @@ class Exchange:
         "conn",
         "content_length",
         "done",
+        "hdict",
         "head",
         "head_only",
         "keep_alive",
@@ -596,6 +566,19 @@ class Exchange:
         self.sent = 0  # response body payload bytes relayed to the client
         self.upstream: tuple[str, int] | None = None  # the endpoint of the last attempt (for the access log)
         self.no_host = False  # HTTP/1.0 without Host: the endpoint's authority is sent as Host
+        self.hdict: dict[str, str] | None = None  # the headers by lower-case str name, built on first get()
+
+    def get(self, name: str) -> str | None:
+        """A request header by lower-case name (repeated ones joined with ","), for the matcher's header
+        conditions and consistent hashing: decoded only for requests that meet such a route."""
+        d = self.hdict
+        if d is None:
+            d = self.hdict = {}
+            for raw_name, raw_value in self.raw_headers:
+                key = raw_name.decode("latin-1").lower()
+                v = raw_value.decode("latin-1")
+                d[key] = d[key] + "," + v if key in d else v
+        return d.get(name)
 
     # --- upgrades (rare: only requests llhttp flagged as upgrades get here) -----------------------------
     def upgrade_kind(self) -> int:
@@ -755,7 +738,7 @@ class Exchange:
             host_s,
             path,
             query.decode("latin-1") if query else "",
-            _Headers(self.raw_headers),
+            self,  # looked up through get() only when a route has header conditions
         )
         if route is None:
             self.fail(404, "no route matches this request")
@@ -817,7 +800,7 @@ class Exchange:
             cookie = next((v.decode("latin-1") for n, v in self.raw_headers if n.lower() == b"cookie"), None)
             key = hash_key(
                 policies.hash_on,
-                _Headers(self.raw_headers),
+                self,
                 query.decode("latin-1"),
                 cookie,
                 client.client_ip,

@@ -31,11 +31,12 @@ import hashlib
 import random
 import struct
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import unquote_plus
 from zlib import crc32
 
 from kubegate.compiler.policy import HashOn, LoadBalancerPolicy
+from kubegate.dataplane.matcher import HeaderLookup
 from kubegate.dataplane.policies.endpoints import Addr, EndpointSet, EndpointState
 
 #: Virtual nodes per endpoint on the consistent-hash ring ...
@@ -311,7 +312,7 @@ def make_balancer(
 
 def hash_key(
     hash_on: HashOn,
-    headers: Mapping[str, str],
+    headers: HeaderLookup,
     query: str,
     cookies: str | None,
     client_ip: bytes,
