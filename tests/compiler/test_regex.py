@@ -96,6 +96,14 @@ def test_size_cap_counts_bytes() -> None:
         regex.compile("é" * 513)
 
 
+def test_program_size_cap() -> None:
+    """Linear time is not cheap time: a huge RE2 program is refused, a long literal is not."""
+    assert regex.compile("a" * 1024).program_size <= regex.MAX_PROGRAM_SIZE
+    assert regex.compile("[a-z]{100}").fullmatch("a" * 100)
+    with pytest.raises(regex.RegexError, match=r"too complex: RE2 program size 8007, at most 2000"):
+        regex.compile("(?:.*a.{999})*c")
+
+
 def test_no_module_level_cache() -> None:
     """Compiled patterns live on their Pattern only: neither ``re`` nor ``re2`` keeps one."""
     pattern = "(unique-4f1d)+x"

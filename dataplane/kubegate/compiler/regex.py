@@ -27,13 +27,18 @@ from re2 import _re2
 
 from kubegate.api import models
 
-__all__ = ["MAX_BYTES", "MAX_MEM", "Pattern", "RegexError", "compile"]
+__all__ = ["MAX_BYTES", "MAX_MEM", "MAX_PROGRAM_SIZE", "Pattern", "RegexError", "compile"]
 
 MAX_BYTES = models.MAX_REGEX_BYTES
 #: RE2's memory budget per pattern: the compiled program plus its lazily built DFA. RE2's default is
 #: 8 MiB; 1 MiB refuses nothing sensible (``.{1000}`` or a UUID pattern fit easily), refuses things like
 #: ``\pL{100}`` ("pattern too large"), and keeps compiling one pattern to about 10 ms instead of 200 ms.
 MAX_MEM = 1 << 20
+#: RE2 runs in time linear in the input, but the factor is the program's size: ``(?:.*a.{999})*c`` (8,007)
+#: takes about half a second over 60 KB. Headers are at most 32 KiB, and ordinary patterns are far below
+#: this cap (``^Bearer [A-Za-z0-9._-]+$`` is 9, ``[a-z]{100}`` 104; a 1,024-character literal, the
+#: longest pattern allowed, about 1,030); Envoy's default cap is 100.
+MAX_PROGRAM_SIZE = 2000
 
 _OPTIONS = re2.Options()
 _OPTIONS.max_mem = MAX_MEM
@@ -101,7 +106,13 @@ def compile(source: str) -> Pattern:
         error = regexp.error()
         reason = error.decode("utf-8", "replace") if isinstance(error, bytes) else str(error)
         raise RegexError(f"invalid regular expression {source!r}: {reason}{_hint(reason)}")
-    return Pattern(source, regexp)
+    pattern = Pattern(source, regexp)
+    if pattern.program_size > MAX_PROGRAM_SIZE:
+        raise RegexError(
+            f"regular expression {source[:80]!r} is too complex: RE2 program size {pattern.program_size}, "
+            f"at most {MAX_PROGRAM_SIZE} (large repetition counts such as {{999}} are the usual cause)"
+        )
+    return pattern
 
 
 def _hint(reason: str) -> str:
