@@ -1068,11 +1068,7 @@ class Exchange:
         self._upstream_error("protocol")
         if self.attempts is not None:
             self.attempts.gave_up()
-        if self.resp_started:
-            self.client.abort()
-            self.finish(self.status, keep_alive=False)
-        else:
-            self.fail(502, "upstream sent a malformed response")
+        self._give_up(502, "upstream sent a malformed response")
 
     def upstream_write_paused(self, paused: bool) -> None:
         if paused:
@@ -1090,11 +1086,7 @@ class Exchange:
         self._upstream_error("timeout")
         if self.attempts is not None:
             self.attempts.gave_up()
-        if self.resp_started:
-            self.client.abort()
-            self.finish(self.status, keep_alive=False)
-        else:
-            self.fail(504, "upstream did not answer in time")
+        self._give_up(504, "upstream did not answer in time")
 
     def try_timed_out(self) -> None:
         """The route's retry.perTryTimeout passed before the attempt's response head."""
@@ -1106,13 +1098,18 @@ class Exchange:
         self._upstream_error("timeout")
         if self.attempts is not None and self.attempts.failed("timeout"):
             return
+        self._give_up(504, "upstream did not answer in time")
+
+    # --- endings ----------------------------------------------------------------------------------------
+    def _give_up(self, status: int, message: str) -> None:
+        """The upstream failed: answer ``status`` if nothing was sent yet, else cut the client off (a
+        response already under way cannot be ended cleanly)."""
         if self.resp_started:
             self.client.abort()
             self.finish(self.status, keep_alive=False)
         else:
-            self.fail(504, "upstream did not answer in time")
+            self.fail(status, message)
 
-    # --- endings ----------------------------------------------------------------------------------------
     def refuse(self, status: int, message: str) -> None:
         """A request the gateway will not read further (its framing or version is in doubt): answer, close."""
         self.keep_alive = False

@@ -117,14 +117,20 @@ class RoundRobin(Balancer):
         return ep if ep.addr != exclude else eps[self._next]
 
 
-class Random(Balancer):
-    """A uniformly random available endpoint, from the injected generator."""
+class _Drawing(Balancer):
+    """A balancer that draws from the injected generator (seeded in tests)."""
 
     __slots__ = ("_random",)
 
     def __init__(self, endpoints: EndpointSet, rng: random.Random) -> None:
         super().__init__(endpoints)
         self._random = rng.random
+
+
+class Random(_Drawing):
+    """A uniformly random available endpoint, from the injected generator."""
+
+    __slots__ = ()
 
     def pick(self, now: float, key: bytes | None = None, exclude: Addr | None = None) -> EndpointState | None:
         eps = self._eps
@@ -138,14 +144,10 @@ class Random(Balancer):
         return candidates[int(self._random() * len(candidates))]
 
 
-class LeastRequest(Balancer):
+class LeastRequest(_Drawing):
     """Power of two choices on ``in_flight``: two distinct random endpoints, the less busy one wins."""
 
-    __slots__ = ("_random",)
-
-    def __init__(self, endpoints: EndpointSet, rng: random.Random) -> None:
-        super().__init__(endpoints)
-        self._random = rng.random
+    __slots__ = ()
 
     def pick(self, now: float, key: bytes | None = None, exclude: Addr | None = None) -> EndpointState | None:
         eps = self._eps
