@@ -59,6 +59,13 @@ def _seconds(env: str, *, zero: bool) -> Callable[[str], float]:
     return parse
 
 
+def _seconds_flag(
+    parser: argparse.ArgumentParser, flag: str, env: str, default: str, *, zero: bool, help: str
+) -> None:
+    """A flag holding seconds, defaulting to ``$KUBEGATE_<env>`` (checked as strictly as the flag)."""
+    parser.add_argument(flag, type=_seconds(env, zero=zero), default=_env(env, default), help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubegate", description="A Kubernetes-native API gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,41 +96,53 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("PUSH_TOKEN_FILE"),
         help="file holding the bearer token for PUT /table (else $KUBEGATE_PUSH_TOKEN)",
     )
-    s.add_argument(
+    _seconds_flag(
+        s,
         "--drain-timeout",
-        type=_seconds("DRAIN_TIMEOUT", zero=True),
-        default=_env("DRAIN_TIMEOUT", "25"),
+        "DRAIN_TIMEOUT",
+        "25",
+        zero=True,
         help="seconds to finish in-flight requests on SIGTERM (25)",
     )
-    s.add_argument(
+    _seconds_flag(
+        s,
         "--drain-linger",
-        type=_seconds("DRAIN_LINGER", zero=True),
-        default=_env("DRAIN_LINGER", "2"),
+        "DRAIN_LINGER",
+        "2",
+        zero=True,
         help="seconds an idle keep-alive connection stays open once draining, for a request already on its "
         "way (2)",
     )
-    s.add_argument(
+    _seconds_flag(
+        s,
         "--watch-interval",
-        type=_seconds("WATCH_INTERVAL", zero=True),
-        default=_env("WATCH_INTERVAL", "1"),
+        "WATCH_INTERVAL",
+        "1",
+        zero=True,
         help="seconds between checks of --routes for changes; 0 = only on SIGHUP (1)",
     )
-    s.add_argument(
+    _seconds_flag(
+        s,
         "--header-timeout",
-        type=_seconds("HEADER_TIMEOUT", zero=False),
-        default=_env("HEADER_TIMEOUT", "10"),
+        "HEADER_TIMEOUT",
+        "10",
+        zero=False,
         help="seconds a client has to send a request head (10)",
     )
-    s.add_argument(
+    _seconds_flag(
+        s,
         "--keepalive-timeout",
-        type=_seconds("KEEPALIVE_TIMEOUT", zero=False),
-        default=_env("KEEPALIVE_TIMEOUT", "75"),
+        "KEEPALIVE_TIMEOUT",
+        "75",
+        zero=False,
         help="seconds an idle client connection stays open (75)",
     )
-    s.add_argument(
+    _seconds_flag(
+        s,
         "--tunnel-idle-timeout",
-        type=_seconds("TUNNEL_IDLE_TIMEOUT", zero=False),
-        default=_env("TUNNEL_IDLE_TIMEOUT", "300"),
+        "TUNNEL_IDLE_TIMEOUT",
+        "300",
+        zero=False,
         help="seconds a WebSocket tunnel may carry no byte either way before it is closed (300)",
     )
     s.add_argument(
