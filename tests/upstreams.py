@@ -124,6 +124,12 @@ class _Handler(socketserver.StreamRequestHandler):
             self._send(forced, b'{"forced": true}', [("x-backend", name)], head_only=method == "HEAD")
         elif path.startswith("/status/"):
             self._send(int(path.split("/")[2]), b'{"status": true}', head_only=method == "HEAD")
+        elif path == "/held-body":  # the head and a first chunk, then the rest once body_hold is set
+            self.wfile.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            self.wfile.flush()
+            self.server.body_held += 1
+            self.server.body_hold.wait(30)
+            self.wfile.write(b"4\r\nlast\r\n0\r\n\r\n")
         elif path.startswith("/chunked/"):
             n = int(path.split("/")[2])
             self.wfile.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
@@ -206,6 +212,9 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
         self.health_status = 200  # the answer to /healthz
         self.hold = threading.Event()
         self.hold.set()
+        self.body_hold = threading.Event()  # /held-body waits for it between its two chunks
+        self.body_hold.set()
+        self.body_held = 0
         self.held = 0
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -229,6 +238,7 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
     def stop(self) -> None:
         self.stalled.set()
         self.hold.set()
+        self.body_hold.set()
         self.shutdown()
         self.server_close()
 

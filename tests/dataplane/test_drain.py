@@ -2,7 +2,9 @@
 
 Aspects: readiness turns 503 as the drain starts; a keep-alive connection that was idle when the drain
 began still gets its next request answered (with ``Connection: close``) instead of being cut off (the
-``--drain-linger``); a request in flight finishes; the process exits 0 once every connection is done.
+``--drain-linger``), and so does one whose response promised keep-alive before the drain and ended during
+it; a request in flight finishes; the process exits 0 once every connection is done.
+``bench/drain_bench.py`` measures the same under load (32 and 64 clients: 0 requests lost).
 """
 
 from __future__ import annotations
@@ -63,3 +65,34 @@ def test_an_idle_keepalive_connection_is_answered_during_the_drain(tmp_path: Pat
         gw.stop()
         up.stop()
         slow.stop()
+
+
+def test_a_response_that_promised_keep_alive_before_the_drain_keeps_its_connection(tmp_path: Path) -> None:
+    up = UpstreamServer("u").start()
+    gw = GatewayProcess(tmp_path, extra=["--drain-linger", "30", "--drain-timeout", "30"])
+    try:
+        assert gw.push(table(route("r", up.url))).status_code == 200
+        up.body_hold.clear()
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+            sock.sendall(b"GET /held-body HTTP/1.1\r\nHost: a\r\n\r\n")
+            data = b""
+            while b"first" not in data:  # the head went out before the drain: it promises keep-alive
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            assert b"connection: close" not in data.lower()
+            gw.signal(signal.SIGTERM)
+            wait_for(lambda: httpx.get(gw.admin + "/ready", timeout=2).status_code == 503)
+            up.body_hold.set()  # the response ends during the drain
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = sock.recv(65536)
+                assert chunk, data
+                data += chunk
+            second = _get(sock)  # sent on the connection that response kept: answered, then closed
+            assert second.startswith(b"HTTP/1.1 200 ") and b"\r\nconnection: close\r\n" in second.lower()
+            assert sock.recv(1) == b""
+        assert gw.proc.wait(20) == 0
+    finally:
+        up.body_hold.set()
+        gw.stop()
+        up.stop()

@@ -411,7 +411,10 @@ class ProxyProtocol(asyncio.Protocol):
         self.active = None
         if self.tunnel is not None:  # the connection is the tunnel's now
             return
-        if not keep_alive or self.closing or self.gw.draining:
+        # keep_alive is what the response promised. During a drain a response written before it began
+        # promised keep-alive, and the client may already be sending its next request: the connection
+        # stays, that request is answered with Connection: close, and an idle one goes after drain_linger.
+        if not keep_alive or self.closing:
             self.close()
             return
         if self.reading_paused:  # paused for this exchange's back-pressure or the pipeline queue
