@@ -264,8 +264,8 @@ class ProxyProtocol(asyncio.Protocol):
             if rest:
                 self.data_received(rest)
         elif kind == _STRIP_WITH_BODY:  # ... with a body: parse it with llhttp, then the next requests
-            ex = self.parsing
-            length = ex.declared_length() if ex is not None else 0
+            # upgrade_kind() read the framing: a Content-Length over 0, else (None) chunked
+            length = self.parsing.content_length if self.parsing is not None else 0
             cont = _AfterStrippedUpgrade(self)
             self.parser = httptools.HttpRequestParser(cont)
             framing = b"transfer-encoding: chunked" if length is None else b"content-length: %d" % length
@@ -599,7 +599,8 @@ class Exchange:
                 has_te = True
                 te_chunked = httpbits.only_chunked(value)
             elif lname == b"content-length":
-                has_body = int(value) > 0  # llhttp has validated it
+                self.content_length = int(value)  # llhttp has validated it; start() reads it the same
+                has_body = self.content_length > 0
         if (
             self.method == b"GET"
             and self.version == "1.1"
@@ -614,16 +615,6 @@ class Exchange:
             self.keep_alive = False
             return _DISCARD
         return _STRIP_WITH_BODY if has_te or has_body else _STRIP
-
-    def declared_length(self) -> int | None:
-        """The request's Content-Length (None when chunked), read from its head."""
-        for name, value in self.raw_headers:
-            lname = name.lower()
-            if lname == b"transfer-encoding":
-                return None
-            if lname == b"content-length":
-                return int(value)
-        return 0
 
     # --- request side -----------------------------------------------------------------------------------
     def start(self) -> None:
