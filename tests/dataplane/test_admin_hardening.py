@@ -47,13 +47,15 @@ def upstream() -> Iterator[UpstreamServer]:
     up.stop()
 
 
-class ServeProcess:
+class ServeProcess(GatewayProcess):
     """``serve(ServeOptions(...))`` in a child process: for options without a flag (the admin body
-    timeout, the admin connection cap) and for a descriptor limit set before it starts."""
+    timeout, the admin connection cap) and for a descriptor limit set before it starts. Only the start
+    differs from :class:`GatewayProcess`: health, logs, pushes and stopping are its."""
 
     def __init__(self, tmp: Path, *, nofile: int | None = None, **options: Any) -> None:
         self.port = free_port()
         self.admin_port = free_port()
+        self.token = TOKEN
         self.token_file = tmp / f"token-{self.port}"
         self.token_file.write_text(TOKEN + "\n")
         opts = {
@@ -93,31 +95,6 @@ class ServeProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         wait_for(self._healthy, timeout=GUARD)
-
-    def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"serve exited early:\n{self.log()}")
-        try:
-            return httpx.get(self.admin + "/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def push(self, body: dict[str, Any]) -> httpx.Response:
-        return httpx.put(self.admin + "/table", json=body, headers={"authorization": f"Bearer {TOKEN}"})
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return int(self.proc.returncode)
 
 
 def _answer(sock: socket.socket, feed: bytes | None = None, every: float = 0.05) -> bytes:
