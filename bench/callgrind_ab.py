@@ -27,14 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: localhost\r\nUser-Agent: callgrind-ab\r\nAccept: */*\r\n\r\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load(port: int, n: int, conns: int = 4) -> None:

@@ -20,10 +20,8 @@ bounded in time.
 from __future__ import annotations
 
 import argparse
-import http.server
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import tempfile
@@ -31,30 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-
-class _Slow(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        time.sleep(0.05)
-        body = b"ok"
-        self.send_response(200)
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Upstream(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from benchlib import free_port, slow_upstream, wait_port
 
 
 def read_response(sock: socket.socket) -> tuple[bytes, bool]:
@@ -110,14 +85,13 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--before", type=float, default=3.0, help="seconds of load before SIGTERM (3)")
     args = ap.parse_args()
-    upstream = _Upstream(("127.0.0.1", 0), _Slow)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    upstream, upstream_port = slow_upstream(0.05)
     port, admin = free_port(), free_port()
     with tempfile.TemporaryDirectory() as tmp:
         routes = Path(tmp) / "routes.yaml"
         routes.write_text(
             "apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r, namespace: default}\n"
-            f'spec:\n  backends: [{{url: "http://127.0.0.1:{upstream.server_address[1]}"}}]\n'
+            f'spec:\n  backends: [{{url: "http://127.0.0.1:{upstream_port}"}}]\n'
         )
         log = open(Path(tmp) / "gateway.log", "wb")  # noqa: SIM115
         gw = subprocess.Popen(
@@ -126,12 +100,7 @@ def main() -> int:
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    time.sleep(0.05)
+            wait_port(port)
             counts = {"answered": 0, "lost": 0, "refused": 0}
             lock = threading.Lock()
             deadline = time.monotonic() + args.before + 30

@@ -20,8 +20,6 @@ import argparse
 import http.client
 import http.server
 import signal
-import socket
-import socketserver
 import subprocess
 import sys
 import tempfile
@@ -29,40 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-
-class _Slow(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        time.sleep(0.02)
-        self.send_response(200)
-        self.send_header("content-length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Upstream(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port}")
+from benchlib import free_port, slow_upstream, wait_port
 
 
 def main() -> int:
@@ -70,13 +35,12 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--pause", type=float, default=1.0, help="seconds between leaving nginx and SIGTERM (1)")
     args = ap.parse_args()
-    upstream = _Upstream(("127.0.0.1", 0), _Slow)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    upstream, upstream_port = slow_upstream(0.02)
     work = Path(tempfile.mkdtemp(prefix="rolling-"))
     routes = work / "routes.yaml"
     routes.write_text(
         "apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: r, namespace: default}\n"
-        f'spec:\n  backends: [{{url: "http://127.0.0.1:{upstream.server_address[1]}"}}]\n'
+        f'spec:\n  backends: [{{url: "http://127.0.0.1:{upstream_port}"}}]\n'
     )
     ports = [free_port() for _ in range(3)]
     front = free_port()
