@@ -107,9 +107,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", type=Path, help="root of another kubegate checkout to measure too")
     ap.add_argument("-n", type=int, default=2000, help="measured requests (2000)")
+    ap.add_argument("--keep", type=Path, help="keep the callgrind dumps here, for callgrind_annotate")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="callgrind-ab-") as tmp:
-        work = Path(tmp)
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
         upstream = free_port()
         (work / "nginx.conf").write_text(
             f"daemon off; master_process off; worker_processes 1; pid {work}/nginx.pid; "

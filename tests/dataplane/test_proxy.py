@@ -13,6 +13,7 @@ Waits are hang guards (``GUARD``), never measures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -394,6 +395,41 @@ def test_oversized_headers_431_and_url_414(gw: GatewayProcess) -> None:
     big = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(40))
     assert status_of(raw(gw, b"GET / HTTP/1.1\r\nHost: a\r\n" + big + b"\r\n")) == 431
     assert status_of(raw(gw, b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")) == 414
+
+
+def test_one_endless_header_gets_431_before_it_fills_memory(gw: GatewayProcess) -> None:
+    """httptools buffers a header until its end: the limit must hold for a header that never ends."""
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nX-Endless: ")
+        answer = b""
+        for _ in range(64):  # up to 2 MiB, sent in pieces; the answer must come well before the end
+            try:
+                s.sendall(b"v" * 32768)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            s.settimeout(0.05)
+            try:
+                answer += s.recv(65536)
+            except TimeoutError:
+                continue
+            if answer:
+                break
+        s.settimeout(5)
+        with contextlib.suppress(ConnectionResetError):
+            answer += s.recv(65536)
+    assert status_of(answer) == 431, answer[:200]
+
+
+def test_a_large_pipelined_body_does_not_count_against_the_next_head(gw: GatewayProcess) -> None:
+    body = b"b" * 200_000  # arrives in the same reads as the next request's head
+    data = (
+        b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        + b"GET /second HTTP/1.1\r\nHost: a\r\nConnection: close\r\n"
+        + b"X-H: v\r\n" * 100
+        + b"\r\n"
+    )
+    out = raw(gw, data)
+    assert out.count(b"HTTP/1.1 200 ") == 2, out[:300]
 
 
 def test_slow_header_client_gets_408(gw: GatewayProcess) -> None:

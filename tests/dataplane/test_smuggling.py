@@ -345,6 +345,14 @@ def test_connection_close_then_more_bytes_answers_the_first_request(
 
 
 # --- odd upstream answers --------------------------------------------------------------------------------
+def test_an_endless_upstream_header_is_502_at_once(gw: GatewayProcess, up: H11Upstream) -> None:
+    """A header that never ends is refused once it passes the response-head limit (64 KiB), not buffered
+    until the route's timeout."""
+    up.scripted[b"/public/endless-header"] = b"HTTP/1.1 200 OK\r\nX-Endless: " + b"v" * 200_000
+    answers, _ = talk(gw, b"GET /public/endless-header HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert [a.status for a in answers] == [502]
+
+
 @pytest.mark.parametrize(
     ("name", "raw"),
     [

@@ -48,7 +48,7 @@ from kubegate.dataplane.policies.balancing import hash_key
 from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
 from kubegate.dataplane.stats import Stats
 from kubegate.dataplane.tunnel import Tunnel
-from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool
+from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool, head_size
 
 logger = logging.getLogger("kubegate.proxy")
 
@@ -182,7 +182,13 @@ class ProxyProtocol(asyncio.Protocol):
         # request being parsed
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
-        self.header_bytes = 0
+        # Head size, bounded without a count per header: `window` is at least the current head's size (the
+        # bytes read since the start of the read in which the previous message ended), `window_base` the
+        # part of it that may precede the head. See data_received() and on_headers_complete().
+        self.max_head = self.gw.settings.max_header_bytes
+        self.read_len = 0
+        self.window = 0
+        self.window_base = 0
         self.parsing: Exchange | None = None
         # request being served and the ones pipelined behind it
         self.active: Exchange | None = None
@@ -227,8 +233,15 @@ class ProxyProtocol(asyncio.Protocol):
             self.phase_since = self.loop.time()
         elif phase == BODY:  # body bytes arrive: the body-idle clock restarts
             self.phase_since = self.loop.time()
+        n = self.read_len = len(data)
+        self.window += n
         try:
             self.parser.feed_data(data)
+            # A head still incomplete after this read: every byte read since the read in which the last
+            # message ended is part of it, so past the limit it is too large, even if llhttp is still
+            # inside one header (which httptools would otherwise buffer without a bound).
+            if self.url and self.window - self.window_base > self.max_head:
+                self.reject(431, "request header fields too large")
         except httptools.HttpParserUpgrade as exc:
             offset = int(exc.args[0]) if exc.args else len(data)
             self.upgraded(data[offset:])
@@ -307,14 +320,14 @@ class ProxyProtocol(asyncio.Protocol):
             raise _Reject(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_bytes > self.gw.settings.max_header_bytes:
-            raise _Reject(431, "request header fields too large")
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.closing:
             return
+        if self.window > self.max_head and head_size(self.headers) > self.max_head:
+            # (window bounds the head from above: only a read larger than the limit needs the exact sum)
+            raise _Reject(431, "request header fields too large")
         p = self.parser
         keep_alive = p.should_keep_alive()
         ex = Exchange(
@@ -330,7 +343,6 @@ class ProxyProtocol(asyncio.Protocol):
             self.upgrade = ex.upgrade_kind()
         self.url = b""
         self.headers = []
-        self.header_bytes = 0
         self.server_state.total_requests += 1
         self.parsing = ex
         self.phase = BODY  # phase_since is the time of this read
@@ -350,6 +362,7 @@ class ProxyProtocol(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.upgrade == _STRIP_WITH_BODY:  # llhttp skipped the body of an upgrade request; see upgraded()
             return
+        self.window = self.window_base = self.read_len  # the next head starts in this read at the earliest
         if self.last:  # Connection: close (or HTTP/1.0): answer this request, then read nothing more
             self.input_done = True
             self.pause_reading()

@@ -42,8 +42,9 @@ class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to one endpoint. Owned by at most one exchange at a time."""
 
     __slots__ = (
-        "_head_bytes",
         "_headers",
+        "_in_head",
+        "_window",
         "closed",
         "head_only",
         "idle_since",
@@ -78,7 +79,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.upgrade = False  # the current request asked for a WebSocket upgrade
         self.switched: list[tuple[bytes, bytes]] | None = None  # the head of the upstream's 101
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_bytes = 0
+        # The response head's size is bounded without a count per header: every byte read before the
+        # final head is complete belongs to a head (interim ones included), so `_window` bounds it.
+        self._in_head = False
+        self._window = 0
 
     # --- asyncio.Protocol -------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,8 +94,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()
             return
         self.received = True
+        in_head = self._in_head
+        if in_head:
+            self._window += len(data)
         try:
             self.parser.feed_data(data)
+            if in_head and self._in_head and self._window > MAX_RESPONSE_HEAD:
+                # still inside the head (perhaps inside one header, which httptools would buffer unbounded)
+                raise httptools.HttpParserError("upstream response head too large")
         except httptools.HttpParserUpgrade as exc:
             switched, transport = self.switched, self.transport
             self.sink = None
@@ -138,15 +148,13 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- httptools callbacks ----------------------------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > MAX_RESPONSE_HEAD:
-            raise ValueError("upstream response head too large")
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         headers, self._headers = self._headers, []
-        self._head_bytes = 0
+        if self._window > MAX_RESPONSE_HEAD and head_size(headers) > MAX_RESPONSE_HEAD:
+            raise ValueError("upstream response head too large")
         if status < 200 or status > 599:
             if status < 100 or status > 599:
                 raise ValueError(f"upstream status {status} out of range")
@@ -158,6 +166,7 @@ class UpstreamConnection(asyncio.Protocol):
                     raise ValueError("unexpected 101 Switching Protocols")
                 self.switched = headers
             return  # interim responses are not forwarded (the proxy answers 100-continue itself)
+        self._in_head = False
         self.keep = self.parser.should_keep_alive()
         if self.sink is not None and not self.message_done:
             self.sink.upstream_head(status, headers)
@@ -172,7 +181,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.sink.upstream_body(body)
 
     def on_message_complete(self) -> None:
-        if self.parser.get_status_code() >= 200:
+        if not self._in_head:  # the final response (an interim one leaves the head unfinished)
             self.message_done = True
 
     # --- use by the pool and exchanges ------------------------------------------------------------------
@@ -183,6 +192,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.upgrade = upgrade
         self.message_done = False
         self.received = False
+        self._in_head = True
+        self._window = 0
         assert self.transport is not None
         self.transport.write(payload)
 
@@ -229,6 +240,11 @@ class UpstreamConnection(asyncio.Protocol):
     def __repr__(self) -> str:
         state = "closed" if self.closed else ("active" if self.sink is not None else "idle")
         return f"<UpstreamConnection {self.key[0]}:{self.key[1]} {state}>"
+
+
+def head_size(headers: list[tuple[bytes, bytes]]) -> int:
+    """The size of a head's header fields as the limits count it (name, value and 4 bytes of framing)."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
 def _switches_to_websocket(headers: list[tuple[bytes, bytes]]) -> bool:
