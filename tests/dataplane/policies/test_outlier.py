@@ -80,3 +80,30 @@ def test_max_percent_rounds_down() -> None:
     assert _fail(det0, a0, 6, 0.0) == [False] * 6 and det0.capped == 4
     det100, (only, *_) = _detector(max_percent=100, n=1)
     assert _fail(det100, only, 3, 0.0)[-1]
+
+
+def test_the_multiplier_decays_by_one_per_ejection_time_back_in_rotation() -> None:
+    det, (a, *_) = _detector()
+    now = 0.0
+    for _ in range(3):  # ejected for 30, 60, 90 s, failing again as soon as it is back
+        _fail(det, a, 3, now)
+        now = a.ejected_until
+    assert a.ejections == 3 and now == 180.0
+    det.record(a, True, now + 59.9)  # back for less than two ejection times: one forgotten
+    assert a.ejections == 2
+    det.record(a, True, now + 60.0)  # the second full period
+    assert a.ejections == 1
+    assert a.available(now + 60.0)  # the moved reference point stays in the past
+    _fail(det, a, 3, now + 75.0)  # not a full period since: ejected for 2 x 30 s
+    assert a.ejections == 2 and a.ejected_until == now + 75.0 + 60.0
+
+
+def test_a_long_healthy_stretch_forgets_every_ejection() -> None:
+    det, (a, *_) = _detector()
+    now = 0.0
+    for _ in range(5):
+        _fail(det, a, 3, now)
+        now = a.ejected_until
+    assert a.ejections == 5
+    _fail(det, a, 3, now + 86_400.0)  # a day later, failing: the shortest ejection again
+    assert a.ejections == 1 and a.ejected_until == now + 86_400.0 + 30.0

@@ -3,7 +3,10 @@
 Where the circuit breaker judges a whole backend, this judges its endpoints one by one, from the results
 of real requests (no probes): ``consecutiveFailures`` failures in a row eject the endpoint for
 ``ejectionTime`` x the number of times it has been ejected, at most 10x (an endpoint that flaps is kept
-out longer each time). The ejection ends by itself: :meth:`EndpointState.available` compares
+out longer each time). That multiplier decays as Envoy's does: each full ``ejectionTime`` an endpoint
+spends back in rotation takes one off it, computed lazily when the endpoint's next result arrives (an
+endpoint that failed once a day for weeks is ejected for ``ejectionTime``, not 10x). The ejection ends by
+itself: :meth:`EndpointState.available` compares
 ``ejected_until`` with the clock, there is no timer to run. A success resets the endpoint's count of
 consecutive failures, and so does an ejection; failures that arrive while it is ejected (requests sent
 before) are not counted.
@@ -40,12 +43,16 @@ class OutlierDetector:
         """Count one result of ``ep``; True when this failure ejected it."""
         if success:
             ep.consecutive_failures = 0
+            if ep.ejections:
+                self._decay(ep, now)
             return False
         if now < ep.ejected_until:
             return False  # a late result of a request sent before the ejection
         ep.consecutive_failures += 1
         if ep.consecutive_failures < self._threshold:
             return False
+        if ep.ejections:
+            self._decay(ep, now)
         eps = self.endpoints.endpoints
         ejected = sum(1 for other in eps if other.ejected_until > now)
         if (ejected + 1) * 100 > self._max_percent * len(eps):
@@ -56,6 +63,15 @@ class OutlierDetector:
         ep.consecutive_failures = 0
         self.ejections += 1
         return True
+
+    def _decay(self, ep: EndpointState, now: float) -> None:
+        """One ejection forgotten per full ejectionTime spent in rotation since the last ejection ended."""
+        periods = int((now - ep.ejected_until) / self.ejection_s) if now > ep.ejected_until else 0
+        if periods:
+            forgotten = min(periods, ep.ejections)
+            ep.ejections -= forgotten
+            # the reference point moves on by what was counted (it stays in the past: still available)
+            ep.ejected_until += forgotten * self.ejection_s
 
     def __repr__(self) -> str:
         return (
