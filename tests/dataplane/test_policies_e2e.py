@@ -150,6 +150,12 @@ def test_breaker_opens_and_fails_fast(gw: GatewayProcess, ups: list[UpstreamServ
     )
     assert 50 <= int(fast.headers["retry-after"]) <= 60
     assert len(ups[0].requests) == 3  # the fast answer never reached the backend
+    # /routes shows it live, beside the route's summary
+    shown = httpx.get(gw.admin + "/routes", timeout=5).json()
+    [summary] = [r for r in shown["routes"] if r["id"] == "default/breaker-test"]
+    assert summary["policies"] == ["circuitBreaker"] and summary["edge"] == []
+    [backend] = shown["policyState"]["default/breaker-test"]["backends"]
+    assert backend["circuitBreaker"] == "open"
     # an equal policy in a new table keeps the open circuit; a changed one starts closed
     push(gw, pooled("breaker.test", ups[0], circuitBreaker=breaker), version="t-same")
     assert get(gw, "breaker.test").status_code == 503

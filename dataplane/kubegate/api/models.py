@@ -777,17 +777,310 @@ class BulkheadSpec(_Spec):
     )
 
 
+# --- edge policies: CORS, header transforms, rewrite, redirect -----------------------------------------
+# Checked here field by field; the compiler checks what needs the whole route (rewrite.pathPrefix needs a
+# Prefix path match; a redirect route has no backends) and the data plane's own validators
+# (kubegate.dataplane.policies.transforms) refuse forbidden header names with the field named.
+
+#: Origins in ``cors.allowOrigins``: ``*``, ``scheme://host[:port]``, or ``scheme://*.domain[:port]``.
+ORIGIN_PATTERN = r"^(\*|https?://(\*\.)?[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?|https?://\[[0-9a-f:.]+\](:[0-9]{1,5})?)$"
+#: A header value set by a transform: visible ASCII and spaces (no CR, LF or other control characters).
+HEADER_VALUE_PATTERN = r"^[\x20-\x7e\t]*$"
+HeaderValue = Annotated[
+    str,
+    _pattern_field(HEADER_VALUE_PATTERN, max_length=4096),
+    _pattern_check(
+        HEADER_VALUE_PATTERN, "a header value of printable ASCII (no CR, LF or control characters)"
+    ),
+]
+Origin = Annotated[
+    str,
+    _pattern_field(ORIGIN_PATTERN, max_length=512),
+    _pattern_check(
+        ORIGIN_PATTERN,
+        "an origin: '*', 'https://host[:port]' or 'https://*.domain[:port]' (lower case, no path)",
+    ),
+]
+
+
+class CorsSpec(_Spec):
+    """Cross-origin resource sharing, answered by the gateway: preflight requests (OPTIONS with Origin and
+    Access-Control-Request-Method) get 204 with the allowed methods and headers, or 403 for an origin,
+    method or header not allowed, without reaching the backend; other requests from an allowed origin get
+    the Access-Control-Allow-Origin header on their response. Responses carry Vary: Origin."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.allowCredentials) && self.allowCredentials && "
+                    "has(self.allowOrigins) && '*' in self.allowOrigins)",
+                    "message": "allowCredentials cannot be used with the origin '*'",
+                }
+            ]
+        }
+    )
+
+    allow_origins: list[Origin] = Field(
+        min_length=1,
+        max_length=64,
+        alias="allowOrigins",
+        description="Origins allowed to call the route: '*' (any), an exact origin such as "
+        "'https://app.example.com', or 'https://*.example.com' for any subdomain (never the domain "
+        "itself or a lookalike such as 'https://evil-example.com').",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    allow_methods: list[HttpMethod] = Field(
+        default_factory=lambda: list[HttpMethod](("GET", "HEAD", "POST")),
+        max_length=len(HTTP_METHODS),
+        alias="allowMethods",
+        description="Methods a cross-origin request may use; default GET, HEAD, POST.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    allow_headers: list[Token] = Field(
+        default_factory=list,
+        max_length=64,
+        alias="allowHeaders",
+        description="Request headers a cross-origin request may send (case-insensitive); default none "
+        "beyond the CORS-safelisted ones.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    expose_headers: list[Token] = Field(
+        default_factory=list,
+        max_length=64,
+        alias="exposeHeaders",
+        description="Response headers the browser lets the calling page read.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    allow_credentials: bool = Field(
+        default=False,
+        alias="allowCredentials",
+        description="Let the browser send cookies and credentials; not allowed with the origin '*'.",
+    )
+    max_age: Annotated[str, _at_least("0s")] | None = Field(
+        default=None,
+        alias="maxAge",
+        description="How long a browser may cache a preflight answer, as a duration such as 10m; unset: "
+        "the browser's default.",
+        json_schema_extra={"pattern": duration.DURATION_PATTERN},
+    )
+
+    @model_validator(mode="after")
+    def _no_credentials_with_any_origin(self) -> CorsSpec:
+        if self.allow_credentials and "*" in self.allow_origins:
+            raise _field_error("allowCredentials", "allowCredentials cannot be used with the origin '*'")
+        return self
+
+
+#: Headers a transform can never set, add or remove: hop-by-hop ones, message framing, and those the
+#: gateway sets itself (Host, X-Request-Id, X-Forwarded-*).
+UNCHANGEABLE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "host",
+        "content-length",
+        "x-request-id",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+)
+
+
+def _changeable(name: str) -> str:
+    if name.lower() in UNCHANGEABLE_HEADERS:
+        raise ValueError(
+            f"{name!r} cannot be changed by a transform (hop-by-hop, framing, or set by the gateway)"
+        )
+    return name
+
+
+ChangeableHeader = Annotated[
+    Token,
+    AfterValidator(_changeable),
+    Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!(self.lowerAscii() in {sorted(UNCHANGEABLE_HEADERS)!r})",
+                    "message": "cannot be changed by a transform "
+                    "(hop-by-hop, framing, or set by the gateway)",
+                }
+            ]
+        }
+    ),
+]
+
+
+class HeaderValueSpec(_Spec):
+    name: ChangeableHeader = Field(description="Header name (case-insensitive).")
+    value: HeaderValue = Field(description="Header value.")
+
+
+class HeaderOpsSpec(_Spec):
+    """Header changes, applied in the Gateway API's order: set, then add, then remove. Hop-by-hop headers,
+    Host, Content-Length and Transfer-Encoding cannot be changed (the gateway frames every message)."""
+
+    set: list[HeaderValueSpec] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Headers to set, replacing any value the message had.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    add: list[HeaderValueSpec] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Headers to add, beside any the message had.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    remove: list[ChangeableHeader] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="Headers to remove.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+
+#: The CEL form of :func:`_clean_path`'s checks, so that the API server refuses such a path at apply time.
+_CLEAN_PATH_RULES: list[Any] = [
+    {
+        "rule": "!self.contains('//') && !self.matches('/\\\\.\\\\.?(/|$)')",
+        "message": "must not contain '.' or '..' segments or '//'",
+    },
+    {
+        "rule": "!self.matches('%(2[fF]|5[cC])') && !self.contains('\\\\')",
+        "message": "must not contain an encoded slash or a backslash",
+    },
+]
+
+
+def _clean_path(value: str) -> str:
+    """A path the gateway sends or redirects to: a path match's rules, and already normal (no empty, '.'
+    or '..' segment, no encoded slash or backslash), so that a rewrite can never climb out of a prefix."""
+    PathMatchSpec(value=value)
+    segments = value.split("/")[1:]
+    if any(seg in (".", "..") for seg in segments) or "//" in value:
+        raise ValueError(f"path {value!r} must not contain '.' or '..' segments or '//'")
+    if re.search(r"%(2[fF]|5[cC])|\\", value):
+        raise ValueError(f"path {value!r} must not contain an encoded slash or a backslash")
+    return value
+
+
+class RewriteSpec(_Spec):
+    """Change the path before the request goes to the backend (the query string is kept). Exactly one of
+    pathPrefix or fullPath."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.pathPrefix) != has(self.fullPath)",
+                    "message": "set exactly one of pathPrefix or fullPath",
+                }
+            ]
+        }
+    )
+
+    path_prefix: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        alias="pathPrefix",
+        description="Replaces the prefix the route matched (the route's path match must be a Prefix): "
+        "with match /api and pathPrefix /v2, /api/users goes to the backend as /v2/users.",
+        json_schema_extra={"pattern": PATH_PATTERN, "x-kubernetes-validations": _CLEAN_PATH_RULES},
+    )
+    full_path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        alias="fullPath",
+        description="Replaces the whole path.",
+        json_schema_extra={"pattern": PATH_PATTERN, "x-kubernetes-validations": _CLEAN_PATH_RULES},
+    )
+
+    @field_validator("path_prefix", "full_path")
+    @classmethod
+    def _check_path(cls, value: str | None) -> str | None:
+        return _clean_path(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> RewriteSpec:
+        if (self.path_prefix is None) == (self.full_path is None):
+            raise ValueError("set exactly one of pathPrefix or fullPath")
+        return self
+
+
+class RedirectSpec(_Spec):
+    """Answer with a redirect instead of proxying (a route with a redirect has no backends). Unset parts
+    keep the request's own; the query string is kept."""
+
+    scheme: Literal["http", "https"] | None = Field(
+        default=None, description="The scheme of the Location; default the request's."
+    )
+    hostname: Hostname | None = Field(
+        default=None, description="The host of the Location; default the request's."
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="The port of the Location; default the request's, or the new scheme's default port when "
+        "scheme changes. A scheme's default port is left out of the Location.",
+    )
+    path: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="The path of the Location; default the request's.",
+        json_schema_extra={"pattern": PATH_PATTERN, "x-kubernetes-validations": _CLEAN_PATH_RULES},
+    )
+    status_code: Literal[301, 302, 303, 307, 308] = Field(
+        default=302, alias="statusCode", description="301, 302 (default), 303, 307 or 308."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str | None) -> str | None:
+        return _clean_path(value) if value is not None else None
+
+
 class GatewayRouteSpec(_Spec):
     """A GatewayRoute sends the requests that match to one of its weighted backends."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.redirect) ? (!has(self.backends) || size(self.backends) == 0) "
+                    ": (has(self.backends) && size(self.backends) > 0)",
+                    "message": "a route needs at least one backend, or a redirect and no backends",
+                },
+                {
+                    "rule": "!has(self.redirect) || (!has(self.rewrite) && !has(self.requestHeaders))",
+                    "message": "a route with a redirect cannot have rewrite or requestHeaders",
+                },
+            ]
+        }
+    )
 
     match: RouteMatchSpec = Field(
         default_factory=RouteMatchSpec,
         description="Which requests this route takes; defaults to every request.",
     )
     backends: list[BackendRef] = Field(
-        min_length=1,
+        default_factory=list,
         max_length=MAX_LIST_ITEMS,
-        description="Weighted backends; each request goes to one of them, chosen by weight.",
+        description="Weighted backends; each request goes to one of them, chosen by weight. At least one, "
+        "unless the route has a redirect (then none).",
     )
     timeout: Annotated[str, AfterValidator(_check_duration)] | None = Field(
         default=None,
@@ -821,6 +1114,40 @@ class GatewayRouteSpec(_Spec):
         default=None,
         description="Cap the route's requests in flight per data-plane replica; unset: no cap.",
     )
+
+    cors: CorsSpec | None = Field(
+        default=None, description="Answer browsers' cross-origin checks at the gateway; unset: no CORS."
+    )
+    request_headers: HeaderOpsSpec | None = Field(
+        default=None,
+        alias="requestHeaders",
+        description="Headers to set, add or remove on the request before it goes to the backend.",
+    )
+    response_headers: HeaderOpsSpec | None = Field(
+        default=None,
+        alias="responseHeaders",
+        description="Headers to set, add or remove on the response before it goes to the client.",
+    )
+    rewrite: RewriteSpec | None = Field(
+        default=None, description="Change the request path before it goes to the backend."
+    )
+    redirect: RedirectSpec | None = Field(
+        default=None,
+        description="Answer with a redirect instead of proxying; the route then has no backends.",
+    )
+
+    @model_validator(mode="after")
+    def _backends_or_redirect(self) -> GatewayRouteSpec:
+        if self.redirect is not None:
+            if self.backends:
+                raise _field_error("backends", "a route with a redirect has no backends")
+            if self.rewrite is not None:
+                raise _field_error("rewrite", "a route with a redirect cannot rewrite (set redirect.path)")
+            if self.request_headers is not None:
+                raise _field_error("requestHeaders", "a route with a redirect sends no request upstream")
+        elif not self.backends:
+            raise _field_error("backends", "at least one backend is required (or a redirect)")
+        return self
 
     def timeout_ms(self) -> int | None:
         """The timeout in milliseconds; None when unset or 0s (no timeout)."""

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from kubegate import gcpause
 from kubegate.api import duration, models
-from kubegate.compiler import regex, resources, table
+from kubegate.compiler import edge, regex, resources, table
 
 RouteStatus = models.GatewayRouteStatus
 
@@ -169,9 +169,9 @@ def _semantic_problems(spec: models.GatewayRouteSpec) -> list[str]:
             problems.append(f"spec.match.{where}.value: {error}")
     if spec.match.path.type == "Glob" and (glob := _glob_problem(spec.match.path.value)):
         problems.append(f"spec.match.path.value: invalid glob {spec.match.path.value!r}: {glob}")
-    if all(backend.weight == 0 for backend in spec.backends):
+    if spec.backends and all(backend.weight == 0 for backend in spec.backends):
         problems.append("spec.backends: all weights are 0; at least one backend needs a positive weight")
-    return problems
+    return problems + edge.edge_problems(spec)
 
 
 def _duplicate_problems(names: list[str]) -> list[str]:
@@ -417,6 +417,7 @@ def _compiled_route(route: _Route) -> table.CompiledRoute:
             "backends": route.backends,
             "timeoutMs": route.spec.timeout_ms(),
             "policy": _policy(route.spec),
+            "edge": edge.edge_policy(route.spec),
         }
     )
 

@@ -27,6 +27,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from kubegate.api import models
 from kubegate.api.lean import LeanModel
 from kubegate.compiler import regex
+from kubegate.compiler.edge import EdgePolicy
 from kubegate.compiler.policy import RoutePolicy
 
 TableApiVersion = Literal["kubegate.dev/v1alpha1"]
@@ -125,10 +126,20 @@ class CompiledRoute(_Frozen):
     generation: int | None = None
     created: str = Field(default="", description="creationTimestamp, for precedence between equal matches")
     match: RouteMatch = RouteMatch()
-    backends: tuple[CompiledBackend, ...] = Field(min_length=1)
+    backends: tuple[CompiledBackend, ...] = Field(default=(), description="none only with edge.redirect")
     timeout_ms: int | None = Field(default=None, ge=1, alias="timeoutMs")
     max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=0, alias="maxBodyBytes")
     policy: RoutePolicy | None = Field(default=None, description="traffic policies; None: plain proxying")
+    edge: EdgePolicy | None = Field(
+        default=None, description="CORS, transforms, rewrite, redirect; None: none"
+    )
+
+    @model_validator(mode="after")
+    def _backends_or_redirect(self) -> CompiledRoute:
+        redirect = self.edge is not None and self.edge.redirect is not None
+        if redirect == bool(self.backends):
+            raise ValueError("a route has backends or a redirect, not both or neither")
+        return self
 
     _digest: bytes | None = PrivateAttr(default=None)
     _encoded: bytes | None = PrivateAttr(default=None)

@@ -96,9 +96,18 @@ def _route_summary(snapshot: Snapshot) -> list[dict[str, Any]]:
                     for b in r.backends
                 ],
                 "timeoutMs": r.timeout_ms,
+                "policies": sorted(r.policy.model_dump(by_alias=True, exclude_none=True)) if r.policy else [],
+                "edge": sorted(r.edge.model_dump(by_alias=True, exclude_none=True)) if r.edge else [],
             }
         )
     return out
+
+
+def _routes_policy_state(snapshot: Snapshot) -> dict[str, Any]:
+    """Live, per route with traffic policies: each backend's breaker and each endpoint's standing (the
+    routes without policies have no state to show)."""
+    now = time.monotonic()  # the traffic loop's clock (uvloop and asyncio both read CLOCK_MONOTONIC)
+    return {rid: policy_state(rt.policies, now) for rid, rt in snapshot.routes.items() if rt.policies}
 
 
 def _services(snapshot: Snapshot) -> dict[str, dict[str, Any]]:
@@ -165,7 +174,8 @@ class Views:
     def __init__(self, snapshot: Snapshot) -> None:
         self.snapshot = snapshot
         version = _encode(snapshot.version)
-        self.routes = b'{"version":' + version + b',"routes":' + _encode_list(_route_summary(snapshot)) + b"}"
+        self.routes = b'{"version":' + version + b',"routes":' + _encode_list(_route_summary(snapshot))
+        self.with_policies = any(rt.policies is not None for rt in snapshot.routes.values())
         services = _services(snapshot)
         ordered = sorted(services.values(), key=lambda s: s["name"])
         self.services = b'{"services":' + _encode_list(ordered) + b"}"
@@ -299,7 +309,12 @@ def build_admin_app(
 
     async def routes(request: Request) -> Response:
         v = await views()
-        return Response(v.routes if v else b'{"version":null,"routes":[]}', media_type="application/json")
+        if v is None:
+            return Response(b'{"version":null,"routes":[]}', media_type="application/json")
+        live = b""
+        if v.with_policies:  # the summary is rendered once per table; the policy state is read now
+            live = b',"policyState":' + _encode(_routes_policy_state(v.snapshot))
+        return Response(v.routes + live + b"}", media_type="application/json")
 
     async def services(request: Request) -> Response:
         v = await views()

@@ -121,6 +121,18 @@ def error_response(
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)
 
 
+def bodiless_response(status: int, lines: list[bytes], request_id: bytes, *, close: bool) -> bytes:
+    """A complete HTTP/1.1 response without a body carrying ``lines`` (``content-length: 0``, except for
+    a 204, which must not have one)."""
+    head = [status_line(status), *lines]
+    if status != 204:
+        head.append(b"content-length: 0")
+    head.append(b"x-request-id: " + request_id)
+    if close:
+        head.append(b"connection: close")
+    return b"\r\n".join(head) + b"\r\n\r\n"
+
+
 class RequestIds:
     """Unique, cheap request IDs: a random per-process prefix and a counter (no uuid4 per request)."""
 

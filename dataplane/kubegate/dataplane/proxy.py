@@ -513,6 +513,7 @@ class Exchange:
         "client",
         "conn",
         "content_length",
+        "cors_lines",
         "done",
         "hdict",
         "head",
@@ -583,6 +584,7 @@ class Exchange:
         self.upstream: tuple[str, int] | None = None  # the endpoint of the last attempt (for the access log)
         self.no_host = False  # HTTP/1.0 without Host: the endpoint's authority is sent as Host
         self.hdict: dict[str, str] | None = None  # the headers by lower-case str name, built on first get()
+        self.cors_lines: list[bytes] | None = None  # CORS headers for the response (routes with cors)
 
     def get(self, name: str) -> str | None:
         """A request header by lower-case name (repeated ones joined with ","), for the matcher's header
@@ -757,6 +759,12 @@ class Exchange:
         if expect and expect != b"100-continue":
             self.fail(417, "unsupported expectation")
             return
+        edge = route.edge
+        if edge is not None:  # CORS, redirect, rewrite, request header transforms (dataplane/edge.py)
+            edited = edge.request(self, host_s, path, query.decode("latin-1") if query else "", out)
+            if edited is None:  # answered by the gateway
+                return
+            out = edited
         policies = route.policies
         endpoint: tuple[str, int] | None = None
         if policies is None:
@@ -969,6 +977,10 @@ class Exchange:
         if tokens is not None and not tokens <= _PLAIN_CONNECTION:
             # Only end-to-end headers are in `lines`: framing is added below, whatever Connection says.
             lines = [line for line in lines if line.split(b":", 1)[0].lower() not in tokens]
+        route = self.route
+        edge = route.edge if route is not None else None
+        if edge is not None:  # response header transforms and CORS headers (dataplane/edge.py)
+            lines = [lines[0], *edge.response(self, lines[1:])]
         no_body = self.head_only or status in (204, 304)
         has_length = bool(length) and not upstream_chunked and status != 204
         if has_length:
@@ -1116,6 +1128,15 @@ class Exchange:
             self.finish(self.status, keep_alive=False)
         else:
             self.fail(status, message)
+
+    def answer(self, status: int, lines: list[bytes]) -> None:
+        """Answer with an empty body and these header lines (a redirect, a CORS preflight) and end the
+        exchange; the gateway frames it, as every answer of its own."""
+        if self.done:
+            return
+        keep = self.keep_alive and self.body_done and not self.client.gw.draining
+        self.client.write(httpbits.bodiless_response(status, lines, self.request_id, close=not keep))
+        self.finish(status, keep_alive=keep)
 
     def refuse(self, status: int, message: str) -> None:
         """A request the gateway will not read further (its framing or version is in doubt): answer, close."""

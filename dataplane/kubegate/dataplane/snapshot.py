@@ -17,6 +17,7 @@ from collections.abc import Callable
 from kubegate import gcpause
 from kubegate.compiler.table import CompiledRoute, RouteTable
 from kubegate.dataplane.balancer import BackendPool, WeightedSplit, plain_split
+from kubegate.dataplane.edge import EdgeRuntime
 from kubegate.dataplane.matcher import Matcher
 from kubegate.dataplane.policies.runtime import RoutePolicies
 
@@ -24,12 +25,13 @@ from kubegate.dataplane.policies.runtime import RoutePolicies
 class RuntimeRoute:
     """A compiled route plus the per-table runtime state the proxy uses.
 
+    ``edge`` is None for a route without edge policies (CORS, transforms, rewrite, redirect).
     ``policies`` is None for a route without traffic policies (``split`` then picks round-robin backend
     pools); otherwise the proxy uses ``policies.split`` and the policies' hooks, and ``split`` is empty.
     A route rebuilt for a new table keeps its policies' state when its policy is equal (``previous``).
     """
 
-    __slots__ = ("id", "max_body", "policies", "route", "split", "timeout")
+    __slots__ = ("edge", "id", "max_body", "policies", "route", "split", "timeout")
 
     def __init__(self, route: CompiledRoute, previous: RuntimeRoute | None = None) -> None:
         self.route = route
@@ -42,6 +44,7 @@ class RuntimeRoute:
             before = previous.policies if previous is not None else None
             self.policies = RoutePolicies(route.policy, route.backends, previous=before)
             self.split = plain_split(())
+        self.edge = EdgeRuntime(route.edge) if route.edge is not None else None
         self.timeout: float | None = route.timeout_ms / 1000.0 if route.timeout_ms else None
         self.max_body = route.max_body_bytes
 
