@@ -71,9 +71,15 @@ class GatewayProcess:
         if self.proc.poll() is not None:
             raise RuntimeError(f"kubegate serve exited early:\n{self.log()}")
         try:
-            return httpx.get(self.admin + "/health", timeout=1).status_code == 200
+            if httpx.get(self.admin + "/health", timeout=1).status_code != 200:
+                return False
         except httpx.HTTPError:
             return False
+        try:  # the admin port opens first: wait for the traffic port too
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

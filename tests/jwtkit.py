@@ -8,8 +8,8 @@
   ``alg: none`` token, a token HMAC-signed with an RSA public key PEM, broken JSON or base64).
 - :class:`JwksServer`: a threaded HTTP server on 127.0.0.1 that serves ``keys`` as a JWKS with an optional
   ``Cache-Control``; a test swaps the keys (rotation), sets ``status``/``body``/``send_length`` (a broken
-  issuer) or calls :meth:`JwksServer.close` (the issuer is down: connections are refused). ``requests``
-  counts the GETs.
+  issuer) or ``delay`` (a slow one), or calls :meth:`JwksServer.close` (the issuer is down: connections
+  are refused). ``requests`` counts the GETs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -144,11 +145,14 @@ class JwksServer:
         self.body: bytes | None = None  # served instead of the document when set
         self.send_length = True  # False: no Content-Length, the body ends when the connection closes
         self.requests = 0
+        self.delay = 0.0  # seconds each answer is held back (an issuer slow to answer)
         self._lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if server.delay:
+                    time.sleep(server.delay)
                 with server._lock:
                     server.requests += 1
                     body = server.body if server.body is not None else json.dumps(server.document).encode()

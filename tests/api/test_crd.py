@@ -61,6 +61,18 @@ SERVER_SIDE_CHECKS = {
     "shop/rewrite-both": ("rewrite", "set exactly one of pathPrefix or fullPath"),
     "shop/rewrite-dot-segments": ("rewrite.fullPath", "must not contain '.' or '..' segments or '//'"),
     "shop/redirect-with-backends": ("", "a route needs at least one backend, or a redirect and no backends"),
+    "default/hmac-from-a-uri": (
+        "auth.jwt",
+        "HS256/384/512 need a secret key: secretRef or jwksSecretRef, never jwksUri",
+    ),
+    "default/rsa-with-an-hmac-key": (
+        "auth.jwt",
+        "secretRef (an HMAC key) allows HS256, HS384 and HS512 only",
+    ),
+    "default/two-key-sources": ("auth.jwt", "set exactly one of jwksUri, jwksSecretRef or secretRef"),
+    "default/api-key-header-and-query": ("auth.apiKey", "set exactly one of header or query"),
+    "default/empty-auth": ("auth", "set jwt, apiKey or both"),
+    "default/claim-to-host": ("auth.jwt.claimsToHeaders[].header", _UNCHANGEABLE),
 }
 
 

@@ -44,6 +44,13 @@ def example_routes() -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+def example_secrets() -> list[dict[str, Any]]:
+    """The Secrets the auth examples ship beside their routes (placeholders a user replaces)."""
+    return [
+        doc for path in sorted(EXAMPLES.glob("*.yaml")) for doc in load(path) if doc.get("kind") == "Secret"
+    ]
+
+
 ROUTES = example_routes()
 # quickstart.yaml is the standalone demo (static URLs on 127.0.0.1); the others are the cluster examples.
 CLUSTER_ROUTES = [(key, doc) for key, doc in ROUTES if not key.startswith("quickstart.yaml:")]
@@ -104,7 +111,7 @@ def endpoint_slices_for_demo(namespace: str) -> list[dict[str, Any]]:
 
 
 def test_examples_compile_together_and_resolve_against_the_demo_backend() -> None:
-    objects = [doc for _, doc in CLUSTER_ROUTES] + endpoint_slices_for_demo("default")
+    objects = [doc for _, doc in CLUSTER_ROUTES] + endpoint_slices_for_demo("default") + example_secrets()
     text = yaml.safe_dump_all(objects)
     result = compiler.compile_bundle(resources.load_yaml(text, source="examples"), now=NOW)
     assert result.problems == ()

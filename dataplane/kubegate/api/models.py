@@ -1053,6 +1053,214 @@ class RedirectSpec(_Spec):
         return _clean_path(value) if value is not None else None
 
 
+# --- authentication ---------------------------------------------------------------------------------------
+#: Algorithms ``auth.jwt.algorithms`` may allow ("none" never).
+JWT_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "HS256", "HS384", "HS512",
+)  # fmt: skip
+JwtAlgorithm = Literal[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+    "HS256", "HS384", "HS512",
+]  # fmt: skip
+HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+#: A Secret's name (an RFC 1123 subdomain) and a key of its data.
+SECRET_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+#: A JWKS address: an absolute http(s) URL without user info or fragment.
+JWKS_URI_PATTERN = r"^https?://[^/?#@\s]+(/[^#\s]*)?$"
+#: A claim name copied to a header.
+CLAIM_PATTERN = r"^[A-Za-z0-9_.:/-]+$"
+
+SecretName = Annotated[
+    str,
+    _pattern_field(SECRET_NAME_PATTERN, max_length=253),
+    _pattern_check(SECRET_NAME_PATTERN, "a Secret name (a lower-case RFC 1123 subdomain)"),
+]
+
+
+class SecretKeyRef(_Spec):
+    """One key of a Secret in the route's namespace."""
+
+    name: SecretName = Field(description="The Secret's name, in the route's namespace.")
+    key: Annotated[str, _pattern_check(SECRET_KEY_PATTERN, "a Secret data key")] = Field(
+        min_length=1,
+        max_length=253,
+        description="The key in the Secret's data.",
+        json_schema_extra={"pattern": SECRET_KEY_PATTERN},
+    )
+
+
+class SecretRef(_Spec):
+    """A Secret in the route's namespace."""
+
+    name: SecretName = Field(description="The Secret's name, in the route's namespace.")
+
+
+class ClaimToHeaderSpec(_Spec):
+    claim: Annotated[str, _pattern_check(CLAIM_PATTERN, "a claim name")] = Field(
+        min_length=1,
+        max_length=256,
+        description="A top-level claim of the token (a string, number or boolean; others are skipped).",
+        json_schema_extra={"pattern": CLAIM_PATTERN},
+    )
+    header: ChangeableHeader = Field(
+        description="The request header it is copied to (a client's own header of that name is dropped)."
+    )
+
+
+class JwtSpec(_Spec):
+    """Bearer JSON Web Tokens (RFC 7519) in the Authorization header, verified by every data-plane replica.
+    The algorithm comes from this allow-list, never from the token; exp is required; jku, x5u and jwk
+    headers are ignored. Keys come from exactly one of jwksUri, jwksSecretRef or secretRef."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.jwksUri) ? 1 : 0) + (has(self.jwksSecretRef) ? 1 : 0) + "
+                    "(has(self.secretRef) ? 1 : 0) == 1",
+                    "message": "set exactly one of jwksUri, jwksSecretRef or secretRef",
+                },
+                {
+                    "rule": "!has(self.secretRef) || self.algorithms.all(a, a.startsWith('HS'))",
+                    "message": "secretRef (an HMAC key) allows HS256, HS384 and HS512 only",
+                },
+                {
+                    "rule": "!has(self.jwksUri) || !self.algorithms.exists(a, a.startsWith('HS'))",
+                    "message": "HS256/384/512 need a secret key: secretRef or jwksSecretRef, never jwksUri",
+                },
+            ]
+        }
+    )
+
+    algorithms: list[JwtAlgorithm] = Field(
+        min_length=1,
+        max_length=len(JWT_ALGORITHMS),
+        description="The accepted signature algorithms (required; 'none' is never accepted).",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    issuer: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="When set, the iss claim must equal it."
+    )
+    audiences: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        description="When set, the aud claim must contain one of them.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    jwks_uri: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2048,
+        alias="jwksUri",
+        description="An http(s) URL of the issuer's JSON Web Key Set, fetched by each data-plane replica "
+        "and cached per its Cache-Control max-age (30s to 24h; default 5m).",
+        json_schema_extra={"pattern": JWKS_URI_PATTERN},
+    )
+    jwks_secret_ref: SecretKeyRef | None = Field(
+        default=None, alias="jwksSecretRef", description="A JWKS document in a key of a Secret."
+    )
+    secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        alias="secretRef",
+        description="An HMAC key in a key of a Secret (its raw bytes), for HS256, HS384 and HS512.",
+    )
+    clock_skew: Annotated[str, _at_least("0s")] = Field(
+        default="30s",
+        alias="clockSkew",
+        description="Tolerance for exp, nbf and iat; default 30s.",
+        json_schema_extra={"pattern": duration.DURATION_PATTERN},
+    )
+    claims_to_headers: list[ClaimToHeaderSpec] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        alias="claimsToHeaders",
+        description="Claims copied to request headers for the backend.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["header"]},
+    )
+    forward_token: bool = Field(
+        default=True,
+        alias="forwardToken",
+        description="Keep the Authorization header on the request to the backend; default true.",
+    )
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(JWKS_URI_PATTERN, value):
+            raise ValueError(f"{value!r} is not an http(s) URL without user info or fragment")
+        return value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtSpec:
+        sources = [self.jwks_uri is not None, self.jwks_secret_ref is not None, self.secret_ref is not None]
+        if sum(sources) != 1:
+            raise ValueError("set exactly one of jwksUri, jwksSecretRef or secretRef")
+        hmac = [a in HMAC_ALGORITHMS for a in self.algorithms]
+        if self.secret_ref is not None and not all(hmac):
+            raise _field_error("algorithms", "secretRef (an HMAC key) allows HS256, HS384 and HS512 only")
+        if self.jwks_uri is not None and any(hmac):
+            raise _field_error(
+                "algorithms", "HS256/384/512 need a secret key: secretRef or jwksSecretRef, never jwksUri"
+            )
+        return self
+
+
+class ApiKeySpec(_Spec):
+    """API keys from a Secret: every key of the Secret's data is a client name, its value that client's
+    key. Keys are compared in constant time and travel hashed (SHA-256) in the route table."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.header) != has(self.query)",
+                    "message": "set exactly one of header or query",
+                }
+            ]
+        }
+    )
+
+    header: Token | None = Field(default=None, description="The request header that carries the key.")
+    query: Token | None = Field(default=None, description="Or the query parameter that carries it.")
+    secret_ref: SecretRef = Field(alias="secretRef", description="The Secret holding the clients' keys.")
+    client_header: ChangeableHeader | None = Field(
+        default=None,
+        alias="clientHeader",
+        description="When set, the matched client's name is sent to the backend in this header.",
+    )
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ApiKeySpec:
+        if (self.header is None) == (self.query is None):
+            raise ValueError("set exactly one of header or query")
+        return self
+
+
+class AuthSpec(_Spec):
+    """Who may use the route. With both jwt and apiKey, either one admits a request. A request without
+    a valid credential gets 401 (with WWW-Authenticate), a valid token for another issuer or audience 403;
+    the backend is not contacted."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.jwt) || has(self.apiKey)", "message": "set jwt, apiKey or both"}
+            ]
+        }
+    )
+
+    jwt: JwtSpec | None = Field(default=None, description="JSON Web Tokens.")
+    api_key: ApiKeySpec | None = Field(default=None, alias="apiKey", description="API keys.")
+
+    @model_validator(mode="after")
+    def _something(self) -> AuthSpec:
+        if self.jwt is None and self.api_key is None:
+            raise ValueError("set jwt, apiKey or both")
+        return self
+
+
 class GatewayRouteSpec(_Spec):
     """A GatewayRoute sends the requests that match to one of its weighted backends."""
 
@@ -1115,6 +1323,9 @@ class GatewayRouteSpec(_Spec):
         description="Cap the route's requests in flight per data-plane replica; unset: no cap.",
     )
 
+    auth: AuthSpec | None = Field(
+        default=None, description="Require a JWT or an API key; unset: every client is admitted."
+    )
     cors: CorsSpec | None = Field(
         default=None, description="Answer browsers' cross-origin checks at the gateway; unset: no CORS."
     )

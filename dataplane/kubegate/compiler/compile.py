@@ -81,6 +81,7 @@ class _Route:
     resolved: _Verdict | None = None
     backends: tuple[table.CompiledBackend, ...] = ()
     match_key: tuple[object, ...] | None = None  # for conflicts; set with the spec (pass 1)
+    auth: dict[str, object] | None = None  # spec.auth in table form, its Secrets resolved (pass 3)
 
     def fresh(self, raw: resources.RawObject) -> _Route:
         """A copy carrying only what passes 1 and 2 decided (what :class:`CompileMemo` keeps)."""
@@ -293,6 +294,24 @@ def _resolve_backends(route: _Route, services: _Services) -> None:
         route.resolved = _Verdict("True", "ResolvedRefs", "; ".join(idle) or "all backends resolved")
 
 
+def _resolve_secrets(route: _Route, secrets: Mapping[tuple[str, str], edge.SecretData]) -> None:
+    """spec.auth with its Secrets: a missing or unusable one makes ResolvedRefs False (the route stays,
+    answering 500, as for a missing Service)."""
+    assert route.spec is not None and route.resolved is not None
+    namespace = route.raw.namespace
+    named = {
+        name: secrets[(namespace, name)]
+        for name in edge.secret_refs(route.spec)
+        if (namespace, name) in secrets
+    }
+    route.auth, problem = edge.auth_policy(route.spec, named)
+    if problem is not None:
+        reason, message = problem
+        others = route.resolved.message if route.resolved.status == "False" else ""
+        message = f"{message} (the route answers 500)"
+        route.resolved = _Verdict("False", reason, "; ".join(m for m in (message, others) if m))
+
+
 # --- pass 4: conflicts -------------------------------------------------------------------------------
 
 
@@ -417,7 +436,7 @@ def _compiled_route(route: _Route) -> table.CompiledRoute:
             "backends": route.backends,
             "timeoutMs": route.spec.timeout_ms(),
             "policy": _policy(route.spec),
-            "edge": edge.edge_policy(route.spec),
+            "edge": edge.edge_policy(route.spec, route.auth),
         }
     )
 
@@ -612,6 +631,7 @@ def _compile(
                 outcome is not None
                 and same_services(outcome.refs)
                 and _previous_status(raw, previous) is outcome.status
+                and (done.spec is None or done.spec.auth is None)  # Secrets are not memoised: few routes
             ):
                 clean[index] = (done, outcome)
             else:
@@ -645,9 +665,14 @@ def _compile(
                 if i in clean:
                     routes[i] = clean.pop(i)[0].fresh(raws[i])
 
+    secrets = {
+        (raw.namespace, raw.name): edge.secret_data(raw.body) for raw in bundle.secrets
+    }  # few: only those routes name are in a bundle
     for route in routes.values():
         if route.spec is not None:
             _resolve_backends(route, services)
+            if route.spec.auth is not None:
+                _resolve_secrets(route, secrets)
     _resolve_conflicts(list(routes.values()))
 
     compiled = []
@@ -668,7 +693,12 @@ def _compile(
         compiled_route: table.CompiledRoute | None = None
         if route.accepted is None:
             try:
-                if last is not None and last.compiled is not None and last.backends == route.backends:
+                if (
+                    last is not None
+                    and last.compiled is not None
+                    and last.backends == route.backends
+                    and route.auth is None
+                ):
                     compiled_route = last.compiled
                 else:
                     compiled_route = _compiled_route(route)

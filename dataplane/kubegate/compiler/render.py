@@ -1,8 +1,10 @@
 """Printing a :class:`~kubegate.compiler.compile.CompileResult`: the ``kubegate compile`` output.
 
-The printed document is the table in its wire form (exactly what the operator pushes to ``PUT /table``),
-its content hash, the status of every route and the load problems. The golden compiler tests compare
-this same YAML, so what reviewers read in a golden diff is what users see.
+The printed document is the table in its wire form (what the operator pushes to ``PUT /table``, except
+that secret material, the JWKS documents, HMAC keys and API-key hashes that routes' auth took from
+Secrets, is shown as ``(redacted)``), its content hash, the status of every route and the load problems.
+The golden compiler tests compare this same YAML, so what reviewers read in a golden diff is what users
+see.
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from typing import TextIO
 import yaml
 
 from kubegate.compiler import compile as compiler
-from kubegate.compiler import resources
+from kubegate.compiler import edge, resources
 
 FORMATS = ("yaml", "json")
+
+
+def _redacted(wire: dict[str, object]) -> dict[str, object]:
+    routes = wire["routes"]
+    assert isinstance(routes, list)
+    return {**wire, "routes": [edge.redacted(route) for route in routes]}
 
 
 def result_document(result: compiler.CompileResult) -> dict[str, object]:
     """The JSON-able form of a result: ``contentHash``, ``table``, ``statuses``, ``problems``."""
     return {
         "contentHash": result.table.content_hash(),
-        "table": result.table.to_wire(),
+        "table": _redacted(result.table.to_wire()),
         "statuses": {
             key: status.model_dump(mode="json", by_alias=True, exclude_none=True)
             for key, status in result.statuses.items()

@@ -1,12 +1,14 @@
-"""A route's edge policies at run time: CORS, header transforms, rewrite and redirect, at two named points.
+"""A route's edge policies at run time: CORS, auth, header transforms, rewrite and redirect, at two points.
 
 Built once per table from the compiled :class:`~kubegate.compiler.edge.EdgePolicy` (only for routes that
 have one: ``RuntimeRoute.edge`` is None otherwise and the proxy skips both points). The proxy calls:
 
 1. :meth:`EdgeRuntime.request`, after the route matched and the request head was found valid, before any
-   traffic policy or backend is chosen: a CORS preflight or a redirect is answered here (the backend is
-   never contacted); otherwise the path is rewritten, the request's header lines are transformed, and the
-   CORS headers for the response are chosen (kept on the exchange).
+   traffic policy or backend is chosen, in this order: a CORS preflight is answered (browsers send no
+   credentials with it); the credentials are checked (:mod:`.auth`: 401/403/500/503 answered here, or a
+   wait for the first JWKS); a redirect is answered; otherwise the path is rewritten, the request's header
+   lines are transformed, and the CORS headers for the response are chosen (kept on the exchange; the
+   gateway's refusals carry them too, so a browser page can read a 401).
 2. :meth:`EdgeRuntime.response`, on the upstream's response head, before the gateway adds its framing:
    the response's header lines are transformed and the CORS headers added.
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 from typing import Protocol
 
 from kubegate.compiler.edge import EdgePolicy, HeaderOps
+from kubegate.dataplane.auth import RouteAuth
+from kubegate.dataplane.jwkssources import JwksSources
 from kubegate.dataplane.policies.cors import CorsPolicy
 from kubegate.dataplane.policies.transforms import HeaderTransform, Redirect, Rewrite
 
@@ -32,8 +36,11 @@ class Exchange(Protocol):
     raw_headers: list[tuple[bytes, bytes]]
     path: bytes
     cors_lines: list[bytes] | None
+    identity: str | None
 
     def answer(self, status: int, lines: list[bytes]) -> None: ...
+    def refused(self, status: int, message: str, lines: list[bytes], kind: str, reason: str) -> None: ...
+    def restart(self) -> None: ...
 
 
 def _lines(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -41,9 +48,21 @@ def _lines(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
 
 
 class EdgeRuntime:
-    __slots__ = ("cors", "matched_prefix", "redirect", "request_ops", "response_ops", "rewrite")
+    __slots__ = (
+        "auth",
+        "cors",
+        "jwks_uri",
+        "matched_prefix",
+        "redirect",
+        "request_ops",
+        "response_ops",
+        "rewrite",
+    )
 
-    def __init__(self, policy: EdgePolicy) -> None:
+    def __init__(self, policy: EdgePolicy, jwks: JwksSources | None = None) -> None:
+        a = policy.auth
+        self.auth = RouteAuth(a, jwks) if a is not None else None
+        self.jwks_uri = a.jwt.jwks_uri if a is not None and a.jwt is not None and a.error is None else None
         c = policy.cors
         self.cors = (
             CorsPolicy(
@@ -74,18 +93,25 @@ class EdgeRuntime:
     def request(
         self, ex: Exchange, host: str, path: str, query: str, lines: list[bytes]
     ) -> list[bytes] | None:
-        """The request point; returns the request's header lines to send, or None when it was answered."""
+        """The request point; returns the request's header lines to send, or None when it was answered
+        (or waits for a JWKS: the exchange then starts over)."""
         cors = self.cors
+        auth = self.auth
+        origin = acr_method = acr_headers = authorization = api_key = None
+        key_header = auth.api_key_header if auth is not None else None
+        for name, value in ex.raw_headers:
+            lname = name.lower()
+            if lname == b"authorization":
+                authorization = value
+            elif lname == key_header:
+                api_key = value
+            elif lname == b"origin":
+                origin = value
+            elif lname == b"access-control-request-method":
+                acr_method = value
+            elif lname == b"access-control-request-headers":
+                acr_headers = value if acr_headers is None else acr_headers + b"," + value
         if cors is not None:
-            origin = acr_method = acr_headers = None
-            for name, value in ex.raw_headers:
-                lname = name.lower()
-                if lname == b"origin":
-                    origin = value
-                elif lname == b"access-control-request-method":
-                    acr_method = value
-                elif lname == b"access-control-request-headers":
-                    acr_headers = value if acr_headers is None else acr_headers + b"," + value
             if (
                 origin is not None
                 and acr_method is not None
@@ -95,6 +121,20 @@ class EdgeRuntime:
                 ex.answer(status, _lines(headers))
                 return None
             ex.cors_lines = _lines(cors.response_headers(origin))
+        if auth is not None:
+            verdict = auth.check(authorization, api_key, query)
+            if verdict is None:  # the keys are loading: the exchange starts over once they are
+                auth.wait(ex.restart)
+                return None
+            if verdict.status:
+                extra = [*verdict.challenge, *(ex.cors_lines or ())]
+                ex.refused(verdict.status, verdict.message, extra, verdict.kind, verdict.reason)
+                return None
+            ex.identity = verdict.identity
+            if auth.drop:
+                lines = [line for line in lines if line.partition(b":")[0] not in auth.drop]
+            if verdict.lines:
+                lines = [*lines, *verdict.lines]
         redirect = self.redirect
         if redirect is not None:
             ex.answer(redirect.status_code, [b"location: " + redirect.location("http", host, path, query)])

@@ -97,8 +97,10 @@ def error_response(
     close: bool,
     head: bool = False,
     retry_after: int | None = None,
+    extra: list[bytes] | None = None,
 ) -> bytes:
-    """A complete HTTP/1.1 error response with a small JSON body naming the request ID."""
+    """A complete HTTP/1.1 error response with a small JSON body naming the request ID; ``extra`` are
+    header lines to add (a WWW-Authenticate challenge, CORS headers)."""
     body = json.dumps(
         {
             "error": reason(status).decode(),
@@ -116,6 +118,8 @@ def error_response(
     ]
     if retry_after is not None:
         lines.append(b"retry-after: %d" % retry_after)
+    if extra:
+        lines.extend(extra)
     if close:
         lines.append(b"connection: close")
     return b"\r\n".join(lines) + b"\r\n\r\n" + (b"" if head else body)

@@ -518,6 +518,7 @@ class Exchange:
         "hdict",
         "head",
         "head_only",
+        "identity",
         "keep_alive",
         "method",
         "no_host",
@@ -585,6 +586,7 @@ class Exchange:
         self.no_host = False  # HTTP/1.0 without Host: the endpoint's authority is sent as Host
         self.hdict: dict[str, str] | None = None  # the headers by lower-case str name, built on first get()
         self.cors_lines: list[bytes] | None = None  # CORS headers for the response (routes with cors)
+        self.identity: str | None = None  # who the route's auth admitted (JWT sub, API-key client)
 
     def get(self, name: str) -> str | None:
         """A request header by lower-case name (repeated ones joined with ","), for the matcher's header
@@ -1138,6 +1140,18 @@ class Exchange:
         self.client.write(httpbits.bodiless_response(status, lines, self.request_id, close=not keep))
         self.finish(status, keep_alive=keep)
 
+    def refused(self, status: int, message: str, lines: list[bytes], kind: str, reason: str) -> None:
+        """The route's auth refused the request (dataplane/auth.py): the answer, counted by reason."""
+        if kind:
+            route = self.route
+            self.client.gw.stats.auth_failure(route.id if route is not None else "", kind, reason)
+        self.fail(status, message, extra=lines)
+
+    def restart(self) -> None:
+        """Start over: the route's JWKS was loading when the request came, and its first fetch has ended."""
+        if not self.done and not self.client.closing:
+            self.start()
+
     def refuse(self, status: int, message: str) -> None:
         """A request the gateway will not read further (its framing or version is in doubt): answer, close."""
         self.keep_alive = False
@@ -1146,7 +1160,9 @@ class Exchange:
     def _upstream_error(self, kind: str) -> None:
         self.client.gw.stats.upstream_error(self.route.id if self.route else "", kind)
 
-    def fail(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+    def fail(
+        self, status: int, message: str, *, retry_after: int | None = None, extra: list[bytes] | None = None
+    ) -> None:
         """Answer with a JSON error (nothing has been sent yet) and end the exchange."""
         if self.done:
             return
@@ -1159,7 +1175,13 @@ class Exchange:
         keep = self.keep_alive and self.body_done and not self.client.gw.draining
         self.client.write(
             httpbits.error_response(
-                status, message, self.request_id, close=not keep, head=self.head_only, retry_after=retry_after
+                status,
+                message,
+                self.request_id,
+                close=not keep,
+                head=self.head_only,
+                retry_after=retry_after,
+                extra=extra,
             )
         )
         self.finish(status, keep_alive=keep)

@@ -114,8 +114,16 @@ class RoutesFile:
         for key, status in sorted(result.statuses.items()):
             cond = status.condition(RESOLVED_REFS)
             if cond is not None and cond.status == "False":
+                hint = (
+                    "; with no cluster, a Service is found only when the routes file holds it or its "
+                    "EndpointSlices (or use a url: backend)"
+                    if cond.reason == "BackendNotFound"
+                    else "; with no cluster, a Secret is found only when the routes file holds it"
+                    if cond.reason == "SecretNotFound"
+                    else ""
+                )
                 warnings.append(
-                    f"{origins.get(key, source)}: GatewayRoute {key}: {cond.reason}: {cond.message}"
+                    f"{origins.get(key, source)}: GatewayRoute {key}: {cond.reason}: {cond.message}{hint}"
                 )
         self.loads += 1
         table = result.table

@@ -30,6 +30,7 @@ import uvicorn
 from kubegate.dataplane.admin import build_admin_app, to_oldest_generation
 from kubegate.dataplane.adminserver import AdminLimits, AdminServer
 from kubegate.dataplane.healthprober import HealthProber
+from kubegate.dataplane.jwkssources import JwksSources
 from kubegate.dataplane.pathnorm import EscapedSlashes
 from kubegate.dataplane.proxy import Gateway, GatewayConfig, ProxySettings
 from kubegate.dataplane.routesfile import (
@@ -39,7 +40,7 @@ from kubegate.dataplane.routesfile import (
     RoutesFileMissing,
     load_bootstrap,
 )
-from kubegate.dataplane.snapshot import SnapshotStore
+from kubegate.dataplane.snapshot import Snapshot, SnapshotStore
 
 logger = logging.getLogger("kubegate.serve")
 
@@ -144,7 +145,8 @@ def _url(host: str, port: int) -> str:
 
 async def serve(opts: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
-    store = SnapshotStore()
+    jwks = JwksSources()  # the key sets of routes with auth.jwt.jwksUri, fetched in the background
+    store = SnapshotStore(jwks=jwks)
     gateway = Gateway(
         store=store,
         settings=ProxySettings(
@@ -161,6 +163,7 @@ async def serve(opts: ServeOptions) -> int:
     store.on_swap(lambda snapshot: gateway.stats.retain(snapshot.routes))
     prober = HealthProber()  # active health checks of the backends that have one
     store.on_swap(prober.sync)
+    store.on_swap(lambda snapshot: jwks.sync(_jwks_uris(snapshot)))
     routes_file = RoutesFile(opts.routes) if opts.routes is not None else None
     if opts.bootstrap is not None:
         _load_bootstrap(opts.bootstrap, store)
@@ -293,6 +296,7 @@ async def serve(opts: ServeOptions) -> int:
         if gateway.access is not None:
             gateway.access.flush()  # the lines of the last requests, drained or not
         await prober.close()
+        jwks.close()
         await admin.stop()
         if echo is not None:
             echo.should_exit = True
@@ -366,11 +370,7 @@ def _reload(
             routes_file.path,
         )
     for warning in compiled.warnings:
-        logger.warning(
-            "%s; with no cluster, a Service is found only when the routes file holds it or its "
-            "EndpointSlices (or use a url: backend)",
-            warning,
-        )
+        logger.warning("%s", warning)
 
 
 def _load_bootstrap(path: Path, store: SnapshotStore) -> None:
@@ -396,3 +396,7 @@ def _still_serving(store: SnapshotStore) -> str:
 
 def _routes(count: int) -> str:
     return f"{count} route" if count == 1 else f"{count} routes"
+
+
+def _jwks_uris(snapshot: Snapshot) -> set[str]:
+    return {rt.edge.jwks_uri for rt in snapshot.routes.values() if rt.edge is not None and rt.edge.jwks_uri}

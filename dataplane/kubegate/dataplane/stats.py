@@ -39,6 +39,7 @@ class Stats:
         self.latency_counts: dict[str, list[int]] = {}
         self.latency_sums: dict[str, float] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
+        self.auth_failures: dict[tuple[str, str, str], int] = {}  # (route, kind, reason)
         self.table_version = "none"
         self.table_swaps = 0
 
@@ -57,6 +58,10 @@ class Stats:
         key = (route, kind)
         self.upstream_errors[key] = self.upstream_errors.get(key, 0) + 1
 
+    def auth_failure(self, route: str, kind: str, reason: str) -> None:
+        key = (route, kind, reason)
+        self.auth_failures[key] = self.auth_failures.get(key, 0) + 1
+
     def retain(self, routes: Container[str]) -> None:
         """Drop the series of every route not in ``routes`` (those of requests matching no route stay).
         Called on the traffic loop, where the counters are bumped."""
@@ -67,6 +72,8 @@ class Stats:
             self.latency_sums.pop(route, None)
         for err in [k for k in self.upstream_errors if k[0] and k[0] not in routes]:
             del self.upstream_errors[err]
+        for fail in [k for k in self.auth_failures if k[0] not in routes]:
+            del self.auth_failures[fail]
 
 
 class StatsCollector(Collector):
@@ -121,6 +128,16 @@ class StatsCollector(Collector):
             if shown(route):
                 errs.add_metric([route, kind], n)
         yield errs
+
+        auth = CounterMetricFamily(
+            "kubegate_auth_failures",
+            "Requests refused by a route's auth, by credential kind (jwt, apiKey) and reason",
+            labels=["route", "kind", "reason"],
+        )
+        for (route, kind, reason), n in sorted(list(s.auth_failures.items())):
+            if shown(route):
+                auth.add_metric([route, kind, reason], n)
+        yield auth
 
         info = self._table_info()
         ver = GaugeMetricFamily(
