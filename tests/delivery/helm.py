@@ -1,9 +1,9 @@
 """Finding and running the helm binaries that the chart tests use.
 
-The tests run every helm check with each helm major version found: ``helm`` on PATH or ``.ci/bin/helm``
-(where ``.ci/run`` installs it with ``../shared/tools/get-helm.sh``), and the binary named by
-``$KUBEGATE_HELM3`` (CI installs helm 3 there with ``HELM_MAJOR=3``). ``$KUBEGATE_HELM`` overrides the
-first. Helm's cache, config and data go to a temporary directory, never the user's.
+The tests run every helm check with each helm major version found: ``.tools/bin/helm`` (helm 4) and
+``.tools/bin/helm3`` (helm 3), which ``bash hack/tools.sh`` builds from source at pinned versions (``.ci/run``
+runs it), else ``helm`` on PATH or ``.ci/bin/helm``. ``$KUBEGATE_HELM`` and ``$KUBEGATE_HELM3`` name a
+binary that wins over those. Helm's cache, config and data go to a temporary directory, never the user's.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ CHART = ROOT / "charts" / "kubegate"
 RELEASE = "kubegate"
 NAMESPACE = "kubegate-system"
 
-GET_HELM = "bash ../shared/tools/get-helm.sh .ci/bin (from the repository root)"
+TOOLS_BIN = ROOT / ".tools" / "bin"
+GET_HELM = "bash hack/tools.sh (from the repository root; builds helm 3 and 4 into .tools/bin)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,16 +79,18 @@ def _version(path: Path) -> str:
 def available() -> dict[int, Helm]:
     """The helm binaries found, by major version (the first found wins for each major)."""
     candidates: list[Path] = []
-    primary = os.environ.get("KUBEGATE_HELM") or shutil.which("helm")
-    if primary:
-        candidates.append(Path(primary))
+    for variable in ("KUBEGATE_HELM", "KUBEGATE_HELM3"):
+        named = os.environ.get(variable)
+        if named:
+            if not Path(named).is_file():  # asked for explicitly: a wrong path is an error, not a skip
+                raise RuntimeError(f"{variable}={named} does not exist")
+            candidates.append(Path(named))
+    candidates += [path for path in (TOOLS_BIN / "helm", TOOLS_BIN / "helm3") if path.is_file()]
+    on_path = shutil.which("helm")
+    if on_path:
+        candidates.append(Path(on_path))
     if (ROOT / ".ci/bin/helm").is_file():
         candidates.append(ROOT / ".ci/bin/helm")
-    helm3 = os.environ.get("KUBEGATE_HELM3")
-    if helm3:
-        if not Path(helm3).is_file():  # asked for explicitly: a wrong path is an error, not a skip
-            raise RuntimeError(f"KUBEGATE_HELM3={helm3} does not exist")
-        candidates.append(Path(helm3))
     found: dict[int, Helm] = {}
     for path in candidates:
         helm = Helm(path=path, version=_version(path))
