@@ -22,6 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLogger().level))
     # httpx logs every request at INFO: every push and every periodic GET /table of every replica.
     logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    # The Kubernetes client logs every response body at debug level: Secrets (and the bootstrap table).
+    logging.getLogger("kubernetes_asyncio").setLevel(max(logging.INFO, logging.getLogger().level))
     app = handlers.App(config)
     registry = handlers.build_registry(app)
     namespaces = config.watched_namespaces()

@@ -3,6 +3,10 @@
 Handlers are ``@kopf.on.event`` only: they need no finalizers and no annotations on the objects (the
 operator never blocks a deletion, and a compile looks at the whole set anyway). Each one hands the body
 to :class:`~kubegate_operator.reconciler.Reconciler` and returns; everything slow happens in its loops.
+
+Secrets are watched like the rest (routes' ``spec.auth`` names them), but :mod:`kubegate_operator.state`
+keeps only those that some route names; the handler never logs a body (kopf's own logger is kept at
+WARNING and logs no bodies there either).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ WATCHED = (
     (state.GATEWAYROUTE, ("kubegate.dev", "v1alpha1", "gatewayroutes")),
     (state.ENDPOINTSLICE, ("discovery.k8s.io", "v1", "endpointslices")),
     (state.SERVICE, ("", "v1", "services")),
+    (state.SECRET, ("", "v1", "secrets")),
 )
 
 
@@ -41,8 +46,11 @@ class App:
         self.settings = settings
         self.metrics = metrics_mod.Metrics()
         dp = settings.dataplane_service
+        boot = settings.bootstrap_secret
         self.state = state.ClusterState(
-            namespaces=settings.namespaces, dataplane_service=(dp.namespace, dp.name) if dp else None
+            namespaces=settings.namespaces,
+            dataplane_service=(dp.namespace, dp.name) if dp else None,
+            reserved=[(boot.namespace, boot.name)] if boot else [],
         )
         self.kube: Kube | None = None
         self.http: httpx.AsyncClient | None = None
@@ -86,6 +94,7 @@ class App:
             metrics=self.metrics,
             holdoff=s.holdoff,
             max_delay=s.max_delay,
+            read_secret=self.kube.read_secret,
         )
         if s.leader_lease is not None:
             identity = s.identity or f"{socket.gethostname()}-{os.getpid()}"

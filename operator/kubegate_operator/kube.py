@@ -7,7 +7,12 @@ Patches are always sent as ``application/merge-patch+json`` (custom resources do
 merge patches, and the client's default choice of content type is wrong for them). RBAC this needs:
 ``patch`` on ``gatewayroutes/status``; ``get``, ``create``, ``patch`` on the bootstrap Secret;
 ``create`` on ``events``; ``get``, ``create``, ``patch`` on the leader Lease; ``list`` on what kopf
-watches anyway (GatewayRoutes, EndpointSlices, Services).
+watches anyway (GatewayRoutes, EndpointSlices, Services, Secrets); ``get`` on Secrets, to read one that a
+route starts to name after its watch event was dropped (:meth:`Kube.read_secret`).
+
+Secret contents never reach a log line or an exception message from here: Secrets are read with
+``_preload_content=False`` (the client logs every preloaded response body at debug level), and an error
+carries only the HTTP status and reason.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ logger = logging.getLogger("kubegate.operator.kube")
 MERGE_PATCH = "application/merge-patch+json"
 PLURAL = "gatewayroutes"
 LIST_PAGE = 500  # objects per page of the start-up listing
+SECRET_LIST_PAGE = 50  # Secrets come with their data (a Helm release Secret can be ~1 MiB): smaller pages
 
 
 async def load_config() -> None:
@@ -57,12 +63,13 @@ class Kube:
         await self.api.close()
 
     async def list_keys(self, kind: str, namespace: str | None) -> set[tuple[str, str]]:
-        """``(namespace, name)`` of every object of ``kind`` (GatewayRoute, EndpointSlice or Service),
-        in ``namespace`` or everywhere; read in pages, and only the names are kept."""
+        """``(namespace, name)`` of every object of ``kind`` (GatewayRoute, EndpointSlice, Service or
+        Secret), in ``namespace`` or everywhere; read in pages, and only the names are kept."""
         keys: set[tuple[str, str]] = set()
         token: str | None = None
+        limit = SECRET_LIST_PAGE if kind == "Secret" else LIST_PAGE
         while True:
-            page: dict[str, Any] = {"limit": LIST_PAGE, "_preload_content": False}
+            page: dict[str, Any] = {"limit": limit, "_preload_content": False}
             if token:
                 page["_continue"] = token
             response = await self._list(kind, namespace, page)
@@ -91,6 +98,10 @@ class Kube:
             if namespace is None:
                 return await self.discovery.list_endpoint_slice_for_all_namespaces(**page)
             return await self.discovery.list_namespaced_endpoint_slice(namespace, **page)
+        if kind == "Secret":
+            if namespace is None:
+                return await self.core.list_secret_for_all_namespaces(**page)
+            return await self.core.list_namespaced_secret(namespace, **page)
         if namespace is None:
             return await self.core.list_service_for_all_namespaces(**page)
         return await self.core.list_namespaced_service(namespace, **page)
@@ -138,6 +149,19 @@ class Kube:
             if error.status == 404:
                 return None
             raise
+
+    async def read_secret(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Secret a route names, as the API server sends it (None when it does not exist). Raises
+        :class:`ApiException` with the status and reason only (never the answer's body)."""
+        response = await self.core.read_namespaced_secret(name, namespace, _preload_content=False)
+        try:
+            if response.status == 404:
+                return None
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status, reason=response.reason)
+            return dict(await response.json())
+        finally:
+            response.release()
 
     async def put_secret(self, ref: ObjectRef, body: Mapping[str, Any], exists: bool) -> None:
         if not exists:

@@ -15,7 +15,12 @@ module's loops do the rest:
   rather than a "Pending 0/3" overwritten a moment later (at the initial sync of 10,000 routes: 10,000
   patches instead of 20,000);
 - the *bootstrap loop* stores each new table in the bootstrap Secret;
-- the publisher's *resync loop* checks what every replica serves.
+- the publisher's *resync loop* checks what every replica serves;
+- a *Secret read* per Secret that a route starts to name after the watch event of that Secret was
+  dropped (see :mod:`kubegate_operator.state`): retried with backoff while still wanted; a compile
+  waits for the first try of the reads under way (at most ``FETCH_WAIT``), so that a new route is not
+  first published with ``SecretNotFound`` (and a read that keeps failing, say for lack of RBAC, does
+  not hold back every compile).
 
 Only the leader publishes and writes (see :mod:`kubegate_operator.leader`); a standby compiles too, so
 that it takes over with a warm table.
@@ -25,9 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,6 +49,10 @@ logger = logging.getLogger("kubegate.operator")
 BOOTSTRAP_DELAY = 1.0  # seconds between a new table and storing it in the bootstrap Secret
 BURST_FACTOR = 4.0  # under a sustained burst, compile at most every BURST_FACTOR x the last compile time
 STATUS_SETTLE = 10.0  # at most this long, the status loop waits for the pushes of a new table to end
+FETCH_WAIT = 5.0  # at most this long, a compile waits for the Secret reads under way
+FETCH_BACKOFF = (0.5, 30.0)  # initial and maximum delay between the tries of a failed Secret read
+
+ReadSecret = Callable[[str, str], Awaitable[Mapping[str, Any] | None]]  # (namespace, name) → body or None
 
 
 def burst_max_delay(configured: float, compile_seconds: float) -> float:
@@ -69,6 +79,8 @@ class Reconciler:
         max_delay: float,
         status_settle: float = STATUS_SETTLE,
         clock: Callable[[], float] = time.monotonic,
+        read_secret: ReadSecret | None = None,
+        fetch_wait: float = FETCH_WAIT,
     ) -> None:
         self.state = cluster
         self.publisher = pusher
@@ -92,6 +104,10 @@ class Reconciler:
         self._bootstrap_dirty = asyncio.Event()
         self._lag: tuple[str, float] | None = None  # (version, first change) awaiting full acknowledgement
         self._tasks: list[asyncio.Task[None]] = []
+        self._read_secret = read_secret
+        self._fetch_wait = fetch_wait
+        # Secret → (ticket, read, set once its first try has ended)
+        self._fetches: dict[state.Key, tuple[int, asyncio.Task[None], asyncio.Event]] = {}
         self.active = True
         self.compiles = 0
         self._replicas_seen = -1
@@ -130,12 +146,70 @@ class Reconciler:
     def _after(self, changed: bool) -> None:
         if not self._primed.is_set() and self.state.missing == 0:
             self.prime()
+        if self.state.wanted:
+            self._fetch_wanted()
         if not changed:
             return
         if self.state.replicas_revision != self._replicas_seen:
             self._replicas_seen = self.state.replicas_revision
             self.publisher.set_replicas(self.state.replicas())
         self.trigger.poke()
+
+    # --- Secrets that a route starts to name --------------------------------------------------------
+
+    def _fetch_wanted(self) -> None:
+        if self._read_secret is None:
+            return
+        for key, ticket in self.state.wanted.items():
+            running = self._fetches.get(key)
+            if running is not None and running[0] == ticket:
+                continue
+            if running is not None:
+                running[1].cancel()  # wanted again since: its answer would be thrown away
+            tried = asyncio.Event()
+            task = asyncio.create_task(self._fetch(key, ticket, tried), name=f"read-secret {key[0]}/{key[1]}")
+            self._fetches[key] = (ticket, task, tried)
+            task.add_done_callback(functools.partial(self._fetch_done, key))
+
+    def _fetch_done(self, key: state.Key, task: asyncio.Task[None]) -> None:
+        running = self._fetches.get(key)
+        if running is not None and running[1] is task:
+            del self._fetches[key]
+
+    async def _fetch(self, key: state.Key, ticket: int, tried: asyncio.Event) -> None:
+        assert self._read_secret is not None
+        namespace, name = key
+        delay, ceiling = FETCH_BACKOFF
+        while True:
+            try:
+                body = await self._read_secret(namespace, name)
+            except Exception as error:
+                tried.set()
+                if self.state.wanted.get(key) != ticket:
+                    return
+                logger.warning(
+                    "cannot read Secret %s/%s, named by a route (%s): retrying in %.1f s",
+                    namespace,
+                    name,
+                    _error_summary(error),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, ceiling)
+                continue
+            self._after(self.state.fetched(key, ticket, body))
+            tried.set()
+            return
+
+    async def _await_fetches(self) -> bool:
+        """Wait (at most ``fetch_wait``) for the first try of every Secret read under way; True if there
+        was one to wait for."""
+        waits = [tried.wait() for _, _, tried in self._fetches.values() if not tried.is_set()]
+        if not waits:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*waits), self._fetch_wait)
+        return True
 
     def set_active(self, active: bool) -> None:
         """Leadership changed: a leader publishes and writes, a standby only compiles."""
@@ -166,18 +240,25 @@ class Reconciler:
         spawn(self.publisher.resync_forever(resync_interval), "resync")
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = self._tasks + [task for _, task, _ in self._fetches.values()]
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        self._fetches.clear()
         await self.publisher.close()
 
     async def _compile_loop(self) -> None:
         await self._primed.wait()
         while True:
             first = await self.trigger.wait()
+            if await self._await_fetches():
+                # The reads poked the trigger: this compile includes what they brought (and any change
+                # that came meanwhile), so their burst is taken along with this one.
+                later = self.trigger.debounce.take()
+                first = min(first, later) if later is not None else first
             try:
                 self.compile_now(first_change=first)
             except Exception:
@@ -302,6 +383,14 @@ class Reconciler:
             if result == "error":
                 await asyncio.sleep(1.0)
                 self._bootstrap_dirty.set()
+
+
+def _error_summary(error: Exception) -> str:
+    """What went wrong, without the error's text: an API error's text holds the answer's body."""
+    status, reason = getattr(error, "status", None), getattr(error, "reason", None)
+    if isinstance(status, int):
+        return f"HTTP {status} {reason or ''}".rstrip()
+    return type(error).__name__
 
 
 def _dump(st: models.GatewayRouteStatus) -> dict[str, Any]:

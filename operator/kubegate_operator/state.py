@@ -12,17 +12,37 @@ It also derives the data-plane replicas (``host:port`` of the ``admin`` port) fr
 the data-plane Service: every address, ready or not, because a new replica becomes ready only once it has
 a table. The statuses last seen on the routes are kept apart, for the status writer to diff against.
 
-Secrets are not watched yet: no GatewayRoute field references one (watching them would need list/watch
-on every Secret of the cluster).
+Secrets: kopf watches every Secret of the watched namespaces, but this view keeps the data of only those
+that some route's ``spec.auth`` names (in the route's own namespace, like backends; see
+:func:`secret_names`). Any other Secret is dropped on arrival: only its name is remembered (in
+``secrets_seen``), so that a route that starts naming it later knows that it exists. Such a Secret
+becomes *wanted* (:attr:`ClusterState.wanted`): the reconciler reads it from the API (one GET) and
+hands it back through :meth:`ClusterState.fetched`. Each time a Secret becomes wanted it gets a new
+ticket, and a read is applied only if its ticket is still the current one: a watch event that
+arrived meanwhile (newer data, or a deletion) or a route that stopped naming it makes the read stale.
+That is simpler than keeping every Secret (the cluster's Secrets stay out of the operator's memory) and
+than re-listing them (one read per newly named Secret).
+
+Secret material never reaches a log line: kept Secrets are :class:`SecretBody` objects, whose repr
+shows only their name and keys; this module logs names only.
+
+The Secrets kubegate uses itself are never route Secrets, even when a route names one: the bootstrap
+Secret (``reserved``, by name) and, in the data plane's namespace, every Secret labelled
+``app.kubernetes.io/part-of: kubegate`` (the chart's push-token Secret). Such a route gets
+``ResolvedRefs=False`` (``SecretNotFound``) and a warning in the log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+import itertools
+import logging
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from kubegate.compiler import resources
+
+logger = logging.getLogger("kubegate.operator")
 
 Key = tuple[str, str]  # (namespace, name)
 ADMIN_PORT_NAME = "admin"
@@ -30,6 +50,11 @@ ADMIN_PORT_NAME = "admin"
 GATEWAYROUTE = "GatewayRoute"
 ENDPOINTSLICE = "EndpointSlice"
 SERVICE = "Service"
+SECRET = "Secret"
+KINDS = (GATEWAYROUTE, ENDPOINTSLICE, SERVICE, SECRET)
+
+PART_OF_LABEL = "app.kubernetes.io/part-of"
+PART_OF = "kubegate"  # the chart's label on the Secrets it creates (the push token)
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -111,20 +136,77 @@ def _slim_service(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+class SecretBody(dict[str, Any]):
+    """A kept Secret (slimmed): a plain dict for the compiler, whose repr names the Secret and its keys
+    but never shows a value."""
+
+    def __repr__(self) -> str:
+        meta = self.get("metadata") or {}
+        keys = sorted({*(self.get("data") or {}), *(self.get("stringData") or {})})
+        return f"<Secret {meta.get('namespace')}/{meta.get('name')} keys={keys}>"
+
+    __str__ = __repr__
+
+
+def _slim_secret(body: Mapping[str, Any]) -> SecretBody:
+    meta = _meta(body)
+    out = SecretBody(
+        apiVersion=resources.CORE_API_VERSION,
+        kind=SECRET,
+        metadata={"name": meta.get("name"), "namespace": meta.get("namespace")},
+    )
+    for field in ("data", "stringData"):  # the API server returns data only; stringData: kept as given
+        values = body.get(field)
+        if isinstance(values, Mapping):
+            out[field] = {k: v for k, v in values.items() if isinstance(k, str) and isinstance(v, str)}
+    return out
+
+
+def secret_names(route: Mapping[str, Any]) -> frozenset[str]:
+    """The Secrets (names, in the route's namespace) a route body's ``spec.auth`` names: the same fields
+    as :func:`kubegate.compiler.edge.secret_refs` (jwt.jwksSecretRef, jwt.secretRef, apiKey.secretRef),
+    read from the raw object so that an invalid spec costs nothing (it is rejected anyway)."""
+    spec = route.get("spec")
+    auth = spec.get("auth") if isinstance(spec, Mapping) else None
+    if not isinstance(auth, Mapping):
+        return frozenset()
+    refs: list[object] = []
+    jwt, api_key = auth.get("jwt"), auth.get("apiKey")
+    if isinstance(jwt, Mapping):
+        refs += [jwt.get("jwksSecretRef"), jwt.get("secretRef")]
+    if isinstance(api_key, Mapping):
+        refs.append(api_key.get("secretRef"))
+    names = (ref.get("name") for ref in refs if isinstance(ref, Mapping))
+    return frozenset(name for name in names if isinstance(name, str) and name)
+
+
 _SLIMMERS = {GATEWAYROUTE: _slim_route, ENDPOINTSLICE: _slim_slice, SERVICE: _slim_service}
 
 
 class ClusterState:
-    """Routes, slices and services by (namespace, name); ``revision`` counts compiler-visible changes."""
+    """Routes, slices, services and the Secrets routes name, by (namespace, name); ``revision`` counts
+    compiler-visible changes."""
 
     def __init__(
-        self, *, namespaces: tuple[str, ...] = (), dataplane_service: tuple[str, str] | None = None
+        self,
+        *,
+        namespaces: tuple[str, ...] = (),
+        dataplane_service: tuple[str, str] | None = None,
+        reserved: Iterable[Key] = (),
     ) -> None:
         self.namespaces = frozenset(namespaces)
         self.dataplane_service = dataplane_service
-        self.objects: dict[str, dict[Key, dict[str, Any]]] = {kind: {} for kind in _SLIMMERS}
-        self._loaded: dict[str, dict[Key, resources.Bundle]] = {kind: {} for kind in _SLIMMERS}
-        self._order: dict[str, list[Key] | None] = {kind: None for kind in _SLIMMERS}  # sorted keys
+        self.reserved = frozenset(reserved)  # kubegate's own Secrets (the bootstrap Secret)
+        self.objects: dict[str, dict[Key, dict[str, Any]]] = {kind: {} for kind in KINDS}
+        self._loaded: dict[str, dict[Key, resources.Bundle]] = {kind: {} for kind in KINDS}
+        self._order: dict[str, list[Key] | None] = {kind: None for kind in KINDS}  # sorted keys
+        # Secrets: which route names which (names only), the existing ones not kept, kubegate's own.
+        self._route_secrets: dict[Key, frozenset[Key]] = {}
+        self._referrers: dict[Key, set[Key]] = {}
+        self.secrets_seen: set[Key] = set()
+        self._own_secrets: set[Key] = set()
+        self.wanted: dict[Key, int] = {}  # Secret → ticket: named, existing, not kept; to be read
+        self._tickets = itertools.count(1)
         self.observed_status: dict[str, Mapping[str, Any]] = {}  # "ns/name" → status seen on the route
         # The statuses the operator wrote ("ns/name" → status): a watch event bringing one back is kept as
         # that same object rather than a second copy (10,000 routes: ~15 MB).
@@ -133,7 +215,7 @@ class ClusterState:
         self.replicas_revision = 0
         self._generations: tuple[int, dict[str, int | None]] | None = None
         # Objects listed at start-up that no event has delivered yet (see :meth:`expect`).
-        self._expected: dict[str, set[Key]] = {kind: set() for kind in _SLIMMERS}
+        self._expected: dict[str, set[Key]] = {kind: set() for kind in KINDS}
 
     def _in_scope(self, kind: str, key: Key) -> bool:
         if kind == ENDPOINTSLICE and self.dataplane_service and key[0] == self.dataplane_service[0]:
@@ -143,7 +225,10 @@ class ClusterState:
     def expect(self, kind: str, keys: set[Key]) -> None:
         """Objects that exist (a listing at start-up): :attr:`missing` counts those no event has brought
         yet. Until it is 0 the view is partial, and compiling it would drop the routes not seen yet."""
-        self._expected[kind] = {key for key in keys if self._in_scope(kind, key)} - set(self.objects[kind])
+        arrived = set(self.objects[kind])
+        if kind == SECRET:  # most Secrets arrive and are dropped
+            arrived |= self.secrets_seen | self._own_secrets
+        self._expected[kind] = {key for key in keys if self._in_scope(kind, key)} - arrived
 
     @property
     def missing(self) -> int:
@@ -155,6 +240,8 @@ class ClusterState:
         if key is None or not self._in_scope(kind, key):
             return False
         self._expected[kind].discard(key)
+        if kind == SECRET:
+            return self._upsert_secret(key, body)
         if kind == GATEWAYROUTE:
             status = body.get("status")
             if isinstance(status, Mapping):
@@ -169,6 +256,8 @@ class ClusterState:
             self._order[kind] = None
         table[key] = slim
         self._loaded[kind].pop(key, None)
+        if kind == GATEWAYROUTE:
+            self._name_secrets(key, secret_names(slim))
         self._changed(kind, key)
         return True
 
@@ -176,14 +265,112 @@ class ClusterState:
         key = _identity(body)
         if key is not None:
             self._expected[kind].discard(key)
+            if kind == SECRET:
+                self.secrets_seen.discard(key)
+                self._own_secrets.discard(key)
+                self.wanted.pop(key, None)
         if key is None or self.objects[kind].pop(key, None) is None:
             return False
         self._loaded[kind].pop(key, None)
         self._order[kind] = None
         if kind == GATEWAYROUTE:
             self.observed_status.pop(f"{key[0]}/{key[1]}", None)
+            self._name_secrets(key, frozenset())
         self._changed(kind, key)
         return True
+
+    # --- Secrets ---------------------------------------------------------------------------------
+
+    def _is_own_secret(self, key: Key, body: Mapping[str, Any]) -> bool:
+        if key in self.reserved:
+            return True
+        if self.dataplane_service is None or key[0] != self.dataplane_service[0]:
+            return False
+        labels = _meta(body).get("labels")
+        return isinstance(labels, Mapping) and labels.get(PART_OF_LABEL) == PART_OF
+
+    def _upsert_secret(self, key: Key, body: Mapping[str, Any]) -> bool:
+        if self._is_own_secret(key, body):  # (the bootstrap Secret comes back after every table write)
+            if key not in self._own_secrets:
+                self._own_secrets.add(key)
+                if key in self._referrers:
+                    self._warn_own(key)
+            self.secrets_seen.discard(key)
+            self.wanted.pop(key, None)
+            return self._drop_secret(key)
+        self._own_secrets.discard(key)
+        self.secrets_seen.add(key)
+        if key not in self._referrers:
+            return self._drop_secret(key)  # nobody names it: never kept
+        self.wanted.pop(key, None)
+        slim = _slim_secret(body)
+        table = self.objects[SECRET]
+        if table.get(key) == slim:
+            return False
+        if key not in table:
+            self._order[SECRET] = None
+        table[key] = slim
+        self._loaded[SECRET].pop(key, None)
+        self._changed(SECRET, key)
+        return True
+
+    def _drop_secret(self, key: Key) -> bool:
+        if self.objects[SECRET].pop(key, None) is None:
+            return False
+        self._loaded[SECRET].pop(key, None)
+        self._order[SECRET] = None
+        self._changed(SECRET, key)
+        return True
+
+    def _name_secrets(self, route: Key, names: frozenset[str]) -> None:
+        """Route ``route`` now names the Secrets ``names`` (in its namespace): keep, want or drop them."""
+        new = frozenset((route[0], name) for name in names)
+        old = self._route_secrets.get(route, frozenset())
+        if new == old:
+            return
+        if new:
+            self._route_secrets[route] = new
+        else:
+            self._route_secrets.pop(route, None)
+        for key in old - new:
+            referrers = self._referrers.get(key)
+            if referrers is not None:
+                referrers.discard(route)
+                if not referrers:
+                    del self._referrers[key]
+                    self.wanted.pop(key, None)
+                    self._drop_secret(key)
+        for key in new - old:
+            self._referrers.setdefault(key, set()).add(route)
+            if key in self._own_secrets:
+                self._warn_own(key)
+            elif key in self.secrets_seen and key not in self.objects[SECRET] and key not in self.wanted:
+                self.wanted[key] = next(self._tickets)
+
+    def _warn_own(self, key: Key) -> None:
+        routes = ", ".join(sorted(f"{ns}/{name}" for ns, name in self._referrers.get(key, ())))
+        logger.warning(
+            "Secret %s/%s belongs to kubegate itself and is never used by routes (named by %s)",
+            key[0],
+            key[1],
+            routes,
+        )
+
+    def fetched(self, key: Key, ticket: int, body: Mapping[str, Any] | None) -> bool:
+        """The answer to the read of a wanted Secret (None: not found). Applied only if the Secret is still
+        wanted under this ``ticket``: otherwise a watch event (or a route change) came after the read
+        started, and the read may be stale. True when the compiler sees a change."""
+        if self.wanted.get(key) != ticket:
+            return False
+        del self.wanted[key]
+        if body is None or _identity(body) != key:
+            self.secrets_seen.discard(key)  # gone: its DELETED event is on its way (or came already)
+            return False
+        return self.upsert(SECRET, body)
+
+    def secrets_named(self) -> set[Key]:
+        """Every Secret some route names (whether it exists or not)."""
+        return set(self._referrers)
 
     def _changed(self, kind: str, key: Key) -> None:
         self.revision += 1
@@ -220,9 +407,10 @@ class ClusterState:
         return uid if isinstance(uid, str) else None
 
     def bundle(self) -> resources.Bundle:
-        """The compiler's input: every route, slice and service in scope, each loaded once per change."""
+        """The compiler's input: every route, slice and service in scope and the Secrets routes name, each
+        loaded once per change."""
         out = resources.Bundle()
-        for kind in (GATEWAYROUTE, SERVICE, ENDPOINTSLICE):
+        for kind in (GATEWAYROUTE, SERVICE, ENDPOINTSLICE, SECRET):
             objects, loaded = self.objects[kind], self._loaded[kind]
             order = self._order[kind]
             if order is None:
@@ -235,6 +423,7 @@ class ClusterState:
                 out.routes.extend(part.routes)
                 out.endpoint_slices.extend(part.endpoint_slices)
                 out.services.extend(part.services)
+                out.secrets.extend(part.secrets)
                 out.problems.extend(part.problems)
         return out
 

@@ -383,8 +383,9 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     if operator["spec"]["replicas"] > 1:
         assert lease_arg is not None
 
-    # RBAC: the operator's ServiceAccount is bound; nothing is granted by wildcard; Secrets only by name
-    # (except create); routes are read-only apart from their status.
+    # RBAC: the operator's ServiceAccount is bound; nothing is granted by wildcard; Secrets are read
+    # where routes live (routes' spec.auth names them), written only by name (except create); routes are
+    # read-only apart from their status.
     sa = op_pod["serviceAccountName"]
     bindings = r.all("RoleBinding") + r.all("ClusterRoleBinding")
     assert bindings and all(
@@ -397,10 +398,17 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     }
     assert route_bindings == (set(watched) | {ns} if watched else set())  # kopf also watches its own
     rules = [rule for role in r.all("Role") + r.all("ClusterRole") for rule in role["rules"]]
+    read = {"get", "list", "watch"}
+    for role in r.all("Role") + r.all("ClusterRole"):
+        for rule in role["rules"]:
+            if "secrets" not in rule["resources"] or rule["verbs"] == ["create"]:
+                continue
+            if role["kind"] == "ClusterRole" and "resourceNames" not in rule:
+                assert set(rule["verbs"]) == read, rule  # routes' Secrets: read, never written
+            else:
+                assert rule["resourceNames"] == [bootstrap_secret], rule
     for rule in rules:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
-        if "secrets" in rule["resources"] and rule["verbs"] != ["create"]:
-            assert rule["resourceNames"] == [bootstrap_secret], rule
         if "gatewayroutes" in rule["resources"]:
             assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
         if "gatewayroutes/status" in rule["resources"]:
