@@ -10,6 +10,7 @@ process; the load generator is another process and is not counted).
 
     python bench/callgrind_ab.py                       # this checkout
     python bench/callgrind_ab.py --baseline /tmp/base  # and a worktree of another commit, for comparison
+    python bench/callgrind_ab.py --variant plain --variant jwt   # routes with policies, auth (ratios)
 
 Needs valgrind and nginx (Debian: valgrind, nginx-light). Each measurement takes about a minute.
 """
@@ -33,12 +34,28 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUEST = b"GET /bench HTTP/1.1\r\nHost: localhost\r\nUser-Agent: callgrind-ab\r\nAccept: */*\r\n\r\n"
 
 
-def load(port: int, n: int, conns: int = 4) -> None:
+def variant(name: str) -> tuple[str, bytes]:
+    """The route spec lines and the request of a variant (those of ``proxy_bench.py``'s kubegate-*)."""
+    import proxy_bench
+
+    if name == "plain":
+        return "", REQUEST
+    if name == "policies":
+        return proxy_bench.POLICY_SPEC, REQUEST
+    if name == "apikey":
+        return proxy_bench.APIKEY_SPEC, REQUEST[:-2] + b"X-API-Key: bench-api-key-0123456789\r\n\r\n"
+    if name == "jwt":
+        spec, token = proxy_bench._jwt_variant()
+        return spec, REQUEST[:-2] + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
+    raise SystemExit(f"unknown variant {name!r}")
+
+
+def load(port: int, n: int, conns: int = 4, request: bytes = REQUEST) -> None:
     socks = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(conns)]
     try:
         for _ in range(n // conns):
             for s in socks:
-                s.sendall(REQUEST)
+                s.sendall(request)
             for s in socks:
                 data = b""
                 while True:
@@ -56,26 +73,28 @@ def load(port: int, n: int, conns: int = 4) -> None:
             s.close()
 
 
-def wait_for_traffic(port: int, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
+def wait_for_traffic(
+    port: int, proc: subprocess.Popen[bytes], request: bytes = REQUEST, timeout: float = 600
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError("kubegate exited")
         try:
-            load(port, 1, conns=1)
+            load(port, 1, conns=1, request=request)
             return
         except OSError:
             time.sleep(1)
     raise RuntimeError("kubegate did not answer in time")
 
 
-def measure(label: str, src: Path, upstream: int, work: Path, n: int) -> int:
+def measure(label: str, src: Path, upstream: int, work: Path, n: int, spec: str, request: bytes) -> int:
     port, admin = free_port(), free_port()
-    routes = work / "routes.yaml"
+    routes = work / f"routes-{label}.yaml"
     routes.write_text(
         "apiVersion: kubegate.dev/v1alpha1\nkind: GatewayRoute\nmetadata: {name: bench, namespace: default}\n"
         "spec:\n  match: {path: {type: Prefix, value: /}}\n"
-        f'  backends: [{{url: "http://127.0.0.1:{upstream}"}}]\n'
+        f'  backends: [{{url: "http://127.0.0.1:{upstream}"}}]\n' + spec
     )
     out = work / f"{label}.callgrind"
     env = {**os.environ, "PYTHONPATH": str(src / "dataplane")}
@@ -87,10 +106,10 @@ def measure(label: str, src: Path, upstream: int, work: Path, n: int) -> int:
     with open(work / f"{label}.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        wait_for_traffic(port, proc)
-        load(port, 200)
+        wait_for_traffic(port, proc, request)
+        load(port, 200, request=request)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], check=True, capture_output=True)
-        load(port, n)
+        load(port, n, request=request)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], check=True, capture_output=True)
         time.sleep(1)
     finally:
@@ -108,7 +127,14 @@ def main() -> int:
     ap.add_argument("--baseline", type=Path, help="root of another kubegate checkout to measure too")
     ap.add_argument("-n", type=int, default=2000, help="measured requests (2000)")
     ap.add_argument("--keep", type=Path, help="keep the callgrind dumps here, for callgrind_annotate")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        choices=("plain", "policies", "apikey", "jwt"),
+        help="route variants to measure (repeatable; default plain): proxy_bench.py's kubegate-* routes",
+    )
     args = ap.parse_args()
+    variants = args.variant or ["plain"]
     with tempfile.TemporaryDirectory(prefix="callgrind-ab-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -121,18 +147,22 @@ def main() -> int:
         )
         nginx = subprocess.Popen(["nginx", "-c", str(work / "nginx.conf"), "-p", str(work)])
         try:
-            results = [("this checkout", measure("this", ROOT, upstream, work, args.n))]
-            if args.baseline is not None:
+            results = []
+            for name in variants:
+                spec, request = variant(name)
                 results.append(
-                    (f"baseline {args.baseline}", measure("base", args.baseline, upstream, work, args.n))
+                    (f"this checkout, {name}", measure(name, ROOT, upstream, work, args.n, spec, request))
                 )
+            if args.baseline is not None:
+                spec, request = variant("plain")
+                measured = measure("base", args.baseline, upstream, work, args.n, spec, request)
+                results.append((f"baseline {args.baseline}, plain", measured))
         finally:
             nginx.terminate()
             nginx.wait(10)
+    first = results[0][1]
     for label, per_request in results:
-        print(f"{label:40s} {per_request:>9,} instructions/request")
-    if len(results) == 2:
-        print(f"{'ratio':40s} {results[0][1] / results[1][1]:>9.3f}")
+        print(f"{label:48s} {per_request:>9,} instructions/request  {per_request / first:6.3f}x")
     return 0
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import dataclasses
 import http.client
 import importlib.metadata
 import importlib.util
@@ -211,12 +212,13 @@ def http_request(
         conn.close()
 
 
-def check_body(port: int, what: str, attempts: int = 2) -> None:
+def check_body(port: int, what: str, attempts: int = 2, headers: Sequence[str] = ()) -> None:
     """The proxy must answer 200 with exactly the upstream's 100-byte body (twice: a fresh and a pooled
-    upstream connection)."""
+    upstream connection); ``headers`` are the variant's own ("Name: value", e.g. a credential)."""
+    sent = dict(h.split(": ", 1) for h in headers)
     for i in range(attempts):
         try:
-            status, _headers, body = http_request(port, f"/bench/check?i={i}")
+            status, _headers, body = http_request(port, f"/bench/check?i={i}", headers=sent)
         except (OSError, http.client.HTTPException) as exc:
             raise ProxyFailed(f"{what}: GET / failed: {exc!r}") from exc
         if status != 200 or body != BODY:
@@ -361,6 +363,7 @@ class Running:
     port: int
     procs: list[Proc]
     note: str = ""  # how it was set up, shown in the report
+    headers: tuple[str, ...] = ()  # "Name: value" lines every request carries (credentials)
 
     @property
     def main(self) -> Proc:
@@ -466,6 +469,48 @@ def _no_baseline() -> str:
     raise ProxyFailed("kubegate-baseline needs BENCH_BASELINE_SRC=<root of another kubegate checkout>")
 
 
+#: The `kubegate-apikey` variant: a route with an API key from a Secret of the routes file (issue 10's 0.9x).
+APIKEY_SPEC = """\
+  auth:
+    apiKey: {header: X-API-Key, secretRef: {name: bench-keys}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-keys, namespace: default}
+stringData: {bench: bench-api-key-0123456789}
+"""
+
+
+def _jwt_variant() -> tuple[str, str]:
+    """The `kubegate-jwt` variant (issue 10's 0.8x): an RS256 key in a JWKS Secret, one token reused by
+    every request (the verified-token cache's case). → (spec, token)."""
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = json.loads(pyjwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    document = json.dumps({"keys": [{**public, "kid": "bench", "alg": "RS256", "use": "sig"}]})
+    now = int(time.time())
+    claims = {"sub": "bench", "iss": "https://bench.test", "iat": now, "exp": now + 24 * 3600}
+    token = pyjwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
+    spec = f"""\
+  auth:
+    jwt: {{algorithms: [RS256], issuer: "https://bench.test", jwksSecretRef: {{name: bench-jwks, key: jwks}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-jwks, namespace: default}}
+stringData: {{jwks: '{document}'}}
+"""
+    return spec, token
+
+
+def run_kubegate_jwt(ctx: Ctx) -> Running:
+    spec, token = _jwt_variant()
+    running = run_kubegate(ctx, spec=spec)
+    return dataclasses.replace(running, headers=(f"Authorization: Bearer {token}",))
+
+
 def run_kubegate(ctx: Ctx, *, extra: tuple[str, ...] = (), spec: str = "", src: str = "") -> Running:
     """kubegate serve; ``src``: another checkout's root, whose ``dataplane/`` is run instead (a baseline)."""
     _kubegate_available()
@@ -496,7 +541,7 @@ def run_kubegate(ctx: Ctx, *, extra: tuple[str, ...] = (), spec: str = "", src: 
     mode = ctx.args.kubegate_mode if not spec else "routes"
     why_not_routes = ""
     if mode in ("auto", "routes"):
-        routes = d / "routes.yaml"
+        routes = d / f"routes-{port}.yaml"  # one per variant: serve watches its file
         routes.write_text(f"""\
 apiVersion: kubegate.dev/v1alpha1
 kind: GatewayRoute
@@ -655,6 +700,18 @@ PROXIES: list[ProxySpec] = [
         lambda ctx: run_kubegate(ctx, spec=POLICY_SPEC),
     ),
     ProxySpec(
+        "kubegate-apikey",
+        "kubegate serve, route with an API key (X-API-Key checked against a Secret's hashed keys)",
+        lambda ctx: dataclasses.replace(
+            run_kubegate(ctx, spec=APIKEY_SPEC), headers=("X-API-Key: bench-api-key-0123456789",)
+        ),
+    ),
+    ProxySpec(
+        "kubegate-jwt",
+        "kubegate serve, route with JWT auth (RS256, one token reused: the verified-token cache)",
+        run_kubegate_jwt,
+    ),
+    ProxySpec(
         "starlette-httpx",
         "Starlette + httpx.AsyncClient (the naive design)",
         uvicorn_candidate("starlette_httpx", ["starlette", "httpx"]),
@@ -747,7 +804,14 @@ def parse_wrk(out: str) -> WrkResult:
     )
 
 
-def run_wrk(pm: ProcessManager, port: int, args: argparse.Namespace, duration: int, name: str) -> str:
+def run_wrk(
+    pm: ProcessManager,
+    port: int,
+    args: argparse.Namespace,
+    duration: int,
+    name: str,
+    headers: Sequence[str] = (),
+) -> str:
     cmd = [
         "wrk",
         f"-t{args.threads}",
@@ -755,6 +819,7 @@ def run_wrk(pm: ProcessManager, port: int, args: argparse.Namespace, duration: i
         f"-d{duration}s",
         "--latency",
         f"--timeout={args.wrk_timeout}s",
+        *(arg for header in headers for arg in ("-H", header)),
         f"http://127.0.0.1:{port}/",
     ]
     proc = pm.start(name, cmd, cpu=args.load_cpu)
@@ -1187,17 +1252,17 @@ def measure(ctx: Ctx, o: Outcome, rnd: int, upstream: Upstream) -> None:
             o.running = None
         o.restarts += 1
         o.running = o.spec.run(ctx)
-        check_body(o.running.port, o.spec.key)
+        check_body(o.running.port, o.spec.key, headers=o.running.headers)
     run = o.running
-    check_body(run.port, o.spec.key, attempts=1)
+    check_body(run.port, o.spec.key, attempts=1, headers=run.headers)
     wait_quiet(args.quiet_wait, o.spec.key)
     if args.warmup > 0:
-        run_wrk(ctx.pm, run.port, args, args.warmup, f"wrk-warmup-{o.spec.key}")
+        run_wrk(ctx.pm, run.port, args, args.warmup, f"wrk-warmup-{o.spec.key}", run.headers)
     counters0 = upstream.counters()
     ticks0 = core_ticks()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped during the run
     cpu0, up0, t0 = cpu_seconds(run.main.pid), cpu_seconds(upstream.proc.pid), time.monotonic()
-    out = run_wrk(ctx.pm, run.port, args, args.duration, f"wrk-{o.spec.key}")
+    out = run_wrk(ctx.pm, run.port, args, args.duration, f"wrk-{o.spec.key}", run.headers)
     elapsed = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu1, up1 = cpu_seconds(run.main.pid), cpu_seconds(upstream.proc.pid)
@@ -1244,7 +1309,7 @@ def measure(ctx: Ctx, o: Outcome, rnd: int, upstream: Upstream) -> None:
             flush=True,
         )
     try:
-        check_body(run.port, o.spec.key + " (after load)", attempts=1)
+        check_body(run.port, o.spec.key + " (after load)", attempts=1, headers=run.headers)
     except ProxyFailed as exc:
         print(f"  warning: {exc}", flush=True)
     o.results[rnd] = result
@@ -1299,7 +1364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 try:
                     o.running = o.spec.run(ctx)
                     o.note = o.running.note
-                    check_body(o.running.port, o.spec.key)
+                    check_body(o.running.port, o.spec.key, headers=o.running.headers)
                     print(
                         f"  {o.spec.key}: 127.0.0.1:{o.running.port} pid {o.running.main.pid} ({o.note})",
                         flush=True,

@@ -66,6 +66,16 @@ def _seconds_flag(
     parser.add_argument(flag, type=_seconds(env, zero=zero), default=_env(env, default), help=help)
 
 
+def _trusted_proxies(text: str) -> str:
+    from kubegate.dataplane.ratelimiting import parse_trusted_proxies
+
+    try:
+        parse_trusted_proxies(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubegate", description="A Kubernetes-native API gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--access-log", action="store_true", default=_env("ACCESS_LOG") == "1", help="JSON access log lines"
     )
     s.add_argument(
+        "--redis-url",
+        default=_env("REDIS_URL") or None,
+        help="redis://host:6379/0: rate limits with scope Global (the default with Redis) are shared by "
+        "every replica through it; without it every limit is per replica",
+    )
+    s.add_argument(
+        "--trusted-proxies",
+        type=_trusted_proxies,
+        default=_env("TRUSTED_PROXIES", ""),
+        help="comma-separated CIDRs of proxies in front of the gateway: only for a request from one of "
+        "them is X-Forwarded-For read (right to left) to find the client of a rate limit",
+    )
+    s.add_argument(
         "--log-level", type=str.lower, choices=LOG_LEVELS, default=_env("LOG_LEVEL", "info"), help="(info)"
     )
 
@@ -220,6 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tunnel_idle_timeout=args.tunnel_idle_timeout,
             drain_linger=args.drain_linger,
             escaped_slashes=args.escaped_slashes,
+            redis_url=args.redis_url,
+            trusted_proxies=args.trusted_proxies,
         )
         try:
             import uvloop

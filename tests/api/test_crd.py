@@ -73,6 +73,10 @@ SERVER_SIDE_CHECKS = {
     "default/api-key-header-and-query": ("auth.apiKey", "set exactly one of header or query"),
     "default/empty-auth": ("auth", "set jwt, apiKey or both"),
     "default/claim-to-host": ("auth.jwt.claimsToHeaders[].header", _UNCHANGEABLE),
+    "shop/limit-header-without-key-header": (
+        "rateLimit",
+        "header is required with key Header, and only used with it",
+    ),
 }
 
 

@@ -1261,6 +1261,62 @@ class AuthSpec(_Spec):
         return self
 
 
+# --- rate limiting ---------------------------------------------------------------------------------------
+#: Upper bound of ``rateLimit.requestsPerSecond`` and ``burst``.
+MAX_RATE = 1_000_000
+
+
+class RateLimitSpec(_Spec):
+    """Admit at most requestsPerSecond requests per second (plus burst at once) per key; others get 429
+    with Retry-After and the IETF RateLimit headers. Global limits are shared by every data-plane replica
+    through Redis (`kubegate serve --redis-url`); Local ones are enforced by each replica alone."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(has(self.key) && self.key == 'Header') == has(self.header)",
+                    "message": "header is required with key Header, and only used with it",
+                }
+            ]
+        }
+    )
+
+    requests_per_second: Annotated[float, Field(gt=0, le=MAX_RATE)] = Field(
+        alias="requestsPerSecond",
+        description=f"The sustained rate per second (a fraction such as 0.5 is allowed), at most {MAX_RATE}.",
+    )
+    burst: int = Field(
+        default=0,
+        ge=0,
+        le=MAX_RATE,
+        description="Requests admitted at once beyond the rate: over any time T a key gets at most "
+        "requestsPerSecond x T + burst (+1) requests. Default 0.",
+    )
+    key: Literal["ClientIP", "User", "Header", "Route"] = Field(
+        default="ClientIP",
+        description="What is limited: ClientIP (the socket peer, or the X-Forwarded-For entry of the first "
+        "untrusted hop when the peer is a --trusted-proxies address), User (the identity auth admitted; "
+        "requests without one fall back to ClientIP), Header (the value of header; requests without it "
+        "fall back to ClientIP), Route (one budget for the whole route). Default ClientIP.",
+    )
+    header: Token | None = Field(
+        default=None, description="The request header that keys the limit (key Header)."
+    )
+    scope: Literal["Local", "Global"] | None = Field(
+        default=None,
+        description="Global: one budget shared by all replicas through Redis; Local: each replica alone. "
+        "Unset: Global when the data plane has a Redis URL, else Local. Without Redis, or while it is "
+        "unreachable, a Global limit is enforced as a Local one of requestsPerSecond / replicas.",
+    )
+
+    @model_validator(mode="after")
+    def _header_with_key_header(self) -> RateLimitSpec:
+        if (self.key == "Header") != (self.header is not None):
+            raise _field_error("header", "header is required with key Header, and only used with it")
+        return self
+
+
 class GatewayRouteSpec(_Spec):
     """A GatewayRoute sends the requests that match to one of its weighted backends."""
 
@@ -1325,6 +1381,9 @@ class GatewayRouteSpec(_Spec):
 
     auth: AuthSpec | None = Field(
         default=None, description="Require a JWT or an API key; unset: every client is admitted."
+    )
+    rate_limit: RateLimitSpec | None = Field(
+        default=None, alias="rateLimit", description="Limit each client's request rate; unset: no limit."
     )
     cors: CorsSpec | None = Field(
         default=None, description="Answer browsers' cross-origin checks at the gateway; unset: no CORS."

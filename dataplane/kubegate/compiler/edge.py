@@ -68,6 +68,16 @@ class Redirect(_Frozen):
     status_code: Literal[301, 302, 303, 307, 308] = Field(default=302, alias="statusCode")
 
 
+class RateLimit(_Frozen):
+    """``scope`` None: Global when the data plane has Redis, else Local. ``header`` in lower case."""
+
+    requests_per_second: float = Field(gt=0, alias="requestsPerSecond")
+    burst: int = Field(default=0, ge=0)
+    key: Literal["ClientIP", "User", "Header", "Route"] = "ClientIP"
+    header: str | None = None
+    scope: Literal["Local", "Global"] | None = None
+
+
 class EdgePolicy(_Frozen):
     """Every edge policy of one route; a field left None is a policy the route does not use."""
 
@@ -77,6 +87,7 @@ class EdgePolicy(_Frozen):
     rewrite: Rewrite | None = None
     redirect: Redirect | None = None
     auth: Auth | None = None
+    rate_limit: RateLimit | None = Field(default=None, alias="rateLimit")
 
 
 def _ops(spec: models.HeaderOpsSpec | None) -> dict[str, object] | None:
@@ -108,6 +119,15 @@ def edge_policy(
     edge: dict[str, object] = {}
     if auth is not None:
         edge["auth"] = auth
+    if spec.rate_limit is not None:
+        limit = spec.rate_limit
+        edge["rateLimit"] = {
+            "requestsPerSecond": limit.requests_per_second,
+            "burst": limit.burst,
+            "key": limit.key,
+            "header": limit.header.lower() if limit.header is not None else None,
+            "scope": limit.scope,
+        }
     if spec.cors is not None:
         c = spec.cors
         edge["cors"] = {

@@ -34,34 +34,29 @@ from kubegate.dataplane.policies.apikey import ApiKeyResult, ApiKeyVerifier
 WAIT = None
 
 
-class Verdict:
-    """Admitted (``status`` 0, with ``identity`` and the header lines to add), or refused (``status``,
-    ``message``, ``challenge`` lines, and ``kind``/``reason`` for the metrics)."""
+#: An admitted request's result, as its verifier made it (shared: read only).
+Admitted = jwt.JwtResult | ApiKeyResult
 
-    __slots__ = ("challenge", "identity", "kind", "lines", "message", "reason", "status")
+
+class Verdict:
+    """A refusal: ``status``, ``message``, ``challenge`` lines, and ``kind``/``reason`` for the metrics."""
+
+    __slots__ = ("challenge", "kind", "message", "reason", "status")
 
     def __init__(
         self,
         status: int,
         *,
-        identity: str | None = None,
-        lines: tuple[bytes, ...] = (),
         message: str = "",
         challenge: tuple[bytes, ...] = (),
         kind: str = "",
         reason: str = "",
     ) -> None:
         self.status = status
-        self.identity = identity
-        self.lines = lines
         self.message = message
         self.challenge = challenge
         self.kind = kind
         self.reason = reason
-
-
-def _lines(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[bytes, ...]:
-    return tuple(name + b": " + value for name, value in headers)
 
 
 class RouteAuth:
@@ -113,19 +108,24 @@ class RouteAuth:
         #: Request headers the backend must only get from the gateway (claims, client name), or not at all.
         self.drop = frozenset(drop)
 
-    def check(self, authorization: bytes | None, api_key: bytes | None, query: str) -> Verdict | None:
+    def check(
+        self, authorization: bytes | None, api_key: bytes | None, query: str
+    ) -> Admitted | Verdict | None:
         """The decision for a request's credentials (its Authorization header, the configured API-key
-        header, the query string); None (:data:`WAIT`): wait with :meth:`wait`, then ask again."""
+        header, the query string): the verifier's own shared result when admitted (its ``identity`` and
+        ``headers``: nothing is allocated on the hot path), a :class:`Verdict` when refused, or None
+        (:data:`WAIT`): wait with :meth:`wait`, then ask again."""
         if self._broken is not None:
             return Verdict(500, message="the route's credentials are not configured (see its status)")
         refusal: Verdict | None = None
         if self.jwt is not None:
             result = self.jwt.verify(authorization)
-            if result.outcome == jwt.OK:
-                return Verdict(0, identity=result.identity, lines=_lines(result.headers))
-            if result.outcome == jwt.PENDING:
+            outcome = result.outcome
+            if outcome == jwt.OK:
+                return result
+            if outcome == jwt.PENDING:
                 return WAIT
-            if result.outcome == jwt.UNAVAILABLE:
+            if outcome == jwt.UNAVAILABLE:
                 refusal = Verdict(
                     503,
                     message="the token signing keys could not be loaded",
@@ -139,7 +139,7 @@ class RouteAuth:
         if self.api_key is not None:
             key_result = self.api_key.verify(api_key, query)
             if key_result.ok:
-                return Verdict(0, identity=key_result.identity, lines=_lines(key_result.headers))
+                return key_result
             if refusal is None or refusal.reason == "missing":
                 refusal = _api_key_refusal(key_result, refusal)
         assert refusal is not None

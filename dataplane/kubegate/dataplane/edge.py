@@ -6,11 +6,14 @@ have one: ``RuntimeRoute.edge`` is None otherwise and the proxy skips both point
 1. :meth:`EdgeRuntime.request`, after the route matched and the request head was found valid, before any
    traffic policy or backend is chosen, in this order: a CORS preflight is answered (browsers send no
    credentials with it); the credentials are checked (:mod:`.auth`: 401/403/500/503 answered here, or a
-   wait for the first JWKS); a redirect is answered; otherwise the path is rewritten, the request's header
-   lines are transformed, and the CORS headers for the response are chosen (kept on the exchange; the
-   gateway's refusals carry them too, so a browser page can read a 401).
+   wait for the first JWKS); the rate limit is applied (:mod:`.ratelimiting`: 429 answered here; a Global
+   limit asks Redis and the exchange starts over with the answer); a redirect is answered; otherwise the
+   path is rewritten and the request's header lines are transformed. The CORS and RateLimit headers for
+   the response are chosen on the way (kept on the exchange; the gateway's refusals carry them too, so a
+   browser page can read a 401 or a 429).
 2. :meth:`EdgeRuntime.response`, on the upstream's response head, before the gateway adds its framing:
-   the response's header lines are transformed and the CORS headers added.
+   the response's header lines are transformed and the lines chosen at the request point (CORS,
+   RateLimit) added.
 
 Each policy is its own module under :mod:`kubegate.dataplane.policies` (``cors``, ``transforms``), pure and
 tested alone; this module only wires them to the exchange. Header lines are the proxy's own form:
@@ -20,13 +23,17 @@ added after the transforms, so a transform can never change them; the compiler r
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from kubegate.compiler.edge import EdgePolicy, HeaderOps
-from kubegate.dataplane.auth import RouteAuth
+from kubegate.dataplane.auth import RouteAuth, Verdict
 from kubegate.dataplane.jwkssources import JwksSources
 from kubegate.dataplane.policies.cors import CorsPolicy
+from kubegate.dataplane.policies.ratelimit import Decision
 from kubegate.dataplane.policies.transforms import HeaderTransform, Redirect, Rewrite
+from kubegate.dataplane.ratelimiting import Network, RouteLimit
+from kubegate.dataplane.redislimit import RedisBackend
 
 
 class Exchange(Protocol):
@@ -35,12 +42,31 @@ class Exchange(Protocol):
     method: bytes
     raw_headers: list[tuple[bytes, bytes]]
     path: bytes
-    cors_lines: list[bytes] | None
+    resp_lines: list[bytes] | None
     identity: str | None
+    limit_decision: Decision | None
+
+    def limited(self, decision: Decision) -> None: ...
+    def rate_limited(self, lines: list[bytes]) -> None: ...
 
     def answer(self, status: int, lines: list[bytes]) -> None: ...
     def refused(self, status: int, message: str, lines: list[bytes], kind: str, reason: str) -> None: ...
     def restart(self) -> None: ...
+
+
+_AUTHORIZATION, _API_KEY, _ORIGIN, _ACR_METHOD, _ACR_HEADERS, _XFF, _LIMIT_HEADER = range(7)
+
+
+@dataclass(frozen=True)
+class EdgeContext:
+    """What the edge policies share across routes and tables: the JWKS sources, the Redis of Global rate
+    limits (None: every limit is Local), the number of replicas a Global limit falls back to sharing,
+    and the trusted proxies whose X-Forwarded-For names the client."""
+
+    jwks: JwksSources | None = None
+    redis: RedisBackend | None = None
+    replicas: int = 1
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 def _lines(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -52,17 +78,46 @@ class EdgeRuntime:
         "auth",
         "cors",
         "jwks_uri",
+        "limit",
         "matched_prefix",
         "redirect",
         "request_ops",
         "response_ops",
         "rewrite",
+        "transforms_response",
+        "wanted",
     )
 
-    def __init__(self, policy: EdgePolicy, jwks: JwksSources | None = None) -> None:
+    def __init__(self, policy: EdgePolicy, route_id: str = "", context: EdgeContext | None = None) -> None:
+        ctx = context if context is not None else EdgeContext()
         a = policy.auth
-        self.auth = RouteAuth(a, jwks) if a is not None else None
+        self.auth = RouteAuth(a, ctx.jwks) if a is not None else None
+        rl = policy.rate_limit
+        self.limit = (
+            RouteLimit(rl, route_id, redis=ctx.redis, replicas=ctx.replicas, trusted=ctx.trusted_proxies)
+            if rl is not None
+            else None
+        )
         self.jwks_uri = a.jwt.jwks_uri if a is not None and a.jwt is not None and a.error is None else None
+        #: The request headers the request point reads, by lower-case name (one dict lookup per header).
+        self.wanted: dict[bytes, int] = {}
+        if self.auth is not None:
+            self.wanted[b"authorization"] = _AUTHORIZATION
+            if self.auth.api_key_header is not None:
+                self.wanted[self.auth.api_key_header] = _API_KEY
+        if self.limit is not None:
+            if ctx.trusted_proxies:
+                self.wanted[b"x-forwarded-for"] = _XFF
+            if self.limit.header is not None:
+                self.wanted[self.limit.header] = _LIMIT_HEADER
+        if policy.cors is not None:
+            self.wanted.update(
+                {
+                    b"origin": _ORIGIN,
+                    b"access-control-request-method": _ACR_METHOD,
+                    b"access-control-request-headers": _ACR_HEADERS,
+                }
+            )
         c = policy.cors
         self.cors = (
             CorsPolicy(
@@ -78,6 +133,10 @@ class EdgeRuntime:
         )
         self.request_ops = _transform(policy.request_headers)
         self.response_ops = _transform(policy.response_headers)
+        #: Whether the response point has anything to do (the proxy skips it otherwise).
+        self.transforms_response = (
+            self.response_ops is not None or self.cors is not None or self.limit is not None
+        )
         r = policy.rewrite
         self.rewrite = Rewrite(path_prefix=r.path_prefix, full_path=r.full_path) if r is not None else None
         self.matched_prefix = r.matched_prefix if r is not None else None
@@ -91,26 +150,32 @@ class EdgeRuntime:
         )
 
     def request(
-        self, ex: Exchange, host: str, path: str, query: str, lines: list[bytes]
+        self, ex: Exchange, host: str, path: str, query: str, lines: list[bytes], peer: bytes
     ) -> list[bytes] | None:
         """The request point; returns the request's header lines to send, or None when it was answered
         (or waits for a JWKS: the exchange then starts over)."""
         cors = self.cors
         auth = self.auth
-        origin = acr_method = acr_headers = authorization = api_key = None
-        key_header = auth.api_key_header if auth is not None else None
+        origin = acr_method = acr_headers = authorization = api_key = xff = limit_header = None
+        wanted = self.wanted
         for name, value in ex.raw_headers:
-            lname = name.lower()
-            if lname == b"authorization":
+            which = wanted.get(name.lower())
+            if which is None:
+                continue
+            if which == _AUTHORIZATION:
                 authorization = value
-            elif lname == key_header:
+            elif which == _API_KEY:
                 api_key = value
-            elif lname == b"origin":
+            elif which == _ORIGIN:
                 origin = value
-            elif lname == b"access-control-request-method":
+            elif which == _ACR_METHOD:
                 acr_method = value
-            elif lname == b"access-control-request-headers":
+            elif which == _ACR_HEADERS:
                 acr_headers = value if acr_headers is None else acr_headers + b"," + value
+            elif which == _XFF:
+                xff = value if xff is None else xff + b"," + value
+            else:
+                limit_header = value
         if cors is not None:
             if (
                 origin is not None
@@ -120,21 +185,34 @@ class EdgeRuntime:
                 status, headers = cors.preflight(origin, acr_method, acr_headers)
                 ex.answer(status, _lines(headers))
                 return None
-            ex.cors_lines = _lines(cors.response_headers(origin))
+            ex.resp_lines = _lines(cors.response_headers(origin))
         if auth is not None:
             verdict = auth.check(authorization, api_key, query)
             if verdict is None:  # the keys are loading: the exchange starts over once they are
                 auth.wait(ex.restart)
                 return None
-            if verdict.status:
-                extra = [*verdict.challenge, *(ex.cors_lines or ())]
+            if isinstance(verdict, Verdict):
+                extra = [*verdict.challenge, *(ex.resp_lines or ())]
                 ex.refused(verdict.status, verdict.message, extra, verdict.kind, verdict.reason)
                 return None
             ex.identity = verdict.identity
             if auth.drop:
                 lines = [line for line in lines if line.partition(b":")[0] not in auth.drop]
-            if verdict.lines:
-                lines = [*lines, *verdict.lines]
+            if verdict.headers:
+                lines = [*lines, *(name + b": " + value for name, value in verdict.headers)]
+        limit = self.limit
+        if limit is not None:
+            decision = ex.limit_decision  # set when a Global decision came back and the exchange restarted
+            if decision is None:
+                key = limit.key(peer, xff, limit_header, ex.identity)
+                decision = limit.limiter.decide(key, ex.limited)
+                if decision is None:  # asked Redis: the exchange starts over with its answer
+                    return None
+            limit_lines = limit.lines(decision)
+            if not decision.allowed:
+                ex.rate_limited([*limit_lines, *(ex.resp_lines or ())])
+                return None
+            ex.resp_lines = [*(ex.resp_lines or ()), *limit_lines]
         redirect = self.redirect
         if redirect is not None:
             ex.answer(redirect.status_code, [b"location: " + redirect.location("http", host, path, query)])
@@ -149,8 +227,8 @@ class EdgeRuntime:
         """The response point: ``lines`` are the response's header lines after the status line."""
         if self.response_ops is not None:
             lines = self.response_ops.apply(lines)
-        if ex.cors_lines:
-            lines.extend(ex.cors_lines)
+        if ex.resp_lines:
+            lines.extend(ex.resp_lines)
         return lines
 
 

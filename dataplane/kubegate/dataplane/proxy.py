@@ -45,6 +45,7 @@ from kubegate.dataplane.accesslog import AccessLog
 from kubegate.dataplane.attempts import Attempts
 from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, normalize_path
 from kubegate.dataplane.policies.balancing import hash_key
+from kubegate.dataplane.policies.ratelimit import Decision
 from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
 from kubegate.dataplane.stats import Stats
 from kubegate.dataplane.tunnel import Tunnel
@@ -513,13 +514,13 @@ class Exchange:
         "client",
         "conn",
         "content_length",
-        "cors_lines",
         "done",
         "hdict",
         "head",
         "head_only",
         "identity",
         "keep_alive",
+        "limit_decision",
         "method",
         "no_host",
         "out",
@@ -529,6 +530,7 @@ class Exchange:
         "request_id",
         "resp_chunked",
         "resp_close_delimited",
+        "resp_lines",
         "resp_started",
         "retried",
         "route",
@@ -585,7 +587,8 @@ class Exchange:
         self.upstream: tuple[str, int] | None = None  # the endpoint of the last attempt (for the access log)
         self.no_host = False  # HTTP/1.0 without Host: the endpoint's authority is sent as Host
         self.hdict: dict[str, str] | None = None  # the headers by lower-case str name, built on first get()
-        self.cors_lines: list[bytes] | None = None  # CORS headers for the response (routes with cors)
+        self.resp_lines: list[bytes] | None = None  # edge lines for the response (CORS, RateLimit)
+        self.limit_decision: Decision | None = None  # a Global rate limit's answer, on the restart it causes
         self.identity: str | None = None  # who the route's auth admitted (JWT sub, API-key client)
 
     def get(self, name: str) -> str | None:
@@ -763,7 +766,9 @@ class Exchange:
             return
         edge = route.edge
         if edge is not None:  # CORS, redirect, rewrite, request header transforms (dataplane/edge.py)
-            edited = edge.request(self, host_s, path, query.decode("latin-1") if query else "", out)
+            edited = edge.request(
+                self, host_s, path, query.decode("latin-1") if query else "", out, client.client_ip
+            )
             if edited is None:  # answered by the gateway
                 return
             out = edited
@@ -981,7 +986,7 @@ class Exchange:
             lines = [line for line in lines if line.split(b":", 1)[0].lower() not in tokens]
         route = self.route
         edge = route.edge if route is not None else None
-        if edge is not None:  # response header transforms and CORS headers (dataplane/edge.py)
+        if edge is not None and edge.transforms_response:  # header transforms, CORS (dataplane/edge.py)
             lines = [lines[0], *edge.response(self, lines[1:])]
         no_body = self.head_only or status in (204, 304)
         has_length = bool(length) and not upstream_chunked and status != 204
@@ -1146,6 +1151,18 @@ class Exchange:
             route = self.route
             self.client.gw.stats.auth_failure(route.id if route is not None else "", kind, reason)
         self.fail(status, message, extra=lines)
+
+    def limited(self, decision: Decision) -> None:
+        """A Global rate limit's decision came back (from Redis, or its local fallback): start over."""
+        if not self.done and not self.client.closing:
+            self.limit_decision = decision
+            self.start()
+
+    def rate_limited(self, lines: list[bytes]) -> None:
+        """Over the route's rate limit: 429, with Retry-After and the RateLimit headers in ``lines``."""
+        route = self.route
+        self.client.gw.stats.rate_limited(route.id if route is not None else "")
+        self.fail(429, "rate limit exceeded", extra=lines)
 
     def restart(self) -> None:
         """Start over: the route's JWKS was loading when the request came, and its first fetch has ended."""

@@ -27,12 +27,16 @@ from typing import TypeVar
 
 import uvicorn
 
+from kubegate.dataplane import redislimit
 from kubegate.dataplane.admin import build_admin_app, to_oldest_generation
 from kubegate.dataplane.adminserver import AdminLimits, AdminServer
+from kubegate.dataplane.edge import EdgeContext
 from kubegate.dataplane.healthprober import HealthProber
 from kubegate.dataplane.jwkssources import JwksSources
 from kubegate.dataplane.pathnorm import EscapedSlashes
 from kubegate.dataplane.proxy import Gateway, GatewayConfig, ProxySettings
+from kubegate.dataplane.ratelimiting import parse_trusted_proxies
+from kubegate.dataplane.redislimit import RedisBackend
 from kubegate.dataplane.routesfile import (
     RoutesFile,
     RoutesFileEmpty,
@@ -69,6 +73,8 @@ class ServeOptions:
     tunnel_idle_timeout: float = 300.0
     drain_linger: float = 2.0
     escaped_slashes: EscapedSlashes = "reject"
+    redis_url: str | None = None  # Global rate limits (shared by replicas) when set
+    trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For names the client (rate-limit keys)
 
 
 def push_token_source(token_file: Path | None) -> Callable[[], str | None]:
@@ -146,7 +152,9 @@ def _url(host: str, port: int) -> str:
 async def serve(opts: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
     jwks = JwksSources()  # the key sets of routes with auth.jwt.jwksUri, fetched in the background
-    store = SnapshotStore(jwks=jwks)
+    redis = RedisBackend(redislimit.connect(opts.redis_url)) if opts.redis_url else None
+    context = EdgeContext(jwks=jwks, redis=redis, trusted_proxies=parse_trusted_proxies(opts.trusted_proxies))
+    store = SnapshotStore(context=context)
     gateway = Gateway(
         store=store,
         settings=ProxySettings(
@@ -297,6 +305,9 @@ async def serve(opts: ServeOptions) -> int:
             gateway.access.flush()  # the lines of the last requests, drained or not
         await prober.close()
         jwks.close()
+        if redis is not None:
+            redis.close()
+            await redis.client.aclose()
         await admin.stop()
         if echo is not None:
             echo.should_exit = True

@@ -17,8 +17,7 @@ from collections.abc import Callable
 from kubegate import gcpause
 from kubegate.compiler.table import CompiledRoute, RouteTable
 from kubegate.dataplane.balancer import BackendPool, WeightedSplit, plain_split
-from kubegate.dataplane.edge import EdgeRuntime
-from kubegate.dataplane.jwkssources import JwksSources
+from kubegate.dataplane.edge import EdgeContext, EdgeRuntime
 from kubegate.dataplane.matcher import Matcher
 from kubegate.dataplane.policies.runtime import RoutePolicies
 
@@ -35,7 +34,7 @@ class RuntimeRoute:
     __slots__ = ("edge", "id", "max_body", "policies", "route", "split", "timeout")
 
     def __init__(
-        self, route: CompiledRoute, previous: RuntimeRoute | None = None, jwks: JwksSources | None = None
+        self, route: CompiledRoute, previous: RuntimeRoute | None = None, context: EdgeContext | None = None
     ) -> None:
         self.route = route
         self.id = route.id
@@ -47,7 +46,7 @@ class RuntimeRoute:
             before = previous.policies if previous is not None else None
             self.policies = RoutePolicies(route.policy, route.backends, previous=before)
             self.split = plain_split(())
-        self.edge = EdgeRuntime(route.edge, jwks) if route.edge is not None else None
+        self.edge = EdgeRuntime(route.edge, route.id, context) if route.edge is not None else None
         self.timeout: float | None = route.timeout_ms / 1000.0 if route.timeout_ms else None
         self.max_body = route.max_body_bytes
 
@@ -64,7 +63,7 @@ class Snapshot:
         *,
         loaded_at: float,
         previous: Snapshot | None = None,
-        jwks: JwksSources | None = None,
+        context: EdgeContext | None = None,
     ) -> None:
         self.table = table
         self.version = table.version
@@ -74,7 +73,9 @@ class Snapshot:
         self.routes: dict[str, RuntimeRoute] = {}
         for r in table.routes:
             kept = before.get(r.id)
-            self.routes[r.id] = kept if kept is not None and kept.route is r else RuntimeRoute(r, kept, jwks)
+            self.routes[r.id] = (
+                kept if kept is not None and kept.route is r else RuntimeRoute(r, kept, context)
+            )
         self.matcher: Matcher[RuntimeRoute] = Matcher(
             ((rt.route, rt) for rt in self.routes.values()),
             previous=previous.matcher if previous is not None else None,
@@ -88,17 +89,17 @@ class Snapshot:
 class SnapshotStore:
     """Holds the current snapshot; ``None`` until the first table arrives (the data plane is not ready)."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.time, jwks: JwksSources | None = None) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, context: EdgeContext | None = None) -> None:
         self.current: Snapshot | None = None
         self._clock = clock
-        #: The JWKS sources of routes with auth.jwt.jwksUri (kept across swaps; see jwkssources.py).
-        self.jwks = jwks
+        #: What the edge policies share (JWKS sources, Redis, trusted proxies; see dataplane/edge.py).
+        self.context = context
         self._listeners: list[Callable[[Snapshot], None]] = []
 
     def build(self, table: RouteTable) -> Snapshot:
         """Build (and so validate) a snapshot without serving it."""
         with gcpause.paused():
-            return Snapshot(table, loaded_at=self._clock(), previous=self.current, jwks=self.jwks)
+            return Snapshot(table, loaded_at=self._clock(), previous=self.current, context=self.context)
 
     def swap(self, snapshot: Snapshot) -> Snapshot | None:
         previous, self.current = self.current, snapshot

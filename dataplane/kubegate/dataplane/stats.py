@@ -40,6 +40,7 @@ class Stats:
         self.latency_sums: dict[str, float] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.auth_failures: dict[tuple[str, str, str], int] = {}  # (route, kind, reason)
+        self.limited: dict[str, int] = {}  # route -> requests refused by its rate limit
         self.table_version = "none"
         self.table_swaps = 0
 
@@ -62,6 +63,9 @@ class Stats:
         key = (route, kind, reason)
         self.auth_failures[key] = self.auth_failures.get(key, 0) + 1
 
+    def rate_limited(self, route: str) -> None:
+        self.limited[route] = self.limited.get(route, 0) + 1
+
     def retain(self, routes: Container[str]) -> None:
         """Drop the series of every route not in ``routes`` (those of requests matching no route stay).
         Called on the traffic loop, where the counters are bumped."""
@@ -74,6 +78,8 @@ class Stats:
             del self.upstream_errors[err]
         for fail in [k for k in self.auth_failures if k[0] not in routes]:
             del self.auth_failures[fail]
+        for route in [r for r in self.limited if r not in routes]:
+            del self.limited[route]
 
 
 class StatsCollector(Collector):
@@ -138,6 +144,14 @@ class StatsCollector(Collector):
             if shown(route):
                 auth.add_metric([route, kind, reason], n)
         yield auth
+
+        limited = CounterMetricFamily(
+            "kubegate_rate_limited", "Requests refused (429) by a route's rate limit", labels=["route"]
+        )
+        for route, n in sorted(list(s.limited.items())):
+            if shown(route):
+                limited.add_metric([route], n)
+        yield limited
 
         info = self._table_info()
         ver = GaugeMetricFamily(

@@ -34,13 +34,16 @@ Hardening, all before or around PyJWT (no crypto here; PyJWT with ``cryptography
   echoed back or into a log; its ``reason`` is a short code for metrics.
 
 **Verified-token cache.** Signature verification costs tens of microseconds; a client normally reuses
-its token, so successful results are kept in a bounded LRU (an ``OrderedDict``) keyed by the SHA-256 of
-the token, each entry holding the result, the time it stops being valid and the key source's
-``generation``. A hit costs a hash and a dict lookup, and it is correct because:
+its token, so successful results are kept in a bounded LRU (an ``OrderedDict``) keyed by the request's
+``Authorization`` value itself (its SHA-256 when it is longer than :data:`CACHE_KEY_BYTES`, which bounds
+the cache's memory to about 20 MB at 10,000 entries), each entry holding the result, the time it stops
+being valid and the key source's ``generation``. A hit is looked up before any parsing: it costs the
+dict's own hash of the value (``proxy_bench``'s RS256 token: about 0.2 µs, against 1 µs for its SHA-256
+plus the parsing), and it is correct because:
 
 - the entry is only for this verifier (its issuer, audiences and algorithms are fixed);
-- the token bytes are the key, and the result of checking the same bytes against the same keys can only
-  change with time or with the keys;
+- the header bytes are the key (the token, with its scheme), and the result of checking the same bytes
+  against the same keys can only change with time or with the keys;
 - time: the entry is dropped once ``now`` reaches ``min(exp + skew, verified_at + CACHE_TTL)``, so an
   expired token is re-verified (and refused) exactly when an uncached one would be. ``nbf``/``iat`` only
   make a token valid later, never invalid later, so a token that was admitted stays admissible;
@@ -84,6 +87,8 @@ SUPPORTED_ALGORITHMS = frozenset(ALGORITHMS)
 HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 #: Longest token accepted (the token itself, after ``Bearer``).
 MAX_TOKEN_BYTES = 8192
+#: Authorization values up to this size are their own cache key; longer ones are keyed by their SHA-256.
+CACHE_KEY_BYTES = 2048
 #: Keys tried for a token without ``kid`` (or whose ``kid`` falls back to key-less-id keys).
 MAX_KEYS_TRIED = 3
 #: How long a verified token stays in the cache at most, whatever its ``exp``.
@@ -504,8 +509,19 @@ class JwtVerifier:
         """Check the value of the request's ``Authorization`` header (None: the request had none)."""
         if not authorization:
             return FAILURES["missing"]
-        if len(authorization) > MAX_TOKEN_BYTES + 64:
+        size = len(authorization)
+        if size > MAX_TOKEN_BYTES + 64:
             return FAILURES["too_large"]
+        key = authorization if size <= CACHE_KEY_BYTES else hashlib.sha256(authorization).digest()
+        cache = self._cache
+        entry = cache.get(key)
+        now = self._clock()
+        if entry is not None:
+            if now < entry[1] and entry[2] == self.keys.generation:
+                cache.move_to_end(key)
+                self.hits += 1
+                return entry[0]
+            del cache[key]
         scheme, _, token = authorization.strip(b" \t").partition(b" ")
         if scheme.lower() != b"bearer":
             return FAILURES["missing"]  # another scheme, or a bare token: no bearer credential
@@ -516,21 +532,11 @@ class JwtVerifier:
             return FAILURES["too_large"]
         if token.translate(None, _TOKEN_CHARS):
             return FAILURES["malformed"]
-        now = self._clock()
-        digest = hashlib.sha256(token).digest()
-        cache = self._cache
-        entry = cache.get(digest)
-        if entry is not None:
-            if now < entry[1] and entry[2] == self.keys.generation:
-                cache.move_to_end(digest)
-                self.hits += 1
-                return entry[0]
-            del cache[digest]
         self.misses += 1
         generation = self.keys.generation  # before verifying: a set swapped meanwhile invalidates the entry
         result, until = self._verify(token, now)
         if result.outcome == OK:
-            cache[digest] = (result, until, generation)
+            cache[key] = (result, until, generation)
             if len(cache) > self._cache_size:
                 cache.popitem(last=False)
         return result

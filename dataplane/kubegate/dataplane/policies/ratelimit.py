@@ -1,0 +1,263 @@
+"""Rate limiting per route: GCRA in memory (the ``Local`` scope, and ``Global``'s fallback), and its headers.
+
+A route's ``rateLimit`` (``requestsPerSecond`` R, ``burst`` B, a key kind) gets one :class:`Gcra` per
+replica for the Local scope; the Global scope evaluates the same algorithm in Redis
+(:mod:`kubegate.dataplane.redislimit`) and falls back to a :class:`Gcra` at ``R / replicas`` while Redis
+is away. This module is pure: no I/O, no clock of its own (``now`` is passed in, monotonic seconds), O(1)
+per call, so the proxy can call it inline on the request head.
+
+**GCRA** (the generic cell rate algorithm, a token bucket kept as one number per key): each key has a
+*theoretical arrival time* TAT; a request at ``now`` is admitted when ``TAT - now <= tau`` and then moves
+TAT to ``max(TAT, now) + 1/R``; a refused request changes nothing (hammering does not push a client's
+window further out). ``tau = B / R``. What that means, exactly:
+
+- a fresh key (or one idle for ``(B + 1) / R`` seconds: its bucket is full) admits **B + 1** requests at
+  the same instant: the one the rate allows now plus ``burst`` extra, as the API says;
+- from a full bucket, a key flooded with requests over the half-open window ``[t, t + T)`` is admitted
+  exactly ``ceil(R * T) + B`` of them, and no window of length T ever admits more (so "R sustained plus B
+  at once": 100/s with burst 200 admits 1200 in 10 s);
+- the admitted requests then come one per ``1/R`` seconds; fractional rates work the same way
+  (R = 0.5: one request every 2 s), and ``burst: 0`` is a strict ``1/R`` spacing.
+
+:class:`Decision` says ``allowed``, ``retry_after`` (seconds until a request would be admitted, 0 when
+this one was), ``remaining`` (requests that would still be admitted at this instant, after this one) and
+``reset`` (seconds until the key's bucket is full again, when it would admit B + 1 at once). Times are
+floats; comparisons allow :data:`EPSILON` (a microsecond) for the rounding of repeated additions.
+
+**Key table**: a key whose TAT is in the past has a full bucket and needs no entry, so the table only
+holds keys that are being limited; it is an LRU of at most ``max_keys`` entries (the order of last use,
+refusals included, so that a hammering client stays at the young end). A new key first drops the oldest
+entries whose TAT has passed (at most a few per call: O(1) amortised); when the table is still full, the
+least recently used key is evicted (counted in ``evicted``), which hands that client a full bucket early.
+A flood of distinct keys therefore costs at most ``max_keys`` entries, never unbounded memory. Keys longer
+than :data:`MAX_KEY_LENGTH` (a client-chosen header value, say) are replaced by a 128-bit BLAKE2b digest,
+so that an entry's size is bounded too.
+
+**Headers** (draft-ietf-httpapi-ratelimit-headers-09, Structured Fields): :class:`RateLimitHeaders`,
+built once per route, holds ``ratelimit-policy: "<name>";q=<quota>;w=<window>``, where the window ``w``
+is 1 s (or the whole seconds one request takes, for rates under 1/s) and ``q = ceil(R * w) + B`` is the
+most a window of ``w`` seconds can admit; :func:`ratelimit_headers` adds, per response,
+``ratelimit: "<name>";r=<remaining>;t=<reset in whole seconds, rounded up>`` and, on a refusal,
+``retry-after`` (whole seconds, rounded up, at least 1). Header lines are lower-case ``name: value``
+bytes, as :mod:`kubegate.dataplane.httpbits` builds them.
+
+:class:`LocalLimiter` binds a :class:`Gcra` to a clock and has the shape the proxy calls for both scopes
+(:class:`Limiter`): ``decide(key, resume)`` returns the decision now, or None when it must wait (the
+Global scope, while Redis answers) and calls ``resume(decision)`` later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+__all__ = [
+    "EPSILON",
+    "MAX_KEYS",
+    "MAX_KEY_LENGTH",
+    "Decision",
+    "Gcra",
+    "Key",
+    "Limiter",
+    "LocalLimiter",
+    "RateLimitHeaders",
+    "compact_key",
+    "policy_window",
+    "ratelimit_headers",
+    "retry_after_seconds",
+    "validate",
+]
+
+Key = str | bytes
+#: Default bound of a :class:`Gcra`'s key table.
+MAX_KEYS = 100_000
+#: Keys longer than this (characters of a str, bytes of a bytes) are stored as a digest.
+MAX_KEY_LENGTH = 64
+#: Slack of the time comparisons (seconds): repeated additions of ``1/R`` round.
+EPSILON = 1e-6
+#: Expired entries dropped from the old end of the table per new key, at most.
+_SWEEP = 4
+
+
+class Decision(NamedTuple):
+    """The answer for one request (see the module docstring); times in seconds."""
+
+    allowed: bool
+    retry_after: float
+    remaining: int
+    reset: float
+
+
+def compact_key(key: Key) -> Key:
+    """``key`` itself, or for one longer than :data:`MAX_KEY_LENGTH` a tagged 128-bit digest of it."""
+    if len(key) <= MAX_KEY_LENGTH:
+        return key
+    raw = key.encode("utf-8", "surrogateescape") if isinstance(key, str) else key
+    # NUL cannot occur in a header value or an address, so no short key can look like a digest.
+    return b"\x00#" + hashlib.blake2b(raw, digest_size=16).digest()
+
+
+def validate(rate: float, burst: int) -> None:
+    """ValueError unless ``rate`` is a positive finite number and ``burst`` a whole number >= 0."""
+    if not (rate > 0 and math.isfinite(rate)):
+        raise ValueError(f"rate must be a positive number of requests per second, not {rate!r}")
+    if burst < 0 or burst != int(burst):
+        raise ValueError(f"burst must be a whole number >= 0, not {burst!r}")
+
+
+class Gcra:
+    """GCRA over a bounded table of keys (see the module docstring).
+
+    ``rate``: requests per second (> 0, may be fractional); ``burst``: extra requests at once (>= 0).
+    Counters: ``allowed``, ``denied``, ``evicted`` (keys dropped from a full table before their bucket
+    was full again).
+    """
+
+    __slots__ = ("_interval", "_table", "_tau", "allowed", "burst", "denied", "evicted", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: int, *, max_keys: int = MAX_KEYS) -> None:
+        validate(rate, burst)
+        if max_keys < 1:
+            raise ValueError(f"max_keys must be >= 1, not {max_keys!r}")
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self.max_keys = max_keys
+        self._interval = 1.0 / self.rate
+        self._tau = self.burst * self._interval
+        self._table: OrderedDict[Key, float] = OrderedDict()  # key -> TAT, least recently used first
+        self.allowed = 0
+        self.denied = 0
+        self.evicted = 0
+
+    def check(self, key: Key, now: float) -> Decision:
+        """Admit or refuse one request of ``key`` at ``now`` (monotonic seconds); admitting consumes."""
+        if len(key) > MAX_KEY_LENGTH:
+            key = compact_key(key)
+        table = self._table
+        tat = table.get(key)
+        if tat is None or tat < now:
+            tat = now
+        ahead = tat - now
+        tau = self._tau
+        if ahead > tau + EPSILON:
+            self.denied += 1
+            table.move_to_end(key)  # stored: its TAT is in the future
+            return Decision(False, ahead - tau, 0, ahead)
+        self.allowed += 1
+        tat += self._interval
+        if key in table:
+            table[key] = tat
+            table.move_to_end(key)
+        else:
+            self._insert(key, tat, now)
+        ahead = tat - now
+        return Decision(True, 0.0, math.floor((tau - ahead) * self.rate + EPSILON) + 1, ahead)
+
+    def _insert(self, key: Key, tat: float, now: float) -> None:
+        table = self._table
+        for _ in range(_SWEEP):  # the oldest entries are the likeliest to be full buckets again
+            if not table:
+                break
+            oldest, oldest_tat = next(iter(table.items()))
+            if oldest_tat > now:
+                break
+            del table[oldest]
+        if len(table) >= self.max_keys:
+            table.popitem(last=False)
+            self.evicted += 1
+        table[key] = tat
+
+    def forget(self, now: float) -> int:
+        """Drop every entry whose bucket is full again (O(n): for a timer, not the hot path); how many."""
+        expired = [key for key, tat in self._table.items() if tat <= now]
+        for key in expired:
+            del self._table[key]
+        return len(expired)
+
+    def __len__(self) -> int:
+        """Keys in the table (keys being limited, plus full ones not swept yet)."""
+        return len(self._table)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Gcra {self.rate:g}/s burst={self.burst} keys={len(self._table)}/{self.max_keys}"
+            f" allowed={self.allowed} denied={self.denied} evicted={self.evicted}>"
+        )
+
+
+class Limiter(Protocol):
+    """What the proxy calls for a rate-limited route, whatever the scope."""
+
+    def decide(self, key: Key, resume: Callable[[Decision], None]) -> Decision | None:
+        """The decision now; or None, and then ``resume(decision)`` is called once, later, from the loop."""
+        ...
+
+
+class LocalLimiter:
+    """A :class:`Gcra` on a clock: the Local scope. ``decide`` always answers at once."""
+
+    __slots__ = ("clock", "gcra")
+
+    def __init__(self, gcra: Gcra, clock: Callable[[], float]) -> None:
+        self.gcra = gcra
+        self.clock = clock
+
+    def check(self, key: Key) -> Decision:
+        return self.gcra.check(key, self.clock())
+
+    def decide(self, key: Key, resume: Callable[[Decision], None]) -> Decision:
+        return self.gcra.check(key, self.clock())
+
+    def __repr__(self) -> str:
+        return f"<LocalLimiter {self.gcra!r}>"
+
+
+def policy_window(rate: float) -> int:
+    """The ``w`` of ``RateLimit-Policy``: 1 s, or for rates under 1/s the whole seconds one request takes."""
+    return 1 if rate >= 1 else math.ceil(1 / rate - EPSILON)
+
+
+def _sf_string(name: str) -> bytes:
+    """``name`` as a Structured Fields String (printable ASCII; others become ``?``)."""
+    clean = "".join(c if " " <= c <= "~" else "?" for c in name)
+    return b'"' + clean.replace("\\", "\\\\").replace('"', '\\"').encode("ascii") + b'"'
+
+
+class RateLimitHeaders:
+    """What a route's rate-limit headers need, computed once when the route is loaded.
+
+    ``policy`` is the ``ratelimit-policy: "<name>";q=<quota>;w=<window>`` line (shared by every response
+    of the route); ``name`` the policy's name as a Structured Fields String.
+    """
+
+    __slots__ = ("burst", "name", "policy", "quota", "rate", "window")
+
+    def __init__(self, name: str, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.window = policy_window(rate)
+        self.quota = math.ceil(rate * self.window - EPSILON) + burst
+        self.name = _sf_string(name)
+        self.policy = b"ratelimit-policy: %s;q=%d;w=%d" % (self.name, self.quota, self.window)
+
+    def __repr__(self) -> str:
+        return f"<RateLimitHeaders {self.policy.decode()}>"
+
+
+def retry_after_seconds(decision: Decision) -> int:
+    """``Retry-After`` for a refusal: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(decision.retry_after - EPSILON))
+
+
+def ratelimit_headers(limit: RateLimitHeaders, decision: Decision) -> list[bytes]:
+    """The header lines for a response of the route: ``ratelimit-policy``, ``ratelimit:
+    "<name>";r=<remaining>;t=<reset>`` and, when refused, ``retry-after`` (so a 429 built with these
+    needs no ``retry_after`` of its own). A new list each time: the caller may extend it."""
+    reset = max(0, math.ceil(decision.reset - EPSILON))
+    lines = [limit.policy, b"ratelimit: %s;r=%d;t=%d" % (limit.name, decision.remaining, reset)]
+    if not decision.allowed:
+        lines.append(b"retry-after: %d" % retry_after_seconds(decision))
+    return lines
