@@ -294,6 +294,10 @@ def test_an_issuer_that_never_answers_gives_503(
     try:
         r = get(proc, "/orders/1", Authorization=bearer(RSA.sign(jwtkit.claims(now=time.time()))))
         assert r.status_code == 503 and "signing keys" in r.json()["message"]
+        # /routes says why, and the log too
+        [source] = httpx.get(proc.admin + "/routes", timeout=5).json()["jwks"]
+        assert source["uri"] == dead.url and source["last_error"]
+        assert dead.url in proc.log()
     finally:
         proc.stop()
 

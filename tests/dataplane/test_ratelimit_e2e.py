@@ -130,6 +130,7 @@ def test_a_global_limit_is_shared_by_replicas_through_redis(
         for i in range(8):  # alternate replicas: together they admit one budget (burst 3 + 1)
             answers += codes(a if i % 2 else b, "/whole-route", 1)
         assert answers.count(200) == 4 and answers.count(429) == 4
+        assert httpx.get(a.admin + "/routes", timeout=5).json()["redis"]["state"] == "up"
     finally:
         a.stop()
         b.stop()
@@ -146,5 +147,9 @@ def test_redis_down_never_turns_into_a_5xx(tmp_path: Path, up: UpstreamServer) -
             answers = codes(gw, "/by-tenant", 4, **{"X-Tenant": "r"})
             assert all(code in (200, 429) for code in answers) and 429 in answers
             assert "redis" in gw.log().lower()
+            shown = httpx.get(gw.admin + "/routes", timeout=5).json()["redis"]
+            assert shown["state"] in ("down", "probing") and shown["failures"] >= 1
+            health = httpx.get(gw.admin + "/health", timeout=5)
+            assert health.status_code == 200 and health.json()["redis"]["state"] in ("down", "probing")
         finally:
             gw.stop()

@@ -294,6 +294,11 @@ def build_admin_app(
         return await once(("views", id(snap)), render)
 
     async def health(request: Request) -> Response:
+        """Always 200 while the process serves; a Redis that is down is a detail here (the data plane
+        still serves: Global rate limits fall back to local ones), never a failed probe."""
+        context = store.context
+        if context is not None and context.redis is not None:
+            return JSONResponse({"status": "ok", "redis": context.redis.status()})
         return JSONResponse({"status": "ok"})
 
     async def ready(request: Request) -> Response:
@@ -314,6 +319,13 @@ def build_admin_app(
         live = b""
         if v.with_policies:  # the summary is rendered once per table; the policy state is read now
             live = b',"policyState":' + _encode(_routes_policy_state(v.snapshot))
+        context = store.context
+        if context is not None and context.jwks is not None:  # the issuers' key sets (no key material)
+            jwks = context.jwks.state()["jwks"]
+            if jwks:
+                live += b',"jwks":' + _encode(jwks)
+        if context is not None and context.redis is not None:  # the Redis of Global rate limits
+            live += b',"redis":' + _encode(context.redis.status())
         return Response(v.routes + live + b"}", media_type="application/json")
 
     async def services(request: Request) -> Response:
