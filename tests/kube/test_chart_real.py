@@ -1,0 +1,372 @@
+"""The Helm chart installed, upgraded, rolled back and uninstalled on a real kube-apiserver.
+
+For each helm major found (4 and 3, ``tests/delivery/helm.py``) and each value set of the chart's golden
+tests (``tests/delivery/golden/*.values.yaml``: the defaults, which are the HA set with two operators
+electing a leader, NetworkPolicy and PDB; ``minimal``; ``namespaced``, with a bootstrap Secret name, an
+existing token Secret and RoleBindings in two watched namespaces; ``production``, with the HPA,
+ServiceMonitors and a PDB by ``maxUnavailable``), one release in a namespace of its own:
+
+- ``helm install --wait=false`` (``hookOnly``, its equivalent, for helm 4) succeeds: the API server
+  accepts every object the chart renders (schema, defaulting, admission, Service port allocation), and
+  the release renders the same kinds as the golden render of that value set;
+- every object of the release's manifest exists on the server, under helm's ownership annotations, and
+  holds every field the chart rendered, with the value rendered (the server adds defaults, but drops
+  and rewrites nothing);
+- the GatewayRoute CRD, installed from the chart's ``crds/``, is Established;
+- ``helm upgrade`` with a changed ``dataplane.logLevel`` succeeds and the data-plane Deployment on the
+  server then passes the new ``--log-level`` (its generation bumped); ``helm rollback`` to revision 1
+  restores it; a push token generated at install (``lookup``) is the same through upgrade and rollback;
+- ``helm uninstall`` removes every object of the release, and the CRD stays (Helm never deletes
+  ``crds/``).
+
+Then two releases of the same name in two namespaces coexist (the ClusterRole and its binding carry the
+namespace in their name), and uninstalling one leaves the other whole.
+
+What it cannot check: there is no kubelet, scheduler or controller-manager, so no Pod is ever created
+(no ReplicaSet either) or runs: the test checks the objects, not the pods; ``helm install`` does not
+wait for readiness. The ServiceMonitor CRD (Prometheus Operator's) is not installed here: a stand-in
+CRD that accepts any spec is applied, so ServiceMonitors are checked for their names and mapping only,
+not their schema. Namespaces are left behind (this server has no namespace controller to finalise them).
+
+Releases that cannot coexist in one cluster (issue 13's "several instances"): two of the ``minimal``
+value set (its fixed nodePort 30080 is allocated once per cluster), and two that watch the same namespace
+under the same fullname (the RoleBinding in a watched namespace is named ``<fullname>-operator``, without
+the release's namespace, unlike the ClusterRole): a second install fails on the RoleBinding's ownership.
+So the cases run one after another, each uninstalled before the next.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from kubegate.api import crd
+from tests import controlplane
+from tests.delivery import helm as helmtools
+from tests.delivery.conftest import HOW_TO_GET, MAJORS, missing
+
+GOLDEN = helmtools.ROOT / "tests" / "delivery" / "golden"
+CASES = sorted(p.name.removesuffix(".values.yaml") for p in GOLDEN.glob("*.values.yaml"))
+# Helm 3 waits only when asked; helm 4 deprecates --wait=false for its default strategy, hookOnly.
+NO_WAIT = {4: "--wait=hookOnly", 3: "--wait=false"}
+WATCHED = ("team-a", "team-b")  # the namespaced value set's watchNamespaces: they must exist
+
+# A stand-in for Prometheus Operator's ServiceMonitor CRD (the production value set renders two).
+SERVICE_MONITOR_CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: servicemonitors.monitoring.coreos.com}
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names:
+    {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+"""
+
+
+def values_of(case: str) -> dict[str, Any]:
+    return yaml.safe_load((GOLDEN / f"{case}.values.yaml").read_text(encoding="utf-8")) or {}
+
+
+def documents(text: str) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+@pytest.fixture(scope="module")
+def kube(control_plane: controlplane.ControlPlane) -> controlplane.ControlPlane:
+    """The session's control plane with the ServiceMonitor stand-in and the namespaces the namespaced
+    value set watches."""
+    control_plane.kubectl("apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=30s"
+    )
+    for namespace in WATCHED:
+        if control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+            control_plane.kubectl("create", "namespace", namespace)
+    return control_plane
+
+
+def _helm(major: int) -> helmtools.Helm:
+    found = helmtools.available().get(major)
+    if found is None:
+        missing(HOW_TO_GET[major])
+    return found
+
+
+class Release:
+    """One release of the chart on the control plane, driven by one helm binary."""
+
+    def __init__(
+        self, kube: controlplane.ControlPlane, helm: helmtools.Helm, name: str, namespace: str, case: str = ""
+    ):
+        self.kube, self.helm, self.name, self.namespace = kube, helm, name, namespace
+        self.case = case  # the golden value set it installs, if any
+
+    def run(self, *args: str) -> str:
+        """``helm ARGS -n NAMESPACE --kubeconfig ...`` (helm's own homes isolated by ``helm.py``)."""
+        result = self.helm.run(
+            *args, "--namespace", self.namespace, "--kubeconfig", str(self.kube.kubeconfig)
+        )
+        assert result.returncode == 0, f"helm {self.helm.version} {' '.join(args)} failed:\n{result.stderr}"
+        return result.stdout
+
+    def install(self, *values: str) -> None:
+        self.run("install", self.name, str(helmtools.CHART), NO_WAIT[self.helm.major], *values)
+
+    def upgrade(self, *values: str) -> None:
+        self.run("upgrade", self.name, str(helmtools.CHART), NO_WAIT[self.helm.major], *values)
+
+    def rollback(self, revision: int) -> None:
+        self.run("rollback", self.name, str(revision), NO_WAIT[self.helm.major])
+
+    def uninstall(self) -> None:
+        self.run("uninstall", self.name)
+
+    def manifest(self) -> list[dict[str, Any]]:
+        """The objects of the release's current revision, as helm sent them."""
+        return documents(self.run("get", "manifest", self.name))
+
+    def status(self) -> tuple[int, str]:
+        body = json.loads(self.run("status", self.name, "-o", "json"))
+        return body["version"], body["info"]["status"]
+
+    def exists(self) -> bool:
+        """Whether helm knows the release (in any state)."""
+        args = ("status", self.name, "--namespace", self.namespace, "--kubeconfig", str(self.kube.kubeconfig))
+        return self.helm.run(*args).returncode == 0
+
+
+# --- objects on the server -----------------------------------------------------------------------------
+
+Key = tuple[str, str, str | None]  # (kind, name, namespace or None when cluster-scoped)
+
+
+def _resource(doc: dict[str, Any]) -> str:
+    """``Kind[.version.group]/name``, as kubectl takes it (unambiguous even with CRDs of the same kind)."""
+    group, _, version = doc["apiVersion"].rpartition("/")
+    kind = doc["kind"] if not group else f"{doc['kind']}.{version}.{group}"
+    return f"{kind}/{doc['metadata']['name']}"
+
+
+def _key(obj: dict[str, Any]) -> Key:
+    return obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace")
+
+
+def live_objects(
+    kube: controlplane.ControlPlane, docs: list[dict[str, Any]], namespace: str
+) -> dict[Key, dict[str, Any]]:
+    """The server's copies of ``docs`` that exist (one ``kubectl get`` per namespace), by key; a rendered
+    object without a namespace is looked up in the release's (cluster-scoped ones ignore it)."""
+    by_namespace: dict[str, list[str]] = collections.defaultdict(list)
+    for doc in docs:
+        by_namespace[doc["metadata"].get("namespace", namespace)].append(_resource(doc))
+    found: dict[Key, dict[str, Any]] = {}
+    for ns, resources in by_namespace.items():
+        out = kube.kubectl("get", "-n", ns, "--ignore-not-found", "-o", "json", *resources).stdout
+        if not out.strip():
+            continue
+        body = json.loads(out)
+        for item in body["items"] if body.get("kind") == "List" else [body]:
+            found[_key(item)] = item
+    return found
+
+
+def _expected_key(doc: dict[str, Any], live: dict[Key, dict[str, Any]], namespace: str) -> Key:
+    kind, name = doc["kind"], doc["metadata"]["name"]
+    namespaced = (kind, name, doc["metadata"].get("namespace", namespace))
+    return namespaced if namespaced in live else (kind, name, None)
+
+
+def dropped_fields(rendered: object, stored: object, path: str = "") -> list[str]:
+    """Where ``stored`` (the server's object) lacks or differs from what ``rendered`` (the chart's) says.
+    The server may add fields (defaults, status, metadata), never drop or change the chart's: a field it
+    prunes or a value it rewrites (a quantity such as ``0.5`` stored as ``500m``) is reported, so that
+    what ``helm get manifest`` shows is what runs."""
+    if isinstance(rendered, dict):
+        if not isinstance(stored, dict):
+            return [f"{path}: {stored!r} instead of an object"]
+        return [
+            problem
+            for key, value in rendered.items()
+            for problem in (
+                dropped_fields(value, stored[key], f"{path}.{key}")
+                if key in stored
+                else [f"{path}.{key}: dropped"]
+            )
+        ]
+    if isinstance(rendered, list):
+        if not isinstance(stored, list) or len(stored) != len(rendered):
+            return [f"{path}: {stored!r} instead of {rendered!r}"]
+        return [
+            problem
+            for i, (r, s) in enumerate(zip(rendered, stored, strict=True))
+            for problem in dropped_fields(r, s, f"{path}[{i}]")
+        ]
+    return [] if rendered == stored else [f"{path}: {stored!r} instead of {rendered!r}"]
+
+
+def test_dropped_fields_reports_what_the_server_did_not_keep() -> None:
+    """Offline guard for the check above: additions pass; drops and changes are reported with a path."""
+    rendered = {"spec": {"ports": [{"port": 80, "name": "http"}], "cpu": "0.5", "keep": {}}}
+    stored = {"spec": {"ports": [{"port": 80, "name": "http", "protocol": "TCP"}], "cpu": "500m", "keep": {}}}
+    assert dropped_fields(rendered, stored | {"status": {}}) == [".spec.cpu: '500m' instead of '0.5'"]
+    assert dropped_fields(rendered, {"spec": {"ports": [], "cpu": "0.5"}}) == [
+        ".spec.ports: [] instead of [{'port': 80, 'name': 'http'}]",
+        ".spec.keep: dropped",
+    ]
+    assert dropped_fields({"a": [{"b": 1}]}, {"a": [{"b": "1"}]}) == [".a[0].b: '1' instead of 1"]
+
+
+def check_on_server(release: Release, docs: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    """Every object of ``docs`` exists on the server, owned by the release, with the fields rendered."""
+    live = live_objects(release.kube, docs, release.namespace)
+    problems = []
+    for doc in docs:
+        key = _expected_key(doc, live, release.namespace)
+        stored = live.get(key)
+        if stored is None:
+            problems.append(f"{_resource(doc)}: not on the server")
+            continue
+        annotations = stored["metadata"].get("annotations", {})
+        if annotations.get("meta.helm.sh/release-name") != release.name:
+            problems.append(f"{_resource(doc)}: not owned by release {release.name}: {annotations}")
+        problems += [f"{_resource(doc)}{p}" for p in dropped_fields(doc, stored)]
+    assert problems == [], "\n".join(problems)
+    return live
+
+
+def _one(live: dict[Key, dict[str, Any]], kind: str, suffix: str) -> dict[str, Any]:
+    [found] = [obj for (k, name, _), obj in live.items() if k == kind and name.endswith(suffix)]
+    return found
+
+
+def _log_level(deployment: dict[str, Any]) -> str:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    levels: list[str] = [
+        arg.removeprefix("--log-level=") for arg in container["args"] if arg.startswith("--log-level=")
+    ]
+    [level] = levels
+    return level
+
+
+def _push_token(live: dict[Key, dict[str, Any]]) -> str | None:
+    secrets = [obj for (kind, _, _), obj in live.items() if kind == "Secret"]
+    return json.dumps(secrets[0]["data"], sort_keys=True) if secrets else None
+
+
+def _crd_established(kube: controlplane.ControlPlane) -> bool:
+    body = json.loads(kube.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout)
+    return {c["type"]: c["status"] for c in body["status"]["conditions"]}.get("Established") == "True"
+
+
+# --- the lifecycle, per helm major and value set -------------------------------------------------------
+
+
+@pytest.fixture
+def release(request: pytest.FixtureRequest, kube: controlplane.ControlPlane) -> Iterator[Release]:
+    """A release named after the case in a namespace of its own (created here); uninstalled at the end
+    if the test left it installed, so that a failure does not hold the next case's nodePort."""
+    major, case = request.param
+    helm = _helm(major)
+    name = f"kg{major}-{case}"
+    namespace = f"chart-h{major}-{case}"
+    kube.kubectl("create", "namespace", namespace)
+    made = Release(kube, helm, name, namespace, case)
+    yield made
+    if made.exists():
+        made.uninstall()
+
+
+LIFECYCLE = [(major, case) for major in MAJORS for case in CASES]
+
+
+@pytest.mark.parametrize("release", LIFECYCLE, ids=[f"helm{m}-{c}" for m, c in LIFECYCLE], indirect=True)
+def test_install_upgrade_rollback_uninstall(release: Release) -> None:
+    case = release.case
+    values_file = ["-f", str(GOLDEN / f"{case}.values.yaml")]
+    values = values_of(case)
+
+    # Install: the server accepts every object; the release renders what the golden test renders.
+    release.install(*values_file)
+    assert release.status() == (1, "deployed")
+    docs = release.manifest()
+    golden_kinds = collections.Counter(
+        d["kind"] for d in documents((GOLDEN / f"{case}.out.yaml").read_text())
+    )
+    assert collections.Counter(d["kind"] for d in docs) == golden_kinds
+    assert "CustomResourceDefinition" not in golden_kinds  # it comes from crds/, outside the release
+    live = check_on_server(release, docs)
+    assert _crd_established(release.kube)
+    token = _push_token(live)
+    assert (token is not None) == (not values.get("pushToken", {}).get("existingSecret"))
+
+    # Upgrade with another log level: the Deployment on the server changes; a generated token stays.
+    dataplane = _one(live, "Deployment", "-dataplane")
+    before = _log_level(dataplane)
+    assert before == values.get("dataplane", {}).get("logLevel", "info")
+    after = "debug" if before != "debug" else "error"
+    release.upgrade(*values_file, "--set", f"dataplane.logLevel={after}")
+    assert release.status() == (2, "deployed")
+    live = check_on_server(release, release.manifest())
+    upgraded = _one(live, "Deployment", "-dataplane")
+    assert _log_level(upgraded) == after
+    assert upgraded["metadata"]["generation"] == dataplane["metadata"]["generation"] + 1
+    assert _push_token(live) == token, "the push token changed on upgrade"
+
+    # Rollback to revision 1: the first log level is back (as revision 3).
+    release.rollback(1)
+    assert release.status() == (3, "deployed")
+    live = check_on_server(release, release.manifest())
+    assert _log_level(_one(live, "Deployment", "-dataplane")) == before
+    assert _push_token(live) == token
+
+    # Uninstall: every object of the release is gone; the CRD stays.
+    release.uninstall()
+    assert not release.exists()
+    assert live_objects(release.kube, docs, release.namespace) == {}
+    assert _crd_established(release.kube), "helm uninstall must leave the CRD (and users' routes)"
+
+
+# --- two releases in one cluster -----------------------------------------------------------------------
+
+
+def test_two_releases_of_the_same_name_coexist(kube: controlplane.ControlPlane) -> None:
+    """The same release name in two namespaces, default values: the cluster-scoped objects do not
+    collide, and uninstalling one release leaves the other's objects in place."""
+    helm = _helm(max(helmtools.available(), default=4))
+    first, second = (Release(kube, helm, "kubegate", f"chart-twin-{i}") for i in (1, 2))
+    try:
+        for release in (first, second):
+            kube.kubectl("create", "namespace", release.namespace)
+            release.install()
+        docs = {release.namespace: release.manifest() for release in (first, second)}
+        cluster_roles = {
+            d["metadata"]["name"]
+            for ds in docs.values()
+            for d in ds
+            if d["kind"] in ("ClusterRole", "ClusterRoleBinding")
+        }
+        assert len(cluster_roles) == 2, cluster_roles  # a ClusterRole and its binding share one name
+        for release in (first, second):
+            check_on_server(release, docs[release.namespace])
+        first.uninstall()
+        assert live_objects(kube, docs[first.namespace], first.namespace) == {}
+        check_on_server(second, docs[second.namespace])
+    finally:
+        for release in (first, second):
+            if release.exists():
+                release.uninstall()
