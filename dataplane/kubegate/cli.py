@@ -76,6 +76,15 @@ def _trusted_proxies(text: str) -> str:
     return text
 
 
+def _certificate_files(text: str) -> tuple[Path, Path]:
+    cert, comma, key = text.partition(",")
+    if not comma or not cert or not key:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected CERT,KEY (two PEM files) (flag or KUBEGATE_DEFAULT_CERTIFICATE)"
+        )
+    return Path(cert), Path(key)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubegate", description="A Kubernetes-native API gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +188,25 @@ def build_parser() -> argparse.ArgumentParser:
         "them is X-Forwarded-For read (right to left) to find the client of a rate limit",
     )
     s.add_argument(
+        "--tls-port",
+        type=_port("TLS_PORT"),
+        default=_env("TLS_PORT"),
+        help="HTTPS port, certificates chosen by SNI from the routes' spec.tls (default: no TLS listener)",
+    )
+    s.add_argument(
+        "--default-certificate",
+        type=_certificate_files,
+        default=_env("DEFAULT_CERTIFICATE"),
+        metavar="CERT,KEY",
+        help="PEM files served to handshakes without SNI or for a name no route serves (else they fail)",
+    )
+    s.add_argument(
+        "--tls-redirect-port",
+        type=_port("TLS_REDIRECT_PORT"),
+        default=_env("TLS_REDIRECT_PORT"),
+        help="the HTTPS port redirectHTTP sends clients to, when the public port differs (--tls-port)",
+    )
+    s.add_argument(
         "--log-level", type=str.lower, choices=LOG_LEVELS, default=_env("LOG_LEVEL", "info"), help="(info)"
     )
 
@@ -222,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(
                 "--demo serves the built-in quickstart routes: leave out --routes (or KUBEGATE_ROUTES)"
             )
+        if args.tls_port is None and (args.default_certificate or args.tls_redirect_port):
+            parser.error("--default-certificate and --tls-redirect-port need --tls-port")
         from kubegate.dataplane.server import ServeOptions, serve
         from kubegate.logs import setup_logging
 
@@ -245,6 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             escaped_slashes=args.escaped_slashes,
             redis_url=args.redis_url,
             trusted_proxies=args.trusted_proxies,
+            tls_port=args.tls_port,
+            default_certificate=args.default_certificate,
+            tls_redirect_port=args.tls_redirect_port,
         )
         try:
             import uvloop

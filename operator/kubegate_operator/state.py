@@ -163,19 +163,24 @@ def _slim_secret(body: Mapping[str, Any]) -> SecretBody:
 
 
 def secret_names(route: Mapping[str, Any]) -> frozenset[str]:
-    """The Secrets (names, in the route's namespace) a route body's ``spec.auth`` names: the same fields
-    as :func:`kubegate.compiler.edge.secret_refs` (jwt.jwksSecretRef, jwt.secretRef, apiKey.secretRef),
-    read from the raw object so that an invalid spec costs nothing (it is rejected anyway)."""
+    """The Secrets (names, in the route's namespace) a route body names: the same fields as
+    :func:`kubegate.compiler.edge.secret_refs` (spec.auth: jwt.jwksSecretRef, jwt.secretRef,
+    apiKey.secretRef) and :func:`kubegate.compiler.tls.secret_refs` (spec.tls.certificateRefs), read from
+    the raw object so that an invalid spec costs nothing (it is rejected anyway)."""
     spec = route.get("spec")
-    auth = spec.get("auth") if isinstance(spec, Mapping) else None
-    if not isinstance(auth, Mapping):
+    if not isinstance(spec, Mapping):
         return frozenset()
     refs: list[object] = []
-    jwt, api_key = auth.get("jwt"), auth.get("apiKey")
-    if isinstance(jwt, Mapping):
-        refs += [jwt.get("jwksSecretRef"), jwt.get("secretRef")]
-    if isinstance(api_key, Mapping):
-        refs.append(api_key.get("secretRef"))
+    auth = spec.get("auth")
+    if isinstance(auth, Mapping):
+        jwt, api_key = auth.get("jwt"), auth.get("apiKey")
+        if isinstance(jwt, Mapping):
+            refs += [jwt.get("jwksSecretRef"), jwt.get("secretRef")]
+        if isinstance(api_key, Mapping):
+            refs.append(api_key.get("secretRef"))
+    tls = spec.get("tls")
+    if isinstance(tls, Mapping) and isinstance(tls.get("certificateRefs"), list):
+        refs += tls["certificateRefs"]
     names = (ref.get("name") for ref in refs if isinstance(ref, Mapping))
     return frozenset(name for name in names if isinstance(name, str) and name)
 

@@ -54,6 +54,7 @@ SERVER_SIDE_CHECKS = {
     "default/health-interval-too-short": ("healthCheck.interval", "must be at least 100ms"),
     "default/health-timeout-over-interval": ("healthCheck", "timeout must not be longer than interval"),
     "default/no-backends": ("", "a route needs at least one backend, or a redirect and no backends"),
+    "default/no-hosts": ("", "a route with tls must list match.hosts"),
     "default/empty-backends": ("", "a route needs at least one backend, or a redirect and no backends"),
     "shop/credentials-with-any-origin": ("cors", "allowCredentials cannot be used with the origin '*'"),
     "shop/set-host": ("requestHeaders.set[].name", _UNCHANGEABLE),

@@ -32,7 +32,7 @@ import yaml
 
 from kubegate.api import models
 from kubegate.compiler import compile as compiler
-from kubegate.compiler import edge
+from kubegate.compiler import edge, tls
 from kubegate_operator import metrics as metrics_mod
 from kubegate_operator import publisher, reconciler, state
 from tests.gateway import TOKEN
@@ -234,20 +234,21 @@ def _auth_specs() -> Iterator[tuple[str, dict[str, Any]]]:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "GatewayRoute":
                 spec = doc.get("spec")
-                if isinstance(spec, dict) and "auth" in spec:
+                if isinstance(spec, dict) and ("auth" in spec or "tls" in spec):
                     yield f"{path.name}:{doc['metadata']['name']}", doc
 
 
 def test_the_raw_reading_of_auth_agrees_with_the_compiler() -> None:
     """The operator reads the Secret names from the raw route (cheap, and no validation); for every valid
-    route with auth in examples/ and the compiler's golden inputs, it finds what ``secret_refs`` finds."""
+    route with auth or tls in examples/ and the compiler's golden inputs, it finds what the compiler's
+    ``secret_refs`` (auth's and tls's) find."""
     checked = 0
     for where, doc in _auth_specs():
         try:
             spec = models.GatewayRouteSpec.model_validate(doc["spec"])
         except ValueError:
             continue  # invalid: rejected whatever its Secrets
-        assert state.secret_names(doc) == frozenset(edge.secret_refs(spec)), where
+        assert state.secret_names(doc) == frozenset(edge.secret_refs(spec) + tls.secret_refs(spec)), where
         checked += 1
     assert checked >= 2
 

@@ -1317,6 +1317,28 @@ class RateLimitSpec(_Spec):
         return self
 
 
+MAX_CERTIFICATE_REFS = 8
+
+
+class TlsSpec(_Spec):
+    """TLS termination for the route's hosts on the HTTPS listener (``kubegate serve --tls-port``)."""
+
+    certificate_refs: list[SecretRef] = Field(
+        min_length=1,
+        max_length=MAX_CERTIFICATE_REFS,
+        alias="certificateRefs",
+        description="Secrets of type kubernetes.io/tls (keys tls.crt and tls.key, PEM) in the route's "
+        "namespace; a handshake whose SNI name is one of the route's hosts gets the first of them whose "
+        "certificate names it (else the first).",
+    )
+    redirect_http: bool = Field(
+        default=False,
+        alias="redirectHTTP",
+        description="Answer plain-HTTP requests for the route's hosts with 301 to https (only while the "
+        "route's TLS is served).",
+    )
+
+
 class GatewayRouteSpec(_Spec):
     """A GatewayRoute sends the requests that match to one of its weighted backends."""
 
@@ -1331,6 +1353,11 @@ class GatewayRouteSpec(_Spec):
                 {
                     "rule": "!has(self.redirect) || (!has(self.rewrite) && !has(self.requestHeaders))",
                     "message": "a route with a redirect cannot have rewrite or requestHeaders",
+                },
+                {
+                    "rule": "!has(self.tls) || (has(self.match) && has(self.match.hosts) "
+                    "&& size(self.match.hosts) > 0)",
+                    "message": "a route with tls must list match.hosts",
                 },
             ]
         }
@@ -1405,6 +1432,10 @@ class GatewayRouteSpec(_Spec):
         default=None,
         description="Answer with a redirect instead of proxying; the route then has no backends.",
     )
+    tls: TlsSpec | None = Field(
+        default=None,
+        description="Terminate TLS for the route's hosts with certificates from Secrets; needs match.hosts.",
+    )
 
     @model_validator(mode="after")
     def _backends_or_redirect(self) -> GatewayRouteSpec:
@@ -1417,6 +1448,8 @@ class GatewayRouteSpec(_Spec):
                 raise _field_error("requestHeaders", "a route with a redirect sends no request upstream")
         elif not self.backends:
             raise _field_error("backends", "at least one backend is required (or a redirect)")
+        if self.tls is not None and not self.match.hosts:
+            raise _field_error("tls", "a route with tls must list match.hosts")
         return self
 
     def timeout_ms(self) -> int | None:

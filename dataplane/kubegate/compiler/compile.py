@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from kubegate import gcpause
 from kubegate.api import duration, models
-from kubegate.compiler import edge, regex, resources, table
+from kubegate.compiler import edge, regex, resources, table, tls
 
 RouteStatus = models.GatewayRouteStatus
 
@@ -82,6 +82,7 @@ class _Route:
     backends: tuple[table.CompiledBackend, ...] = ()
     match_key: tuple[object, ...] | None = None  # for conflicts; set with the spec (pass 1)
     auth: dict[str, object] | None = None  # spec.auth in table form, its Secrets resolved (pass 3)
+    tls: dict[str, object] | None = None  # spec.tls in table form, its Secrets resolved (pass 3)
 
     def fresh(self, raw: resources.RawObject) -> _Route:
         """A copy carrying only what passes 1 and 2 decided (what :class:`CompileMemo` keeps)."""
@@ -312,6 +313,35 @@ def _resolve_secrets(route: _Route, secrets: Mapping[tuple[str, str], edge.Secre
         route.resolved = _Verdict("False", reason, "; ".join(m for m in (message, others) if m))
 
 
+def _resolve_certificates(
+    route: _Route,
+    secrets: Mapping[tuple[str, str], edge.SecretData],
+    types: Mapping[tuple[str, str], str | None],
+    now: datetime,
+) -> None:
+    """spec.tls with its Secrets: a missing or bad one makes ResolvedRefs False and the route's TLS is
+    not served (plain HTTP keeps working); a certificate expiring soon is served, with ResolvedRefs True
+    and the reason ``CertificateExpiringSoon`` unless another reference is unresolved."""
+    assert route.spec is not None and route.resolved is not None
+    namespace = route.raw.namespace
+    names = tls.secret_refs(route.spec)
+    named = {name: secrets[(namespace, name)] for name in names if (namespace, name) in secrets}
+    kinds = {name: types.get((namespace, name)) for name in names}
+    route.tls, found = tls.tls_policy(route.spec, named, kinds, now=now)
+    if found is None:
+        return
+    reason, message = found
+    if reason == tls.CERTIFICATE_EXPIRING:
+        if route.resolved.status == "True":
+            others = "" if route.resolved.reason == "ResolvedRefs" else route.resolved.message
+            route.resolved = _Verdict("True", reason, "; ".join(m for m in (message, others) if m))
+        return
+    others = route.resolved.message if route.resolved.status == "False" else ""
+    message = f"{message} (the route's TLS is not served; plain HTTP is)"
+    reason = route.resolved.reason if others else reason
+    route.resolved = _Verdict("False", reason, "; ".join(m for m in (others, message) if m))
+
+
 # --- pass 4: conflicts -------------------------------------------------------------------------------
 
 
@@ -437,6 +467,7 @@ def _compiled_route(route: _Route) -> table.CompiledRoute:
             "timeoutMs": route.spec.timeout_ms(),
             "policy": _policy(route.spec),
             "edge": edge.edge_policy(route.spec, route.auth),
+            "tls": route.tls,
         }
     )
 
@@ -483,6 +514,11 @@ def _previous_status(
         return models.GatewayRouteStatus.model_validate(raw.body.get("status") or {})
     except ValidationError:
         return None
+
+
+def _secret_type(body: Mapping[str, object]) -> str | None:
+    kind = body.get("type")
+    return kind if isinstance(kind, str) else None
 
 
 def _normalise_now(now: datetime) -> datetime:
@@ -631,7 +667,8 @@ def _compile(
                 outcome is not None
                 and same_services(outcome.refs)
                 and _previous_status(raw, previous) is outcome.status
-                and (done.spec is None or done.spec.auth is None)  # Secrets are not memoised: few routes
+                # Secrets (and, for TLS, the clock) are not memoised: few routes
+                and (done.spec is None or (done.spec.auth is None and done.spec.tls is None))
             ):
                 clean[index] = (done, outcome)
             else:
@@ -668,11 +705,14 @@ def _compile(
     secrets = {
         (raw.namespace, raw.name): edge.secret_data(raw.body) for raw in bundle.secrets
     }  # few: only those routes name are in a bundle
+    types = {(raw.namespace, raw.name): _secret_type(raw.body) for raw in bundle.secrets}
     for route in routes.values():
         if route.spec is not None:
             _resolve_backends(route, services)
             if route.spec.auth is not None:
                 _resolve_secrets(route, secrets)
+            if route.spec.tls is not None:
+                _resolve_certificates(route, secrets, types, now)
     _resolve_conflicts(list(routes.values()))
 
     compiled = []
@@ -698,6 +738,7 @@ def _compile(
                     and last.compiled is not None
                     and last.backends == route.backends
                     and route.auth is None
+                    and route.tls is None
                 ):
                     compiled_route = last.compiled
                 else:

@@ -331,7 +331,8 @@ def _jwks_problem(document: bytes) -> str | None:
 
 
 def redacted(wire: Mapping[str, Any]) -> dict[str, Any]:
-    """A route's wire form with secret material replaced, for ``kubegate compile`` and admin views."""
+    """A route's wire form with secret material replaced, for ``kubegate compile`` and admin views: auth's
+    keys, and the private keys of the route's TLS certificates (:mod:`kubegate.compiler.tls`)."""
     out = dict(wire)
     edge = out.get("edge")
     if isinstance(edge, Mapping) and isinstance(edge.get("auth"), Mapping):
@@ -347,6 +348,12 @@ def redacted(wire: Mapping[str, Any]) -> dict[str, Any]:
             api_key["keys"] = [[REDACTED, client] for _, client in api_key.get("keys", [])]
             auth["apiKey"] = api_key
         out["edge"] = {**edge, "auth": auth}
+    tls = out.get("tls")
+    if isinstance(tls, Mapping) and isinstance(tls.get("certificates"), list):
+        certificates = [
+            {**c, "key": REDACTED} if isinstance(c, Mapping) else REDACTED for c in tls["certificates"]
+        ]
+        out["tls"] = {**tls, "certificates": certificates}
     return out
 
 

@@ -2,9 +2,9 @@
 
 The printed document is the table in its wire form (what the operator pushes to ``PUT /table``, except
 that secret material, the JWKS documents, HMAC keys and API-key hashes that routes' auth took from
-Secrets, is shown as ``(redacted)``), its content hash, the status of every route and the load problems.
-The golden compiler tests compare this same YAML, so what reviewers read in a golden diff is what users
-see.
+Secrets, and TLS private keys, is shown as ``(redacted)``), its content hash, the status of every route
+and the load problems. The golden compiler tests compare this same YAML, so what reviewers read in a
+golden diff is what users see.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import TextIO
 import yaml
 
 from kubegate.compiler import compile as compiler
-from kubegate.compiler import edge, resources
+from kubegate.compiler import edge, resources, tls
 
 FORMATS = ("yaml", "json")
 
@@ -61,7 +61,7 @@ def _summary(result: compiler.CompileResult, origins: Mapping[str, resources.Ori
         for condition in status.conditions:
             if condition.type == compiler.ACCEPTED and condition.status != "True":
                 level = "error"
-            elif condition.status == "False":
+            elif condition.status == "False" or condition.reason == tls.CERTIFICATE_EXPIRING:
                 level = "warning"
             else:
                 continue

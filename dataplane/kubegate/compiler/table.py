@@ -29,6 +29,7 @@ from kubegate.api.lean import LeanModel
 from kubegate.compiler import regex
 from kubegate.compiler.edge import EdgePolicy
 from kubegate.compiler.policy import RoutePolicy
+from kubegate.compiler.tls import RouteTls
 
 TableApiVersion = Literal["kubegate.dev/v1alpha1"]
 TABLE_API_VERSION: TableApiVersion = "kubegate.dev/v1alpha1"
@@ -132,6 +133,9 @@ class CompiledRoute(_Frozen):
     policy: RoutePolicy | None = Field(default=None, description="traffic policies; None: plain proxying")
     edge: EdgePolicy | None = Field(
         default=None, description="CORS, transforms, rewrite, redirect; None: none"
+    )
+    tls: RouteTls | None = Field(
+        default=None, description="certificates for the route's hosts (private keys: redacted in views)"
     )
 
     @model_validator(mode="after")

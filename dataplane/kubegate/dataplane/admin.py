@@ -48,6 +48,7 @@ from kubegate.compiler.table import (
     check_size,
     load_json,
 )
+from kubegate.compiler.tls import RouteTls
 from kubegate.dataplane.policymetrics import PolicyCollector, policy_state
 from kubegate.dataplane.proxy import Gateway
 from kubegate.dataplane.snapshot import Snapshot
@@ -98,9 +99,20 @@ def _route_summary(snapshot: Snapshot) -> list[dict[str, Any]]:
                 "timeoutMs": r.timeout_ms,
                 "policies": sorted(r.policy.model_dump(by_alias=True, exclude_none=True)) if r.policy else [],
                 "edge": sorted(r.edge.model_dump(by_alias=True, exclude_none=True)) if r.edge else [],
+                "tls": _tls_summary(r.tls),
             }
         )
     return out
+
+
+def _tls_summary(tls: RouteTls | None) -> dict[str, Any] | None:
+    """A route's TLS without the certificates' PEM (and so without their private keys)."""
+    if tls is None:
+        return None
+    certificates = [
+        {"secret": c.secret, "dnsNames": list(c.dns_names), "notAfter": c.not_after} for c in tls.certificates
+    ]
+    return {"certificates": certificates, "redirectHTTP": tls.redirect_http, "error": tls.error}
 
 
 def _routes_policy_state(snapshot: Snapshot) -> dict[str, Any]:

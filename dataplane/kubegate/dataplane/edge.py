@@ -61,12 +61,14 @@ _AUTHORIZATION, _API_KEY, _ORIGIN, _ACR_METHOD, _ACR_HEADERS, _XFF, _LIMIT_HEADE
 class EdgeContext:
     """What the edge policies share across routes and tables: the JWKS sources, the Redis of Global rate
     limits (None: every limit is Local), the number of replicas a Global limit falls back to sharing,
-    and the trusted proxies whose X-Forwarded-For names the client."""
+    the trusted proxies whose X-Forwarded-For names the client, and the HTTPS port that routes with
+    ``tls.redirectHTTP`` send plain requests to (None without a TLS listener: no redirect)."""
 
     jwks: JwksSources | None = None
     redis: RedisBackend | None = None
     replicas: int = 1
     trusted_proxies: tuple[Network, ...] = ()
+    https_port: int | None = None  # the HTTPS port redirectHTTP sends to; None: no TLS listener
 
 
 def _lines(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:

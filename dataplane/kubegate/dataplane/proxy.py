@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -143,11 +144,15 @@ class Gateway:
 
 
 class GatewayConfig(uvicorn.Config):
-    """A uvicorn Config that carries the :class:`Gateway` to the protocol instances it creates."""
+    """A uvicorn Config that carries the :class:`Gateway` to the protocol instances it creates. With
+    ``tls`` (the HTTPS listener's context, see dataplane/tls.py) it serves :class:`TlsProxyProtocol`."""
 
-    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+    def __init__(self, gateway: Gateway, *, tls: ssl.SSLContext | None = None, **kwargs: Any) -> None:
         self.gateway = gateway
-        super().__init__(app=_unused_app, http=ProxyProtocol, lifespan="off", **kwargs)
+        if tls is not None:
+            kwargs["ssl_context_factory"] = lambda config, default: tls
+        http = ProxyProtocol if tls is None else TlsProxyProtocol
+        super().__init__(app=_unused_app, http=http, lifespan="off", **kwargs)
 
 
 async def _unused_app(scope: Any, receive: Any, send: Any) -> None:  # pragma: no cover - never called
@@ -163,6 +168,9 @@ class _Reject(Exception):
 
 class ProxyProtocol(asyncio.Protocol):
     """One client connection on the traffic port."""
+
+    tls = False  # TlsProxyProtocol: the connection came over TLS (the HTTPS listener)
+    forwarded_proto = b"x-forwarded-proto: http"
 
     def __init__(
         self,
@@ -466,6 +474,13 @@ class ProxyProtocol(asyncio.Protocol):
                 tunnel.close()
 
 
+class TlsProxyProtocol(ProxyProtocol):
+    """One client connection on the HTTPS listener: the same proxy, decrypted by the transport."""
+
+    tls = True
+    forwarded_proto = b"x-forwarded-proto: https"
+
+
 class _AfterStrippedUpgrade:
     """Parser callbacks for a connection whose last request was an upgrade the gateway strips (``h2c``).
 
@@ -758,6 +773,9 @@ class Exchange:
             self.fail(404, "no route matches this request")
             return
         self.route = route
+        if route.https_port is not None and not client.tls:  # tls.redirectHTTP
+            self.answer(301, [b"location: " + _https_location(host_s, route.https_port, url)])
+            return
         if self.content_length is not None and self.content_length > route.max_body:
             self.fail(413, f"request body larger than {route.max_body} bytes")
             return
@@ -799,7 +817,7 @@ class Exchange:
         if self.websocket:
             lines.append(b"connection: upgrade\r\nupgrade: websocket")
         lines.append(b"x-forwarded-for: " + (xff + b", " + client.client_ip if xff else client.client_ip))
-        lines.append(b"x-forwarded-proto: http")
+        lines.append(client.forwarded_proto)
         if host:
             lines.append(b"x-forwarded-host: " + host)
         lines.append(b"x-request-id: " + self.request_id)
@@ -1231,6 +1249,13 @@ class Exchange:
                 self.sent,
             )
         client.exchange_finished(self, keep_alive)
+
+
+def _https_location(host: str, port: int, target: bytes) -> bytes:
+    """Where redirectHTTP sends a plain request: the same host (a route name, so never an IP literal)
+    and request target over https, on ``port`` (left out when it is 443)."""
+    name = host.rsplit(":", 1)[0].encode("latin-1")
+    return b"https://" + name + (b"" if port == 443 else b":%d" % port) + target
 
 
 def _authority(endpoint: tuple[str, int]) -> bytes:

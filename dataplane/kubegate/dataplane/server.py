@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from typing import TypeVar
 
 import uvicorn
 
-from kubegate.dataplane import redislimit
+from kubegate.dataplane import redislimit, tls
 from kubegate.dataplane.admin import build_admin_app, to_oldest_generation
 from kubegate.dataplane.adminserver import AdminLimits, AdminServer
 from kubegate.dataplane.edge import EdgeContext
@@ -75,6 +76,9 @@ class ServeOptions:
     escaped_slashes: EscapedSlashes = "reject"
     redis_url: str | None = None  # Global rate limits (shared by replicas) when set
     trusted_proxies: str = ""  # CIDRs whose X-Forwarded-For names the client (rate-limit keys)
+    tls_port: int | None = None  # the HTTPS listener (dataplane/tls.py); None: none
+    default_certificate: tuple[Path, Path] | None = None  # CERT, KEY files for unknown or no SNI
+    tls_redirect_port: int | None = None  # the port redirectHTTP names (default tls_port)
 
 
 def push_token_source(token_file: Path | None) -> Callable[[], str | None]:
@@ -142,19 +146,38 @@ class _Server(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
-            logger.info("%s listening on %s", self.what, _url(self.config.host, self.config.port))
+            url = _url(self.config.host, self.config.port, "https" if self.config.ssl else "http")
+            logger.info("%s listening on %s", self.what, url)
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def _url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def serve(opts: ServeOptions) -> int:
     loop = asyncio.get_running_loop()
     jwks = JwksSources()  # the key sets of routes with auth.jwt.jwksUri, fetched in the background
     redis = RedisBackend(redislimit.connect(opts.redis_url)) if opts.redis_url else None
-    context = EdgeContext(jwks=jwks, redis=redis, trusted_proxies=parse_trusted_proxies(opts.trusted_proxies))
+    tls_contexts: tls.TlsContexts | None = None
+    if opts.tls_port is not None:
+        default = None
+        if opts.default_certificate is not None:
+            cert, key = opts.default_certificate
+            try:
+                default = tls.load_default(cert, key)
+            except (OSError, ssl.SSLError) as exc:
+                logger.error("--default-certificate %s,%s cannot be served: %s", cert, key, exc)
+                return 1
+        tls_contexts = tls.TlsContexts(default)
+    context = EdgeContext(
+        jwks=jwks,
+        redis=redis,
+        trusted_proxies=parse_trusted_proxies(opts.trusted_proxies),
+        https_port=(opts.tls_redirect_port or opts.tls_port) if opts.tls_port is not None else None,
+    )
     store = SnapshotStore(context=context)
+    if tls_contexts is not None:  # first, so that the first table's certificates are there at once
+        store.on_swap(tls_contexts.sync)
     gateway = Gateway(
         store=store,
         settings=ProxySettings(
@@ -218,6 +241,21 @@ async def serve(opts: ServeOptions) -> int:
         ),
         "traffic port",
     )
+    secure: _Server | None = None
+    if tls_contexts is not None:
+        assert opts.tls_port is not None
+        secure = _Server(
+            GatewayConfig(
+                gateway,
+                tls=tls_contexts.context,
+                host=opts.host,
+                port=opts.tls_port,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=int(opts.drain_timeout),
+            ),
+            "TLS port",
+        )
     admin = AdminServer(
         admin_app,
         host=opts.admin_host,
@@ -238,9 +276,13 @@ async def serve(opts: ServeOptions) -> int:
             logger.info("shutting down: draining for up to %.0fs", opts.drain_timeout)
             gateway.start_draining(loop.time())
             traffic.should_exit = True
+            if secure is not None:
+                secure.should_exit = True
             stopping.set()
         else:
             traffic.force_exit = True
+            if secure is not None:
+                secure.force_exit = True
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_stop)
@@ -295,9 +337,24 @@ async def serve(opts: ServeOptions) -> int:
             f"demo echo backend {DEMO_ECHO_NAME!r}",
         )
         echo_task = asyncio.create_task(echo.serve())
+    secure_failed = False
+
+    async def serve_secure(server: _Server) -> None:
+        nonlocal secure_failed
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's answer to a port it cannot open (logged by uvicorn)
+            secure_failed = True
+            logger.error("TLS port %s:%d could not be opened: stopping", opts.host, opts.tls_port)
+            on_stop()
+
+    secure_task = asyncio.create_task(serve_secure(secure)) if secure is not None else None
     try:
         await traffic.serve()
     finally:
+        if secure is not None and secure_task is not None:
+            secure.should_exit = True
+            await secure_task
         gateway.draining = True
         keeper.cancel()
         gateway.pool.close_all()
@@ -314,7 +371,7 @@ async def serve(opts: ServeOptions) -> int:
             await echo_task
     if traffic.started:
         logger.info("stopped")
-    return 0 if traffic.started else 1
+    return 0 if traffic.started and not secure_failed else 1
 
 
 def _reload(

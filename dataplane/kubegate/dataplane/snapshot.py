@@ -26,12 +26,13 @@ class RuntimeRoute:
     """A compiled route plus the per-table runtime state the proxy uses.
 
     ``edge`` is None for a route without edge policies (CORS, transforms, rewrite, redirect).
+    ``https_port`` is set for a route whose TLS says ``redirectHTTP`` (see :mod:`kubegate.dataplane.tls`).
     ``policies`` is None for a route without traffic policies (``split`` then picks round-robin backend
     pools); otherwise the proxy uses ``policies.split`` and the policies' hooks, and ``split`` is empty.
     A route rebuilt for a new table keeps its policies' state when its policy is equal (``previous``).
     """
 
-    __slots__ = ("edge", "id", "max_body", "policies", "route", "split", "timeout")
+    __slots__ = ("edge", "https_port", "id", "max_body", "policies", "route", "split", "timeout")
 
     def __init__(
         self, route: CompiledRoute, previous: RuntimeRoute | None = None, context: EdgeContext | None = None
@@ -49,6 +50,14 @@ class RuntimeRoute:
         self.edge = EdgeRuntime(route.edge, route.id, context) if route.edge is not None else None
         self.timeout: float | None = route.timeout_ms / 1000.0 if route.timeout_ms else None
         self.max_body = route.max_body_bytes
+        # redirectHTTP: plain requests get 301 to this HTTPS port; only while the route's TLS is served and
+        # the data plane has a TLS listener (None otherwise: one attribute read per request)
+        tls = route.tls
+        self.https_port: int | None = (
+            context.https_port
+            if context is not None and tls is not None and tls.redirect_http and tls.error is None
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"<RuntimeRoute {self.id} {self.split!r}>"
