@@ -7,7 +7,8 @@ kubernetes-validate (strict) for the two newest Kubernetes versions it bundles; 
 identical to ``crds/``; NOTES.txt (how to reach the gateway, a first route); bad values refused with a
 message naming the value; and the wiring that golden files would not make obvious (the data plane's
 arguments parsed by the real ``kubegate serve`` parser, probes on the admin port, Secrets and names
-shared by operator, data plane, Services and RBAC, security contexts, least-privilege rules).
+shared by operator, data plane, Services and RBAC, security contexts, least-privilege rules, the HTTPS
+listener with its Service port, NetworkPolicy port and default certificate).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ GENERATED = '"<generated: 48 random letters and digits>"'
 
 def values_of(case: str) -> dict[str, Any]:
     return yaml.safe_load((GOLDEN / f"{case}.values.yaml").read_text()) or {}
+
+
+def tls_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``dataplane.tls`` of a value set over the chart's defaults (values.yaml)."""
+    defaults = yaml.safe_load((helmtools.CHART / "values.yaml").read_text())["dataplane"]["tls"]
+    given = values.get("dataplane", {}).get("tls", {})
+    certificate = defaults["defaultCertificate"] | given.get("defaultCertificate", {})
+    return defaults | given | {"defaultCertificate": certificate}
 
 
 def render(helm: helmtools.Helm, case: str) -> str:
@@ -229,6 +238,28 @@ BAD_VALUES = [
     ),
     ("dataplane.adminPort=8080", ["port and dataplane.adminPort must differ"]),
     ("service.nodePort=30080", ["service.nodePort is set but service.type is ClusterIP"]),
+    ("dataplane.tls.port=443", ["tls", "port", "1024"]),
+    ("dataplane.tls.servicePort=0", ["servicePort", "1"]),
+    ("dataplane.tls.nodePort=443", ["nodePort", "30000"]),
+    ("dataplane.tls.redirectPort=https", ["redirectPort", "integer"]),
+    ("dataplane.tls.enabled=yes", ["enabled", "boolean"]),
+    ("dataplane.tls.defaultCertificate.secretName=Edge_TLS", ["secretName", "pattern"]),
+    ("dataplane.tls.defaultCertificate.secret=edge-tls", ["secret", "not allowed"]),
+    ("dataplane.tls.port=8080", ["dataplane.tls.port (8080) must differ from dataplane.port"]),
+    ("dataplane.tls.port=9090", ["dataplane.tls.port (9090) must differ", "adminPort"]),
+    ("dataplane.tls.servicePort=80", ["tls.servicePort and service.port are both 80"]),
+    (
+        "service.type=ClusterIP,dataplane.tls.nodePort=30443",
+        ["dataplane.tls.nodePort is set but service.type is ClusterIP"],
+    ),
+    (
+        "service.type=NodePort,service.nodePort=30080,dataplane.tls.nodePort=30080",
+        ["tls.nodePort and service.nodePort are both 30080"],
+    ),
+    (
+        "dataplane.tls.enabled=false,dataplane.tls.defaultCertificate.secretName=edge-tls",
+        ["defaultCertificate.secretName is set but dataplane.tls.enabled is false"],
+    ),
 ]
 
 
@@ -256,6 +287,11 @@ def test_good_values_still_render(helm: helmtools.Helm) -> None:
         "pushToken.value=0123456789abcdef",
         "dataplane.podDisruptionBudget.minAvailable=null",
         "dataplane.podDisruptionBudget.maxUnavailable=1",
+        "dataplane.tls.port=9443",
+        "dataplane.tls.servicePort=8443",
+        "dataplane.tls.nodePort=30443",
+        "dataplane.tls.redirectPort=30443",
+        "dataplane.tls.defaultCertificate.secretName=edge-tls",
     ]
     result = helm.template(*[arg for setting in good for arg in ("--set", setting)])
     assert result.returncode == 0, result.stderr
@@ -292,7 +328,25 @@ def _mount_of(pod: dict[str, Any], container: dict[str, Any], path: str) -> dict
     mounts = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
     assert len(mounts) == 1, f"{path} is not under exactly one mount: {container['volumeMounts']}"
     volume = next(v for v in pod["volumes"] if v["name"] == mounts[0]["name"])
-    return {"volume": volume, "relative": path[len(mounts[0]["mountPath"].rstrip("/")) + 1 :]}
+    relative = path[len(mounts[0]["mountPath"].rstrip("/")) + 1 :]
+    return {"volume": volume, "relative": relative, "mount": mounts[0]}
+
+
+def _default_certificate_secret(pod: dict[str, Any], container: dict[str, Any], serve: Any) -> str | None:
+    """The Secret whose tls.crt and tls.key are the files of ``--default-certificate`` (None without it):
+    mounted read-only, not optional (a missing Secret must not start a gateway without it)."""
+    if serve.default_certificate is None:
+        return None
+    secrets = set()
+    for path, key in zip(serve.default_certificate, ("tls.crt", "tls.key"), strict=True):
+        mount = _mount_of(pod, container, str(path))
+        assert mount["mount"].get("readOnly") is True
+        secret = mount["volume"]["secret"]
+        assert secret.get("optional") is not True
+        assert {"key": key, "path": mount["relative"]} in secret["items"]
+        secrets.add(secret["secretName"])
+    (secret_name,) = secrets
+    return secret_name
 
 
 def _check_hardened(pod: dict[str, Any], container: dict[str, Any]) -> None:
@@ -326,7 +380,11 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     # The data plane's arguments, parsed by the real `kubegate serve` parser.
     serve = cli.build_parser().parse_args(["serve", *dp["args"]])
     ports = {p["name"]: p["containerPort"] for p in dp["ports"]}
-    assert ports == {"http": serve.port, "admin": serve.admin_port}
+    tls = tls_values(values)
+    assert (serve.tls_port is not None) == tls["enabled"]
+    https = {"https": serve.tls_port} if tls["enabled"] else {}
+    assert ports == {"http": serve.port, "admin": serve.admin_port, **https}
+    assert _default_certificate_secret(dp_pod, dp, serve) == (tls["defaultCertificate"]["secretName"] or None)
     assert dp["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
     assert dp["livenessProbe"]["httpGet"] == {"path": "/health", "port": "admin"}
     sleep = dp["lifecycle"]["preStop"]["exec"]["command"]
@@ -364,11 +422,16 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     if existing:
         assert token_secret == existing
 
-    # Services: the public one carries only the traffic port; the admin one is what the operator watches.
+    # Services: the public one carries the traffic ports (http first: NOTES reads its nodePort as
+    # ports[0]); the admin one is what the operator watches.
     admin = r.one("Service", "-admin")
     public = [s for s in r.all("Service") if s["spec"]["selector"] == dp_labels and s is not admin]
     assert len(public) == 1
-    assert [p["targetPort"] for p in public[0]["spec"]["ports"]] == ["http"]
+    traffic = ["http", "https"] if tls["enabled"] else ["http"]
+    assert [p["name"] for p in public[0]["spec"]["ports"]] == traffic
+    assert [p["targetPort"] for p in public[0]["spec"]["ports"]] == traffic
+    if tls["enabled"]:
+        assert public[0]["spec"]["ports"][1]["port"] == tls["servicePort"]
     assert public[0]["spec"]["type"] == values.get("service", {}).get("type", "LoadBalancer")
     assert admin["spec"]["selector"] == dp_labels
     assert admin["spec"]["publishNotReadyAddresses"] is True
@@ -420,14 +483,18 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
         named = [rule for rule in lease_rules if "resourceNames" in rule]
         assert [f"{ns}/{n}" for rule in named for n in rule["resourceNames"]] == lease_arg
 
-    # NetworkPolicy: the admin port admits the operator's pods (plus adminFrom), nothing else.
+    # NetworkPolicy: the traffic ports (http, https) admit trafficFrom (anyone by default); the admin
+    # port the operator's pods (plus adminFrom), nothing else.
     policies = r.all("NetworkPolicy")
     if values.get("networkPolicy", {}).get("enabled", True):
         (policy,) = policies
         assert policy["spec"]["podSelector"]["matchLabels"] == dp_labels
-        by_port = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
-        assert set(by_port) == {"http", "admin"}
-        admin_from = by_port["admin"]["from"]
+        by_port = {tuple(port["port"] for port in rule["ports"]): rule for rule in policy["spec"]["ingress"]}
+        assert set(by_port) == {tuple(traffic), ("admin",)}
+        assert by_port[tuple(traffic)].get("from", []) == values.get("networkPolicy", {}).get(
+            "trafficFrom", []
+        )
+        admin_from = by_port[("admin",)]["from"]
         assert admin_from[0] == {"podSelector": {"matchLabels": op_labels}}
         assert admin_from[1:] == values.get("networkPolicy", {}).get("adminFrom", [])
     else:
@@ -442,6 +509,66 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
         assert hpa["spec"]["scaleTargetRef"]["name"] == dataplane["metadata"]["name"]
     for pdb in r.all("PodDisruptionBudget"):
         assert pdb["spec"]["selector"]["matchLabels"] == dp_labels
+
+
+# (--set, then: --tls-port, --tls-redirect-port, the https Service port and its nodePort, the default
+# certificate's Secret); None for --tls-port: no HTTPS listener, port or mount at all.
+TLS_SETTINGS = [
+    ("", (8443, 443, 443, None, None)),
+    ("dataplane.tls.defaultCertificate.secretName=edge-tls", (8443, 443, 443, None, "edge-tls")),
+    ("dataplane.tls.port=9443,dataplane.tls.servicePort=8443", (9443, 8443, 8443, None, None)),
+    ("dataplane.tls.servicePort=8443", (8443, None, 8443, None, None)),  # clients reach the pod's port
+    ("dataplane.tls.redirectPort=8443", (8443, None, 443, None, None)),
+    (
+        "service.type=NodePort,dataplane.tls.nodePort=30443,dataplane.tls.redirectPort=30443",
+        (8443, 30443, 443, 30443, None),
+    ),
+    ("dataplane.tls.enabled=false", (None, None, None, None, None)),
+]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), TLS_SETTINGS, ids=[s or "defaults" for s, _ in TLS_SETTINGS]
+)
+def test_tls_listener(
+    newest_helm: helmtools.Helm,
+    setting: str,
+    expected: tuple[int | None, int | None, int | None, int | None, str | None],
+) -> None:
+    """The HTTPS listener's flags (read by the real ``kubegate serve`` parser) agree with the container
+    port "https", the traffic Service's port "https", the NetworkPolicy and the default certificate's
+    mount; with TLS off none of it is rendered. The probes stay on the admin port either way."""
+    tls_port, redirect, service_port, node_port, secret = expected
+    result = newest_helm.template(*(["--set", setting] if setting else []))
+    assert result.returncode == 0, result.stderr
+    r = Rendered(result.stdout)
+    pod = r.one("Deployment", "-dataplane")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    serve = cli.build_parser().parse_args(["serve", *container["args"]])
+    assert (serve.tls_port, serve.tls_redirect_port) == (tls_port, redirect)
+    if serve.tls_port is None:  # what `kubegate serve` refuses (cli.main): these need --tls-port
+        assert serve.default_certificate is None and serve.tls_redirect_port is None
+    assert _default_certificate_secret(pod, container, serve) == secret
+    volumes = {v["name"] for v in pod["volumes"]}
+    assert ("default-certificate" in volumes) == (secret is not None)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports.get("https") == tls_port
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == "admin"
+
+    service = r.one("Service", "kubegate")
+    https = [p for p in service["spec"]["ports"] if p["name"] == "https"]
+    if tls_port is None:
+        assert https == []
+    else:
+        assert https == [
+            {"name": "https", "port": service_port, "targetPort": "https", "protocol": "TCP"}
+            | ({"nodePort": node_port} if node_port else {})
+        ]
+    (policy,) = r.all("NetworkPolicy")
+    traffic = policy["spec"]["ingress"][0]  # the traffic rule, open to trafficFrom (anyone here)
+    assert [p["port"] for p in traffic["ports"]] == (["http"] if tls_port is None else ["http", "https"])
+    assert "from" not in traffic
 
 
 def test_operator_arguments_parse_with_the_real_parser(newest_helm: helmtools.Helm) -> None:

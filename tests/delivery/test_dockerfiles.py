@@ -22,7 +22,7 @@ from kubegate import cli
 from tests.delivery.helm import ROOT
 
 IMAGES = {
-    "Dockerfile.dataplane": {"command": "serve", "ports": {"8080", "9090"}},
+    "Dockerfile.dataplane": {"command": "serve", "ports": {"8080", "8443", "9090"}},
     "Dockerfile.operator": {"command": "operator", "ports": {"8000"}},
 }
 OCI_LABELS = {"title", "description", "version", "revision", "licenses"}

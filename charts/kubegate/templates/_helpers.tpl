@@ -97,6 +97,21 @@ app.kubernetes.io/component: {{ .component }}
 /etc/kubegate/push-token/token
 {{- end -}}
 
+{{/* Directory of the default certificate's files (dataplane.tls.defaultCertificate) in the data plane. */}}
+{{- define "kubegate.defaultCertificateDir" -}}
+/etc/kubegate/default-certificate
+{{- end -}}
+
+{{/* The public HTTPS port that redirectHTTP names: dataplane.tls.redirectPort, else servicePort. */}}
+{{- define "kubegate.tlsRedirectPort" -}}
+{{- $tls := .Values.dataplane.tls -}}
+{{- if kindIs "invalid" $tls.redirectPort -}}
+{{- int $tls.servicePort -}}
+{{- else -}}
+{{- int $tls.redirectPort -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 Checks that values.schema.json cannot express (across values). Included by templates/validate.yaml,
 so that `helm install/upgrade/template` stops with one clear message.
@@ -125,5 +140,22 @@ so that `helm install/upgrade/template` stops with one clear message.
 {{- end -}}
 {{- if eq (int $dp.port) (int $dp.adminPort) -}}
 {{- fail "dataplane.port and dataplane.adminPort must differ" -}}
+{{- end -}}
+{{- $tls := $dp.tls -}}
+{{- if $tls.enabled -}}
+{{- if or (eq (int $tls.port) (int $dp.port)) (eq (int $tls.port) (int $dp.adminPort)) -}}
+{{- fail (printf "dataplane.tls.port (%d) must differ from dataplane.port and dataplane.adminPort" (int $tls.port)) -}}
+{{- end -}}
+{{- if eq (int $tls.servicePort) (int .Values.service.port) -}}
+{{- fail (printf "dataplane.tls.servicePort and service.port are both %d: the traffic Service needs two ports" (int $tls.servicePort)) -}}
+{{- end -}}
+{{- if and (eq .Values.service.type "ClusterIP") (not (kindIs "invalid" $tls.nodePort)) -}}
+{{- fail "dataplane.tls.nodePort is set but service.type is ClusterIP: use NodePort or LoadBalancer" -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" $tls.nodePort)) (not (kindIs "invalid" .Values.service.nodePort)) (eq (int $tls.nodePort) (int .Values.service.nodePort)) -}}
+{{- fail (printf "dataplane.tls.nodePort and service.nodePort are both %d: use two node ports" (int $tls.nodePort)) -}}
+{{- end -}}
+{{- else if $tls.defaultCertificate.secretName -}}
+{{- fail "dataplane.tls.defaultCertificate.secretName is set but dataplane.tls.enabled is false: the default certificate is served only by the HTTPS listener" -}}
 {{- end -}}
 {{- end -}}
