@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import json
 import re
 import time
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic
 import pytest
 import yaml
 
@@ -285,22 +287,27 @@ CASES = [
     Case("retry-on-200", {"spec.retry": {"retryOn": ["200"]}}, "rejected", "spec.retry.retryOn[0]",
          "should match"),
     Case("attempts-over-10", {"spec.retry": {"attempts": 11}}, "rejected", "spec.retry.attempts", "10"),
-    # -- cross-field rules stated with oneOf / not in the schema. The API server names the backend and,
-    # for a missing field, that field; for url with service or port it says only "must validate one and
-    # only one schema (oneOf)" or "must not validate the schema (not)": CEL rules would say more.
-    Case("service-without-port", {"spec.backends.0": {"service": "shop"}}, "rejected",
-         "spec.backends[0].port", "Required value"),
-    Case("port-without-service", {"spec.backends.0": {"port": 80}}, "rejected", "spec.backends[0].service",
-         "Required value"),
+    # -- a backend's target and hashOn's key: CEL rules with the compiler's messages, which name the fields
+    # (not oneOf / not, for which the API server says only "must validate one and only one schema")
+    Case("service-without-port", {"spec.backends.0": {"service": "shop"}}, "rejected", "spec.backends[0]",
+         "port is required with service"),
+    Case("port-without-service", {"spec.backends.0": {"port": 80}}, "rejected", "spec.backends[0]",
+         "a backend needs either service (with port) or url"),
     Case("no-target", {"spec.backends.0": {"weight": 1}}, "rejected", "spec.backends[0]",
-         "must validate one and only one schema (oneOf). Found none valid"),
-    Case("url-with-service", {"spec.backends.0": {"url": "http://example.com", **_SERVICE}}, "rejected",
-         "spec.backends[0]", "must validate one and only one schema (oneOf). Found 2 valid alternatives"),
+         "a backend needs either service (with port) or url"),
+    Case("url-with-service", {"spec.backends.0": {"url": "http://example.com", "service": "shop"}},
+         "rejected", "spec.backends[0]", "set either service (with port) or url, not both"),
+    Case("url-with-service-and-port", {"spec.backends.0": {"url": "http://example.com", **_SERVICE}},
+         "rejected", "spec.backends[0]", "set either service (with port) or url, not both"),
     Case("url-with-port", {"spec.backends.0": {"url": "http://example.com", "port": 80}}, "rejected",
-         "spec.backends[0]", "must not validate the schema (not)"),
+         "spec.backends[0]", "port is only used with service; put the port in the url"),
+    Case("second-backend-without-port", {"spec.backends": [_SERVICE, {"service": "cart"}]}, "rejected",
+         "spec.backends[1]", "port is required with service"),
     Case("hash-on-two-keys", {"spec.loadBalancer": {"type": "ConsistentHash",
                                                     "hashOn": {"header": "X-A", "cookie": "a"}}},
-         "rejected", "spec.loadBalancer.hashOn", "Found 2 valid alternatives"),
+         "rejected", "spec.loadBalancer.hashOn", "set exactly one of header, cookie, sourceIP, queryParam"),
+    Case("hash-on-empty", {"spec.loadBalancer": {"type": "ConsistentHash", "hashOn": {}}}, "rejected",
+         "spec.loadBalancer.hashOn", "set exactly one of header, cookie, sourceIP, queryParam"),
     # -- cross-field and duration rules (CEL, x-kubernetes-validations)
     Case("consistent-hash-without-hash-on", {"spec.loadBalancer": {"type": "ConsistentHash"}}, "rejected",
          "spec.loadBalancer", "hashOn is required with type ConsistentHash"),
@@ -398,3 +405,91 @@ def test_invalid_route(kube: controlplane.ControlPlane, case: Case) -> None:
     accepted = _accepted_condition(_stored(kube, case.id))
     assert accepted["status"] == "False"
     assert case.field in accepted["message"] and case.says in accepted["message"], accepted["message"]
+
+
+def _model_error(model: type[models.LeanModel], body: dict[str, Any]) -> str | None:
+    """The message of the models' error for ``body`` (without pydantic's "Value error, "), or None."""
+    try:
+        model.model_validate(body)
+    except pydantic.ValidationError as error:
+        [detail] = error.errors()
+        return str(detail["msg"]).removeprefix("Value error, ")
+    return None
+
+
+def _dry_run_errors(kube: controlplane.ControlPlane, bodies: list[dict[str, Any]]) -> dict[str, str]:
+    """``kubectl apply --dry-run=server`` of ``bodies`` at once: each refused object's name → its error
+    (kubectl goes on after a refusal and prints one error per object, naming it)."""
+    result = kube.kubectl(
+        "apply", "--dry-run=server", "-f", "-", stdin="\n---\n".join(map(json.dumps, bodies)), check=False
+    )
+    errors: dict[str, str] = {}
+    for chunk in re.split(r"(?=^Error from server)", result.stderr, flags=re.MULTILINE):
+        if found := re.search(rf'{models.KIND}\.{models.GROUP} "([^"]+)" is invalid', chunk):
+            errors[found[1]] = chunk
+    for body in bodies:
+        name = body["metadata"]["name"]
+        assert (name in errors) != (f"{name} created (server dry run)" in result.stdout), result
+    return errors
+
+
+def _refused_at(field: str, message: str, error: str) -> bool:
+    """Whether ``error`` refuses ``field`` with ``message`` (a CEL rule's, at that node): the API server
+    says ``<field>: Invalid value: <message>`` (older ones put ``"object": `` before the message)."""
+    pattern = rf'{re.escape(field)}: Invalid value: ("object": )?{re.escape(message)}'
+    return re.search(pattern, error) is not None
+
+
+_BACKEND_FIELDS = {"service": "shop", "port": 8080, "url": "http://example.com"}
+_BACKEND_MESSAGES = (
+    "set either service (with port) or url, not both",
+    "port is only used with service; put the port in the url",
+    "a backend needs either service (with port) or url",
+    "port is required with service",
+)
+
+
+def test_backend_target_rules_agree_with_the_models(kube: controlplane.ControlPlane) -> None:
+    """Every combination of service, port and url: the API server refuses exactly what the models refuse,
+    with the models' message alone (the CEL rules exclude each other as the validator's branches do)."""
+    combos = [
+        {k: v for k, v in _BACKEND_FIELDS.items() if k in keys}
+        for n in range(len(_BACKEND_FIELDS) + 1)
+        for keys in itertools.combinations(_BACKEND_FIELDS, n)
+    ]
+    bodies = [Case(f"target-{'-'.join(c) or 'none'}", {"spec.backends.0": c}, "rejected", "").body()
+              for c in combos]  # fmt: skip
+    errors = _dry_run_errors(kube, bodies)
+    for combo, body in zip(combos, bodies, strict=True):
+        expected = _model_error(models.BackendRef, combo)
+        error = errors.get(body["metadata"]["name"])
+        assert (error is None) == (expected is None), (combo, expected, error)
+        if expected is not None and error is not None:
+            assert _refused_at("spec.backends[0]", expected, error), (combo, error)
+            assert [m for m in _BACKEND_MESSAGES if m in error] == [expected], (combo, error)
+
+
+_HASH_KEYS = {"header": "X-A", "cookie": "a", "sourceIP": True, "queryParam": "q"}
+
+
+def test_hash_on_rule_agrees_with_the_models(kube: controlplane.ControlPlane) -> None:
+    """Every combination of hashOn's keys: refused by the API server exactly when the models refuse it."""
+    combos = [
+        {k: v for k, v in _HASH_KEYS.items() if k in keys}
+        for n in range(len(_HASH_KEYS) + 1)
+        for keys in itertools.combinations(_HASH_KEYS, n)
+    ]
+    bodies = [
+        Case(f"hash-on-{'-'.join(c).lower() or 'none'}",
+             {"spec.loadBalancer": {"type": "ConsistentHash", "hashOn": c}}, "rejected", "").body()
+        for c in combos
+    ]  # fmt: skip
+    errors = _dry_run_errors(kube, bodies)
+    for combo, body in zip(combos, bodies, strict=True):
+        expected = _model_error(models.HashOnSpec, combo)
+        error = errors.get(body["metadata"]["name"])
+        assert (error is None) == (expected is None), (combo, expected, error)
+        if expected is not None and error is not None:
+            rule = "set exactly one of header, cookie, sourceIP, queryParam"
+            assert expected.startswith(rule), expected
+            assert _refused_at("spec.loadBalancer.hashOn", rule, error), (combo, error)

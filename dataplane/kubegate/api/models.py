@@ -276,9 +276,28 @@ class BackendRef(_Spec):
 
     model_config = ConfigDict(
         json_schema_extra={
-            # Exactly one of (service with port) or url: the same rule as _check_target, for the API server.
-            "oneOf": [{"required": ["service", "port"]}, {"required": ["url"]}],
-            "not": {"anyOf": [{"required": ["url", "service"]}, {"required": ["url", "port"]}]},
+            # Exactly one of (service with port) or url: _check_target's rules and messages, for the API
+            # server, as CEL rules (a oneOf/not would only say "must validate one and only one schema").
+            # The four conditions exclude each other, as _check_target's branches do, so a backend fails
+            # one rule at most and the API server gives the message the compiler would.
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.url) && has(self.service))",
+                    "message": "set either service (with port) or url, not both",
+                },
+                {
+                    "rule": "!(has(self.url) && !has(self.service) && has(self.port))",
+                    "message": "port is only used with service; put the port in the url",
+                },
+                {
+                    "rule": "has(self.url) || has(self.service)",
+                    "message": "a backend needs either service (with port) or url",
+                },
+                {
+                    "rule": "has(self.url) || !has(self.service) || has(self.port)",
+                    "message": "port is required with service",
+                },
+            ]
         }
     )
 
@@ -411,11 +430,15 @@ class HashOnSpec(_Spec):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "oneOf": [
-                {"required": ["header"]},
-                {"required": ["cookie"]},
-                {"required": ["sourceIP"]},
-                {"required": ["queryParam"]},
+            # _exactly_one's rule and message (without its "(got ...)"), as a CEL rule for the API server.
+            "x-kubernetes-validations": [
+                {
+                    "rule": " + ".join(
+                        f"(has(self.{key}) ? 1 : 0)" for key in ("header", "cookie", "sourceIP", "queryParam")
+                    )
+                    + " == 1",
+                    "message": "set exactly one of header, cookie, sourceIP, queryParam",
+                }
             ]
         }
     )
