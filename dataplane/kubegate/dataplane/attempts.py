@@ -243,12 +243,15 @@ class Attempts:
 
     # --- 5. the end -------------------------------------------------------------------------------------
     def finished(self) -> None:
-        for timer in (self._queue_timer, self._retry_timer, self._try_timer):
-            if timer is not None:
-                timer.cancel()
-        self._retry_timer = self._try_timer = None
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
+        if self._try_timer is not None:
+            self._try_timer.cancel()
+            self._try_timer = None
         bulkhead = self.pol.bulkhead
         if self._queue_timer is not None:
+            self._queue_timer.cancel()
             self._queue_timer = None
             if bulkhead is not None:
                 bulkhead.cancel(self._slot_granted)

@@ -114,7 +114,9 @@ class CircuitBreaker:
             return
         state = self.state
         if state == CLOSED:
-            slot = self._roll(now)
+            head = self._head
+            # the common case, a result within the newest bucket, without the call to _roll
+            slot = head % BUCKETS if int(now // self._bucket_s) <= head else self._roll(now)
             self._totals[slot] += 1
             self.total += 1
             if success:
