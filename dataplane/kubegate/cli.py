@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_trusted_proxies,
         default=_env("TRUSTED_PROXIES", ""),
         help="comma-separated CIDRs of proxies in front of the gateway: only for a request from one of "
-        "them is X-Forwarded-For read (right to left) to find the client of a rate limit",
+        "them is X-Forwarded-Proto kept (a balancer that terminated TLS) and X-Forwarded-For read (right "
+        "to left) to find the client of a rate limit",
     )
     s.add_argument(
         "--tls-port",

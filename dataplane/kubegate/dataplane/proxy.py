@@ -47,6 +47,7 @@ from kubegate.dataplane.attempts import Attempts
 from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, normalize_path
 from kubegate.dataplane.policies.balancing import hash_key
 from kubegate.dataplane.policies.ratelimit import Decision
+from kubegate.dataplane.ratelimiting import Network, is_trusted
 from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
 from kubegate.dataplane.stats import Stats
 from kubegate.dataplane.tunnel import Tunnel
@@ -59,7 +60,7 @@ BODY_BUFFER_LIMIT = 256 * 1024  # request body held while the upstream connectio
 MAX_PIPELINED = 16
 
 # What the proxy does with a header, by lower-case name (one dict lookup per header on the hot path).
-_DROP, _HOST, _CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _XFF, _REQUEST_ID, _EXPECT = range(8)
+_DROP, _HOST, _CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _XFF, _REQUEST_ID, _EXPECT, _XFP = range(9)
 _REQUEST_SPECIAL: dict[bytes, int] = {
     **dict.fromkeys(httpbits.HOP_BY_HOP, _DROP),
     **dict.fromkeys(httpbits.PROXY_SET, _DROP),
@@ -70,6 +71,7 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"x-forwarded-for": _XFF,
     b"x-request-id": _REQUEST_ID,
     b"expect": _EXPECT,
+    b"x-forwarded-proto": _XFP,  # kept only from a --trusted-proxies peer (a TLS-terminating balancer)
 }
 _RESPONSE_SPECIAL: dict[bytes, int] = {
     **dict.fromkeys(httpbits.HOP_BY_HOP, _DROP),
@@ -105,6 +107,9 @@ class ProxySettings:
     # drain began is answered (with Connection: close) instead of being cut off.
     drain_linger: float = 2.0
     access_log: bool = False
+    # --trusted-proxies: a request from one of these keeps its X-Forwarded-Proto (a balancer in front
+    # terminated TLS) and, for rate limits, names its client in X-Forwarded-For
+    trusted_proxies: tuple[Network, ...] = ()
 
 
 @dataclass
@@ -171,6 +176,7 @@ class ProxyProtocol(asyncio.Protocol):
 
     tls = False  # TlsProxyProtocol: the connection came over TLS (the HTTPS listener)
     forwarded_proto = b"x-forwarded-proto: http"
+    proto_trusted = False  # the peer is a --trusted-proxies address: its X-Forwarded-Proto is kept
 
     def __init__(
         self,
@@ -217,6 +223,9 @@ class ProxyProtocol(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.client_ip = str(peer[0]).encode()
+            trusted = self.gw.settings.trusted_proxies
+            if trusted and is_trusted(self.client_ip, trusted):
+                self.proto_trusted = True
         self.server_state.connections.add(self)
         self.gw.connections.add(self)
         self.phase = IDLE
@@ -672,6 +681,7 @@ class Exchange:
         tokens: frozenset[bytes] | None = None
         out: list[bytes] = []
         special = _REQUEST_SPECIAL
+        proto = client.forwarded_proto
         for name, value in self.raw_headers:
             lname = name.lower()
             act = special.get(lname)
@@ -698,7 +708,11 @@ class Exchange:
                 rid = value
             elif act == _EXPECT:
                 expect = value.lower()
-            # _DROP: other hop-by-hop headers and X-Forwarded-Proto/Host, which the proxy sets itself
+            elif act == _XFP and client.proto_trusted and not client.tls:
+                scheme = value.strip().lower()
+                if scheme == b"https" or scheme == b"http":
+                    proto = b"x-forwarded-proto: " + scheme
+            # _DROP: other hop-by-hop headers and X-Forwarded-Host, which the proxy sets itself
         if tokens is not None and not tokens <= _PLAIN_CONNECTION:
             # Only end-to-end headers are in `out`: framing, Host and the X-Forwarded-* set are added below.
             out = [line for line in out if line.split(b":", 1)[0] not in tokens]
@@ -817,7 +831,7 @@ class Exchange:
         if self.websocket:
             lines.append(b"connection: upgrade\r\nupgrade: websocket")
         lines.append(b"x-forwarded-for: " + (xff + b", " + client.client_ip if xff else client.client_ip))
-        lines.append(client.forwarded_proto)
+        lines.append(proto)
         if host:
             lines.append(b"x-forwarded-host: " + host)
         lines.append(b"x-request-id: " + self.request_id)

@@ -40,6 +40,11 @@ def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+def is_trusted(address: bytes, trusted: Sequence[Network]) -> bool:
+    """Is ``address`` (an IP address as bytes) in one of the ``trusted`` networks?"""
+    return _trusted(address, trusted)
+
+
 def _trusted(address: bytes, trusted: Sequence[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(address.decode("latin-1").strip())

@@ -169,10 +169,11 @@ async def serve(opts: ServeOptions) -> int:
                 logger.error("--default-certificate %s,%s cannot be served: %s", cert, key, exc)
                 return 1
         tls_contexts = tls.TlsContexts(default)
+    trusted_proxies = parse_trusted_proxies(opts.trusted_proxies)
     context = EdgeContext(
         jwks=jwks,
         redis=redis,
-        trusted_proxies=parse_trusted_proxies(opts.trusted_proxies),
+        trusted_proxies=trusted_proxies,
         https_port=(opts.tls_redirect_port or opts.tls_port) if opts.tls_port is not None else None,
     )
     store = SnapshotStore(context=context)
@@ -187,6 +188,7 @@ async def serve(opts: ServeOptions) -> int:
             tunnel_idle_timeout=opts.tunnel_idle_timeout,
             drain_linger=opts.drain_linger,
             escaped_slashes=opts.escaped_slashes,
+            trusted_proxies=trusted_proxies,
         ),
     )
 
