@@ -8,15 +8,20 @@ identical to ``crds/``; NOTES.txt (how to reach the gateway, a first route); bad
 message naming the value; and the wiring that golden files would not make obvious (the data plane's
 arguments parsed by the real ``kubegate serve`` parser, probes on the admin port, Secrets and names
 shared by operator, data plane, Services and RBAC, security contexts, least-privilege rules, the HTTPS
-listener with its Service port, NetworkPolicy port and default certificate).
+listener with its Service port, NetworkPolicy port and default certificate, the Redis of Global rate
+limits (its URL read by ``kubegate serve`` from $KUBEGATE_REDIS_URL, the chart's own Redis with its
+Service, probes, security context and NetworkPolicy), and --trusted-proxies).
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
+import os
 import re
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import yaml
@@ -36,6 +41,12 @@ GENERATED = '"<generated: 48 random letters and digits>"'
 
 def values_of(case: str) -> dict[str, Any]:
     return yaml.safe_load((GOLDEN / f"{case}.values.yaml").read_text()) or {}
+
+
+def redis_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``redis`` of a value set over the chart's defaults (values.yaml; only its top-level keys)."""
+    defaults = yaml.safe_load((helmtools.CHART / "values.yaml").read_text())["redis"]
+    return defaults | values.get("redis", {})
 
 
 def tls_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -208,6 +219,14 @@ def test_notes_tell_how_to_reach_the_gateway_and_apply_a_route(case: str) -> Non
         "adminFrom"
     )
     assert ("WARNING" in notes) == bool(values.get("serviceMonitor", {}).get("enabled") and not scraped)
+    redis = redis_values(values)
+    assert ("Redis" in notes) == bool(redis["enabled"] or redis["url"] or redis["existingSecret"])
+    if redis["enabled"]:
+        name = f"{values.get('fullnameOverride') or helmtools.RELEASE}-redis"
+        assert f"Service {name}\nport 6379" in notes
+        assert f"rollout status deployment/{name}" in notes
+    elif redis["url"]:
+        assert "the Redis of redis.url" in notes and redis["url"] not in notes  # it may hold a password
 
 
 # ---------------------------------------------------------------------------------------- bad values
@@ -260,6 +279,27 @@ BAD_VALUES = [
         "dataplane.tls.enabled=false,dataplane.tls.defaultCertificate.secretName=edge-tls",
         ["defaultCertificate.secretName is set but dataplane.tls.enabled is false"],
     ),
+    ("dataplane.trustedProxies[0]=10.0.0.0/33", ["trustedProxies", "pattern"]),
+    ("dataplane.trustedProxies[0]=proxy.example.com", ["trustedProxies", "pattern"]),
+    ("dataplane.trustedProxies=10.0.0.0/8", ["trustedProxies", "array"]),
+    ("redis.enabled=yes", ["enabled", "boolean"]),
+    ("redis.url=http://cache:6379", ["url", "pattern"]),
+    ("redis.existingSecret=Cache_URL", ["existingSecret", "pattern"]),
+    ("redis.maxMemory=lots", ["maxMemory", "pattern"]),
+    ("redis.image.tag=", ["tag"]),
+    ("redis.password=secret", ["password", "not allowed"]),
+    (
+        "redis.enabled=true,redis.url=redis://cache:6379/0",
+        ["redis.enabled is true and redis.url is set", "not both"],
+    ),
+    (
+        "redis.enabled=true,redis.existingSecret=cache-url",
+        ["redis.enabled is true and redis.existingSecret is set", "not both"],
+    ),
+    (
+        "redis.url=redis://cache:6379/0,redis.existingSecret=cache-url",
+        ["redis.url and redis.existingSecret are both set"],
+    ),
 ]
 
 
@@ -292,6 +332,11 @@ def test_good_values_still_render(helm: helmtools.Helm) -> None:
         "dataplane.tls.nodePort=30443",
         "dataplane.tls.redirectPort=30443",
         "dataplane.tls.defaultCertificate.secretName=edge-tls",
+        "dataplane.trustedProxies[0]=10.0.0.0/8",
+        "dataplane.trustedProxies[1]=fd00::/8",
+        "redis.enabled=true",
+        "redis.maxMemory=1gb",
+        "redis.image.tag=7.4-alpine",
     ]
     result = helm.template(*[arg for setting in good for arg in ("--set", setting)])
     assert result.returncode == 0, result.stderr
@@ -313,6 +358,22 @@ class Rendered:
         found = [d for d in self.all(kind) if d["metadata"]["name"].endswith(suffix)]
         assert len(found) == 1, f"{kind} *{suffix}: {[d['metadata']['name'] for d in found]}"
         return found[0]
+
+
+def serve_args(container: dict[str, Any], secrets: dict[tuple[str, str], str] | None = None) -> Any:
+    """The data plane's settings as the real ``kubegate serve`` parser reads them: its arguments, and its
+    environment (``value``, or ``secretKeyRef`` looked up in ``secrets`` by (Secret, key)) in place of the
+    test process's KUBEGATE_* variables."""
+    env = {}
+    for var in container.get("env", []):
+        if "value" in var:
+            env[var["name"]] = var["value"]
+        else:
+            ref = var["valueFrom"]["secretKeyRef"]
+            env[var["name"]] = (secrets or {})[(ref["name"], ref["key"])]
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("KUBEGATE_")}
+    with mock.patch.dict(os.environ, kept | env, clear=True):
+        return cli.build_parser().parse_args(["serve", *container["args"]])
 
 
 def _args(container: dict[str, Any]) -> dict[str, list[str]]:
@@ -349,7 +410,7 @@ def _default_certificate_secret(pod: dict[str, Any], container: dict[str, Any], 
     return secret_name
 
 
-def _check_hardened(pod: dict[str, Any], container: dict[str, Any]) -> None:
+def _check_hardened(pod: dict[str, Any], container: dict[str, Any], writable: str = "/tmp") -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -357,7 +418,7 @@ def _check_hardened(pod: dict[str, Any], container: dict[str, Any]) -> None:
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] is True
     assert sc["capabilities"]["drop"] == ["ALL"]
-    tmp = _mount_of(pod, container, "/tmp/x")["volume"]
+    tmp = _mount_of(pod, container, f"{writable}/x")["volume"]
     assert "emptyDir" in tmp
     assert container["resources"]["requests"] and container["resources"]["limits"]
 
@@ -377,8 +438,12 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     op_labels = operator["spec"]["selector"]["matchLabels"]
     (op,) = op_pod["containers"]
 
-    # The data plane's arguments, parsed by the real `kubegate serve` parser.
-    serve = cli.build_parser().parse_args(["serve", *dp["args"]])
+    # The data plane's arguments and environment, parsed by the real `kubegate serve` parser.
+    redis = redis_values(values)
+    secret_url = "redis://:hunter2@cache.example:6379/0"  # what existingSecret would hold
+    serve = serve_args(dp, {(redis["existingSecret"], redis["existingSecretKey"]): secret_url})
+    assert serve.trusted_proxies == ",".join(values.get("dataplane", {}).get("trustedProxies", []))
+    assert not any(arg.startswith("--redis-url") for arg in dp["args"])  # a URL may carry a password
     ports = {p["name"]: p["containerPort"] for p in dp["ports"]}
     tls = tls_values(values)
     assert (serve.tls_port is not None) == tls["enabled"]
@@ -483,9 +548,19 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
         named = [rule for rule in lease_rules if "resourceNames" in rule]
         assert [f"{ns}/{n}" for rule in named for n in rule["resourceNames"]] == lease_arg
 
+    # Redis: the URL of the chart's own (its Service), of existingSecret, or redis.url reaches the data
+    # plane; the chart's own Redis is checked by check_chart_redis.
+    own = check_chart_redis(r, values, dp_labels)
+    if own is not None:
+        assert serve.redis_url == f"redis://{own['metadata']['name']}:6379/0"
+    elif redis["existingSecret"]:
+        assert serve.redis_url == secret_url
+    else:
+        assert serve.redis_url == (redis["url"] or None)
+
     # NetworkPolicy: the traffic ports (http, https) admit trafficFrom (anyone by default); the admin
     # port the operator's pods (plus adminFrom), nothing else.
-    policies = r.all("NetworkPolicy")
+    policies = [p for p in r.all("NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"] == dp_labels]
     if values.get("networkPolicy", {}).get("enabled", True):
         (policy,) = policies
         assert policy["spec"]["podSelector"]["matchLabels"] == dp_labels
@@ -509,6 +584,162 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
         assert hpa["spec"]["scaleTargetRef"]["name"] == dataplane["metadata"]["name"]
     for pdb in r.all("PodDisruptionBudget"):
         assert pdb["spec"]["selector"]["matchLabels"] == dp_labels
+
+
+def check_chart_redis(
+    r: Rendered, values: dict[str, Any], dp_labels: dict[str, str]
+) -> dict[str, Any] | None:
+    """The chart's own Redis (redis.enabled), checked; its Service (None when it is not rendered: then
+    no Redis object is). One pod, replaced rather than rolled (never two behind the Service), counters in
+    memory only (--save '' --appendonly no), non-root on a read-only root with an emptyDir /data, probed
+    with `redis-cli ping` and a TCP connection, a ClusterIP Service on 6379, and with the chart's
+    NetworkPolicies a policy admitting only the data-plane pods on 6379 and no egress."""
+    redis = redis_values(values)
+    labelled = [d for d in r.docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "redis"]
+    if not redis["enabled"]:
+        assert labelled == []
+        return None
+    deployment = r.one("Deployment", "-redis")
+    service = r.one("Service", "-redis")
+    network_policy_on = values.get("networkPolicy", {}).get("enabled", True)
+    assert len(labelled) == 2 + network_policy_on
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    labels = spec["selector"]["matchLabels"]
+    assert labels["app.kubernetes.io/component"] == "redis" and labels != dp_labels
+    pod = spec["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    image = redis["image"]
+    digest = image.get("digest")
+    assert container["image"] == (
+        f"{image['repository']}@{digest}" if digest else f"{image['repository']}:{image['tag']}"
+    )
+    args = container["args"]
+    assert args[0] == "redis-server"
+    options = dict(zip(args[1::2], args[2::2], strict=True))
+    assert options == {
+        "--port": "6379",
+        "--save": "",
+        "--appendonly": "no",
+        "--protected-mode": "no",
+        "--maxmemory": redis["maxMemory"],
+        "--maxmemory-policy": "allkeys-lru",
+    }
+    assert container["ports"] == [{"name": "redis", "containerPort": 6379, "protocol": "TCP"}]
+    ping = container["readinessProbe"]["exec"]["command"]
+    assert "redis-cli -p 6379 ping" in ping[-1] and "PONG" in ping[-1]
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "redis"}
+    _check_hardened(pod, container, writable="/data")
+    assert container["resources"] == redis["resources"]
+    for key in ("nodeSelector", "tolerations", "priorityClassName"):
+        assert pod.get(key) == (redis.get(key) or None)
+
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["selector"] == labels
+    assert service["spec"]["ports"] == [
+        {"name": "redis", "port": 6379, "targetPort": "redis", "protocol": "TCP"}
+    ]
+
+    policies = [p for p in r.all("NetworkPolicy") if p["spec"]["podSelector"]["matchLabels"] == labels]
+    if not network_policy_on:
+        assert policies == []
+        return service
+    (policy,) = policies
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "egress" not in policy["spec"]  # Egress without a rule: none at all
+    assert policy["spec"]["ingress"] == [
+        {
+            "ports": [{"port": "redis", "protocol": "TCP"}],
+            "from": [{"podSelector": {"matchLabels": dp_labels}}],
+        }
+    ]
+    return service
+
+
+# (--set, then what $KUBEGATE_REDIS_URL holds: a value, a Secret's (name, key), or None; whether the chart
+# deploys its own Redis)
+REDIS_SETTINGS = [
+    ("", (None, False)),
+    ("redis.url=rediss://:pw@cache.example:6380/1", ("rediss://:pw@cache.example:6380/1", False)),
+    ("redis.existingSecret=cache-url", (("cache-url", "url"), False)),
+    ("redis.existingSecret=cache-url,redis.existingSecretKey=uri", (("cache-url", "uri"), False)),
+    ("redis.enabled=true", ("redis://kubegate-redis:6379/0", True)),
+    ("redis.enabled=true,networkPolicy.enabled=false", ("redis://kubegate-redis:6379/0", True)),
+    ("redis.enabled=true,fullnameOverride=edge", ("redis://edge-redis:6379/0", True)),
+    (
+        "redis.url=redis://cache:6379/0,dataplane.extraEnv[0].name=TZ,dataplane.extraEnv[0].value=UTC",
+        ("redis://cache:6379/0", False),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"), REDIS_SETTINGS, ids=[s or "defaults" for s, _ in REDIS_SETTINGS]
+)
+def test_redis_url_reaches_the_data_plane(
+    newest_helm: helmtools.Helm, setting: str, expected: tuple[str | tuple[str, str] | None, bool]
+) -> None:
+    """Each way of giving Redis ends in one $KUBEGATE_REDIS_URL that `kubegate serve` reads as
+    --redis-url: a plain value (redis.url, or the chart's own Redis by its Service's name), or a
+    secretKeyRef (redis.existingSecret), never an argument. dataplane.extraEnv is kept beside it."""
+    url, own = expected
+    result = newest_helm.template(*(["--set", setting] if setting else []))
+    assert result.returncode == 0, result.stderr
+    r = Rendered(result.stdout)
+    dataplane = r.one("Deployment", "-dataplane")
+    (container,) = dataplane["spec"]["template"]["spec"]["containers"]
+    env = [v for v in container.get("env", []) if v["name"] == "KUBEGATE_REDIS_URL"]
+    from_secret = "redis://:hunter2@cache.example:6379/0"
+    if url is None:
+        assert env == []
+        assert serve_args(container).redis_url is None
+    elif isinstance(url, tuple):
+        assert env == [
+            {"name": "KUBEGATE_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": url[0], "key": url[1]}}}
+        ]
+        assert serve_args(container, {url: from_secret}).redis_url == from_secret
+    else:
+        assert env == [{"name": "KUBEGATE_REDIS_URL", "value": url}]
+        assert serve_args(container).redis_url == url
+    if "extraEnv" in setting:
+        assert {"name": "TZ", "value": "UTC"} in container["env"]
+    values: dict[str, Any] = {}
+    for assignment in filter(None, setting.split(",")):
+        key, _, value = assignment.partition("=")
+        if key in ("redis.enabled", "networkPolicy.enabled"):
+            section, field = key.split(".")
+            values.setdefault(section, {})[field] = value == "true"
+    service = check_chart_redis(r, values, dataplane["spec"]["selector"]["matchLabels"])
+    assert (service is not None) == own
+    if service is not None:
+        assert url == f"redis://{service['metadata']['name']}:6379/0"
+
+
+TRUSTED_PROXIES = [
+    ([], None),
+    (["10.0.0.0/8"], "10.0.0.0/8"),
+    (["10.0.0.0/8", "192.168.1.7", "fd00::/8"], "10.0.0.0/8,192.168.1.7,fd00::/8"),
+]
+
+
+@pytest.mark.parametrize(("cidrs", "flag"), TRUSTED_PROXIES, ids=[str(len(c)) for c, _ in TRUSTED_PROXIES])
+def test_trusted_proxies(newest_helm: helmtools.Helm, cidrs: list[str], flag: str | None) -> None:
+    """dataplane.trustedProxies becomes one --trusted-proxies that the real parser (which checks every
+    CIDR) accepts; without it there is no flag and no proxy is trusted."""
+    from kubegate.dataplane.ratelimiting import parse_trusted_proxies
+
+    sets = [arg for i, cidr in enumerate(cidrs) for arg in ("--set", f"dataplane.trustedProxies[{i}]={cidr}")]
+    result = newest_helm.template(*sets)
+    assert result.returncode == 0, result.stderr
+    (container,) = Rendered(result.stdout).one("Deployment", "-dataplane")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert _args(container).get("--trusted-proxies") == ([flag] if flag else None)
+    serve = serve_args(container)
+    assert [str(n) for n in parse_trusted_proxies(serve.trusted_proxies)] == [
+        str(ipaddress.ip_network(c, strict=False)) for c in cidrs
+    ]
 
 
 # (--set, then: --tls-port, --tls-redirect-port, the https Service port and its nodePort, the default

@@ -112,6 +112,32 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The chart's own Redis (redis.enabled): its Deployment, Service and NetworkPolicy. */}}
+{{- define "kubegate.redisName" -}}
+{{- printf "%s-redis" (include "kubegate.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The data plane's $KUBEGATE_REDIS_URL (EnvVar list items; empty without Redis): the chart's own Redis by
+its Service, an external one from existingSecret (a URL may carry a password), or redis.url.
+*/}}
+{{- define "kubegate.redisEnv" -}}
+{{- $redis := .Values.redis -}}
+{{- if $redis.enabled -}}
+- name: KUBEGATE_REDIS_URL
+  value: {{ printf "redis://%s:6379/0" (include "kubegate.redisName" .) | quote }}
+{{- else if $redis.existingSecret -}}
+- name: KUBEGATE_REDIS_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $redis.existingSecret }}
+      key: {{ $redis.existingSecretKey }}
+{{- else if $redis.url -}}
+- name: KUBEGATE_REDIS_URL
+  value: {{ $redis.url | quote }}
+{{- end -}}
+{{- end -}}
+
 {{/*
 Checks that values.schema.json cannot express (across values). Included by templates/validate.yaml,
 so that `helm install/upgrade/template` stops with one clear message.
@@ -157,5 +183,12 @@ so that `helm install/upgrade/template` stops with one clear message.
 {{- end -}}
 {{- else if $tls.defaultCertificate.secretName -}}
 {{- fail "dataplane.tls.defaultCertificate.secretName is set but dataplane.tls.enabled is false: the default certificate is served only by the HTTPS listener" -}}
+{{- end -}}
+{{- $redis := .Values.redis -}}
+{{- if and $redis.enabled (or $redis.url $redis.existingSecret) -}}
+{{- fail (printf "redis.enabled is true and redis.%s is set: use either the chart's own Redis (enabled) or an external one (url or existingSecret), not both" (ternary "url" "existingSecret" (not (empty $redis.url)))) -}}
+{{- end -}}
+{{- if and $redis.url $redis.existingSecret -}}
+{{- fail "redis.url and redis.existingSecret are both set: give the external Redis's URL one way (existingSecret when it carries a password)" -}}
 {{- end -}}
 {{- end -}}
