@@ -214,7 +214,10 @@ class EdgeRuntime:
             if not decision.allowed:
                 ex.rate_limited([*limit_lines, *(ex.resp_lines or ())])
                 return None
-            ex.resp_lines = [*(ex.resp_lines or ()), *limit_lines]
+            if ex.resp_lines:
+                ex.resp_lines.extend(limit_lines)
+            else:
+                ex.resp_lines = limit_lines  # a new list per call (ratelimit_headers)
         redirect = self.redirect
         if redirect is not None:
             ex.answer(redirect.status_code, [b"location: " + redirect.location("http", host, path, query)])
@@ -226,9 +229,10 @@ class EdgeRuntime:
         return lines
 
     def response(self, ex: Exchange, lines: list[bytes]) -> list[bytes]:
-        """The response point: ``lines`` are the response's header lines after the status line."""
+        """The response point: ``lines`` are the response's status line and header lines; returns them
+        (the same list when only lines are added)."""
         if self.response_ops is not None:
-            lines = self.response_ops.apply(lines)
+            lines = self.response_ops.apply(lines, 1)  # the status line is left alone
         if ex.resp_lines:
             lines.extend(ex.resp_lines)
         return lines

@@ -1019,7 +1019,7 @@ class Exchange:
         route = self.route
         edge = route.edge if route is not None else None
         if edge is not None and edge.transforms_response:  # header transforms, CORS (dataplane/edge.py)
-            lines = [lines[0], *edge.response(self, lines[1:])]
+            lines = edge.response(self, lines)
         no_body = self.head_only or status in (204, 304)
         has_length = bool(length) and not upstream_chunked and status != 204
         if has_length:
