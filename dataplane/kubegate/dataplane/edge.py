@@ -152,7 +152,14 @@ class EdgeRuntime:
         )
 
     def request(
-        self, ex: Exchange, host: str, path: str, query: str, lines: list[bytes], peer: bytes
+        self,
+        ex: Exchange,
+        host: str,
+        path: str,
+        query: str,
+        lines: list[bytes],
+        peer: bytes,
+        peer_trusted: bool,
     ) -> list[bytes] | None:
         """The request point; returns the request's header lines to send, or None when it was answered
         (or waits for a JWKS: the exchange then starts over)."""
@@ -206,7 +213,7 @@ class EdgeRuntime:
         if limit is not None:
             decision = ex.limit_decision  # set when a Global decision came back and the exchange restarted
             if decision is None:
-                key = limit.key(peer, xff, limit_header, ex.identity)
+                key = limit.key(peer, peer_trusted, xff, limit_header, ex.identity)
                 decision = limit.limiter.decide(key, ex.limited)
                 if decision is None:  # asked Redis: the exchange starts over with its answer
                     return None

@@ -176,7 +176,9 @@ class ProxyProtocol(asyncio.Protocol):
 
     tls = False  # TlsProxyProtocol: the connection came over TLS (the HTTPS listener)
     forwarded_proto = b"x-forwarded-proto: http"
-    proto_trusted = False  # the peer is a --trusted-proxies address: its X-Forwarded-Proto is kept
+    # the peer is a --trusted-proxies address (decided once per connection): its X-Forwarded-Proto is kept,
+    # and rate limits read its X-Forwarded-For
+    peer_trusted = False
 
     def __init__(
         self,
@@ -225,7 +227,7 @@ class ProxyProtocol(asyncio.Protocol):
             self.client_ip = str(peer[0]).encode()
             trusted = self.gw.settings.trusted_proxies
             if trusted and is_trusted(self.client_ip, trusted):
-                self.proto_trusted = True
+                self.peer_trusted = True
         self.server_state.connections.add(self)
         self.gw.connections.add(self)
         self.phase = IDLE
@@ -708,7 +710,7 @@ class Exchange:
                 rid = value
             elif act == _EXPECT:
                 expect = value.lower()
-            elif act == _XFP and client.proto_trusted and not client.tls:
+            elif act == _XFP and client.peer_trusted and not client.tls:
                 scheme = value.strip().lower()
                 if scheme == b"https" or scheme == b"http":
                     proto = b"x-forwarded-proto: " + scheme
@@ -799,7 +801,13 @@ class Exchange:
         edge = route.edge
         if edge is not None:  # CORS, redirect, rewrite, request header transforms (dataplane/edge.py)
             edited = edge.request(
-                self, host_s, path, query.decode("latin-1") if query else "", out, client.client_ip
+                self,
+                host_s,
+                path,
+                query.decode("latin-1") if query else "",
+                out,
+                client.client_ip,
+                client.peer_trusted,
             )
             if edited is None:  # answered by the gateway
                 return

@@ -42,10 +42,6 @@ def parse_trusted_proxies(text: str) -> tuple[Network, ...]:
 
 def is_trusted(address: bytes, trusted: Sequence[Network]) -> bool:
     """Is ``address`` (an IP address as bytes) in one of the ``trusted`` networks?"""
-    return _trusted(address, trusted)
-
-
-def _trusted(address: bytes, trusted: Sequence[Network]) -> bool:
     try:
         ip = ipaddress.ip_address(address.decode("latin-1").strip())
     except ValueError:
@@ -53,14 +49,17 @@ def _trusted(address: bytes, trusted: Sequence[Network]) -> bool:
     return any(ip in net for net in trusted)
 
 
-def client_address(peer: bytes, forwarded_for: bytes | None, trusted: Sequence[Network]) -> bytes:
-    """The client of a request: ``peer``, or, when ``peer`` is a trusted proxy, the rightmost address of
-    ``X-Forwarded-For`` that is not one (the leftmost if all are)."""
-    if not trusted or forwarded_for is None or not _trusted(peer, trusted):
+def client_address(
+    peer: bytes, peer_trusted: bool, forwarded_for: bytes | None, trusted: Sequence[Network]
+) -> bytes:
+    """The client of a request: ``peer``, or, when ``peer`` is a trusted proxy (``peer_trusted``, decided
+    once per connection by the proxy), the rightmost address of ``X-Forwarded-For`` that is not one (the
+    leftmost if all are)."""
+    if not peer_trusted or forwarded_for is None:
         return peer
     hops = [hop.strip() for hop in forwarded_for.split(b",") if hop.strip()]
     for hop in reversed(hops):
-        if not _trusted(hop, trusted):
+        if not is_trusted(hop, trusted):
             return hop
     return hops[0] if hops else peer
 
@@ -99,7 +98,12 @@ class RouteLimit:
                 self.limiter = GlobalLimit(limiter, fallback)
 
     def key(
-        self, peer: bytes, forwarded_for: bytes | None, header: bytes | None, identity: str | None
+        self,
+        peer: bytes,
+        peer_trusted: bool,
+        forwarded_for: bytes | None,
+        header: bytes | None,
+        identity: str | None,
     ) -> bytes:
         kind = self.kind
         if kind == "Route":
@@ -108,7 +112,7 @@ class RouteLimit:
             return b"u:" + identity.encode("utf-8", "surrogateescape")
         if kind == "Header" and header is not None:
             return b"h:" + header
-        return b"ip:" + client_address(peer, forwarded_for, self.trusted)
+        return b"ip:" + client_address(peer, peer_trusted, forwarded_for, self.trusted)
 
     def lines(self, decision: Decision) -> list[bytes]:
         """``RateLimit-Policy``, ``RateLimit`` and, for a refusal, ``Retry-After``."""
