@@ -18,17 +18,21 @@ next batch (which then grows: more load, bigger batches, not more connections).
 
 **Outages** (:class:`RedisBackend`, shared by every route that uses the same Redis): every check gets an
 answer within ``budget`` seconds (default 50 ms) from when its batch was opened: the Redis decision, or
-None when Redis failed, refused or did not answer in time (a timer settles the batch; the stuck request is
-cancelled in the background). The first failure turns the backend *down*: checks are then not sent at
-all (None at once, counted as ``skipped``) for a backoff that starts at :data:`BACKOFF_FIRST` seconds and
-doubles up to :data:`BACKOFF_MAX`; after it the next check is a *probe* (the others keep being skipped
-until it returns): its success turns the backend *up* again, its failure doubles the backoff. A restarted
-Redis is therefore used again within the current backoff, with no reconnection logic of our own (the
+:data:`NO_REPLY` when Redis failed, refused or did not answer in time (a timer settles the batch; the stuck
+request is cancelled in the background). The first failure turns the backend *down*: checks are then not
+sent at all (NO_REPLY at once, counted as ``skipped``) for a backoff that starts at :data:`BACKOFF_FIRST`
+seconds and doubles up to :data:`BACKOFF_MAX`; after it the next check is a *probe* (the others keep being
+skipped until it returns): its success turns the backend *up* again, its failure doubles the backoff. A
+restarted Redis is therefore used again within the current backoff, with no reconnection logic of our own (the
 connection pool replaces dead connections when one is taken). Up → down and down → up are logged once
 each (logger ``kubegate.redis``), never per request. A reply that is an error for some checks of a batch
 (and not all) fails only those, without changing the state. A check that timed out may still have been
 counted by Redis (the script ran, the answer came late): under a slow Redis the shared bucket drains a
 little faster than the decisions the callers saw, never slower.
+
+The backend sends any command (:meth:`RedisBackend.command`), not only the script: the response cache
+(:mod:`kubegate.dataplane.caching`) sends its ``GET`` and ``SET`` through the same backend, so that one
+outage is noticed, backed off and logged once for both.
 
 What to do without a decision is the caller's: :class:`GlobalLimit` is the one-call wiring of the
 proxy (Redis first, a local :class:`~kubegate.dataplane.policies.ratelimit.Gcra` at ``rate / replicas``
@@ -57,6 +61,7 @@ __all__ = [
     "BUDGET",
     "GCRA_SCRIPT",
     "KEY_PREFIX",
+    "NO_REPLY",
     "GlobalLimit",
     "RedisBackend",
     "RedisLimiter",
@@ -99,8 +104,25 @@ redis.call('SET', KEYS[1], string.format('%.17g', tat), 'PX', math.ceil(ahead / 
 return {1, math.floor((tau - ahead) / interval + 0.000001) + 1, 0, math.ceil(ahead)}
 """
 
-Reply = Any  # a script reply, or None when Redis gave none
+Reply = Any  # a command's reply, or NO_REPLY when Redis gave none
 Done = Callable[[Reply], None]
+Command = tuple[Any, ...]  # a Redis command and its arguments, as ``execute_command`` takes them
+
+
+class _NoReply:
+    """What a command's callback gets when Redis gave no usable answer (down, slow, an error). Distinct
+    from None, which is a reply of its own (``GET`` of a missing key)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NO_REPLY"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+NO_REPLY: Any = _NoReply()
 
 
 def connect(
@@ -134,12 +156,12 @@ def connect(
 
 
 class _Batch:
-    """Checks sent as one pipeline; settled exactly once (replies, failure or the budget's timer)."""
+    """Commands sent as one pipeline; settled exactly once (replies, failure or the budget's timer)."""
 
     __slots__ = ("items", "probe", "settled", "task", "timer")
 
     def __init__(self, probe: bool) -> None:
-        self.items: list[tuple[bytes, Sequence[bytes], Done]] = []
+        self.items: list[tuple[Command, Done]] = []
         self.probe = probe
         self.settled = False
         self.task: asyncio.Task[None] | None = None
@@ -195,7 +217,14 @@ class RedisBackend:
         return self.state == PROBING or (self.state == DOWN and self._clock() < self.retry_at)
 
     def evaluate(self, key: bytes, argv: Sequence[bytes], done: Done) -> None:
-        """Run the script for ``key``; ``done(reply or None)`` is called once, later, from the loop."""
+        """Run the GCRA script for ``key``; ``done(reply or NO_REPLY)`` is called once, later, from the
+        loop."""
+        self.command((b"EVALSHA", self.sha, 1, key, *argv), done)
+
+    def command(self, command: Command, done: Done) -> None:
+        """Send ``command`` in the next pipeline (the rate limits' script, the cache's ``GET`` and
+        ``SET``: one backend, one budget, one backoff for all of them); ``done(reply or NO_REPLY)`` is
+        called once, later, from the loop, within the budget."""
         loop = asyncio.get_running_loop()
         self.calls += 1
         state = self.state
@@ -203,7 +232,7 @@ class RedisBackend:
         if state != UP:
             if state == PROBING or self._clock() < self.retry_at:
                 self.skipped += 1
-                loop.call_soon(done, None)
+                loop.call_soon(done, NO_REPLY)
                 return
             self.state = PROBING
             probe = True
@@ -213,7 +242,7 @@ class RedisBackend:
                 self._settle(batch, None)
             batch = self._open = _Batch(probe)
             batch.timer = loop.call_later(self.budget, self._expire, batch)
-        batch.items.append((key, argv, done))
+        batch.items.append((command, done))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             loop.call_soon(self._flush)
@@ -251,17 +280,17 @@ class RedisBackend:
                 self._flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
 
-    async def _execute(self, items: list[tuple[bytes, Sequence[bytes], Done]]) -> list[Any]:
+    async def _execute(self, items: list[tuple[Command, Done]]) -> list[Any]:
         pipe = self.client.pipeline(transaction=False)
-        for key, argv, _ in items:
-            pipe.evalsha(self.sha, 1, key, *argv)
+        for command, _ in items:
+            pipe.execute_command(*command)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
         if missing:  # a restarted or flushed Redis: EVAL sends the script along and caches it again
             pipe = self.client.pipeline(transaction=False)
             for i in missing:
-                key, argv, _ = items[i]
-                pipe.eval(GCRA_SCRIPT, 1, key, *argv)
+                command = items[i][0]
+                pipe.execute_command(b"EVAL", GCRA_SCRIPT, *command[2:])
             for i, reply in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
                 replies[i] = reply
         return replies
@@ -298,12 +327,12 @@ class RedisBackend:
         batch.settled = True
         if batch.timer is not None:
             batch.timer.cancel()
-        for i, (_, _, done) in enumerate(batch.items):
-            reply = None if replies is None or isinstance(replies[i], Exception) else replies[i]
+        for i, (_, done) in enumerate(batch.items):
+            reply = NO_REPLY if replies is None or isinstance(replies[i], Exception) else replies[i]
             try:
                 done(reply)
             except Exception:  # a caller's bug must not strand the rest of the batch
-                logger.exception("rate-limit callback failed")
+                logger.exception("redis callback failed")
 
     def _went_wrong(self, batch: _Batch, reason: str) -> None:
         self.last_error = reason
@@ -315,7 +344,8 @@ class RedisBackend:
             self.backoff = self.backoff_first
             self.retry_at = now + self.backoff
             logger.warning(
-                "redis unavailable (%s): global rate limits fall back to local limits; retrying in %gs",
+                "redis unavailable (%s): global rate limits fall back to local limits, shared caches"
+                " are bypassed; retrying in %gs",
                 reason,
                 self.backoff,
             )
@@ -338,7 +368,9 @@ class RedisBackend:
         self.backoff = 0.0
         self.down_since = None
         self.last_error = None
-        logger.warning("redis available again after %.1fs: global rate limits restored", down_for)
+        logger.warning(
+            "redis available again after %.1fs: global rate limits and shared caches restored", down_for
+        )
 
     def close(self) -> None:
         """Settle every pending check with None and cancel the pipelines in flight (not the client)."""
@@ -469,8 +501,10 @@ class GlobalLimit:
     """The Global scope as the proxy calls it: Redis first, ``local_fallback`` when Redis gives no answer.
 
     ``local_fallback`` is a :class:`~kubegate.dataplane.policies.ratelimit.Gcra` at ``rate / replicas``
-    (same burst, or its share: the caller's choice), read on ``clock``. Counters: ``calls``,
-    ``fallbacks`` (decisions that came from the local limiter).
+    (same burst, or its share: the caller's choice), read on ``clock``; the proxy's is a
+    :class:`~kubegate.dataplane.policies.ratelimit.ReplicaShare`, which follows the replica count the
+    operator sets at run time (resized in place at its next check, its buckets kept). Counters:
+    ``calls``, ``fallbacks`` (decisions that came from the local limiter).
     """
 
     __slots__ = ("calls", "clock", "fallbacks", "local", "redis")
