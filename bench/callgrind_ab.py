@@ -46,6 +46,8 @@ def variant(name: str) -> tuple[str, bytes]:
         return proxy_bench.APIKEY_SPEC, REQUEST[:-2] + b"X-API-Key: bench-api-key-0123456789\r\n\r\n"
     if name == "ratelimit":  # a Local limit high enough that every request is admitted
         return "  rateLimit: {requestsPerSecond: 1000000, burst: 1000000, scope: Local}\n", REQUEST
+    if name == "cache":  # every request after the first answered from the Memory store (a hit)
+        return proxy_bench.CACHE_SPEC, REQUEST
     if name == "jwt":
         spec, token = proxy_bench._jwt_variant()
         return spec, REQUEST[:-2] + b"Authorization: Bearer " + token.encode() + b"\r\n\r\n"
@@ -132,7 +134,7 @@ def main() -> int:
     ap.add_argument(
         "--variant",
         action="append",
-        choices=("plain", "policies", "apikey", "jwt", "ratelimit"),
+        choices=("plain", "policies", "apikey", "jwt", "ratelimit", "cache"),
         help="route variants to measure (repeatable; default plain): proxy_bench.py's kubegate-* routes",
     )
     args = ap.parse_args()

@@ -465,6 +465,13 @@ POLICY_SPEC = """\
 """
 
 
+#: The `kubegate-cache` variant: a Memory cache whose entry answers every request after the first (issue
+#: 11: a hit must be at least as fast as the proxied request).
+CACHE_SPEC = """\
+  cache: {ttl: 3600s, store: Memory}
+"""
+
+
 def _no_baseline() -> str:
     raise ProxyFailed("kubegate-baseline needs BENCH_BASELINE_SRC=<root of another kubegate checkout>")
 
@@ -705,6 +712,11 @@ PROXIES: list[ProxySpec] = [
         lambda ctx: dataclasses.replace(
             run_kubegate(ctx, spec=APIKEY_SPEC), headers=("X-API-Key: bench-api-key-0123456789",)
         ),
+    ),
+    ProxySpec(
+        "kubegate-cache",
+        "kubegate serve, route with a Memory response cache (every request after the first is a hit)",
+        lambda ctx: run_kubegate(ctx, spec=CACHE_SPEC),
     ),
     ProxySpec(
         "kubegate-jwt",

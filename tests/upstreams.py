@@ -14,6 +14,9 @@ bodies) and whose behaviour is chosen by the request path:
 - ``/malformed``        answers with bytes that are not HTTP
 - ``/huge-headers``     a response head of about 200 KiB
 - ``/close``            answers with ``Connection: close`` and closes
+- ``/cacheable...``     200 (or ``status=N``) whose headers come from the query (``h=Name:value``, repeatable)
+                        and whose JSON body says how many /cacheable answers the server has sent
+                        (``served``), padded to ``size=N`` bytes: for the response-cache tests
 - ``/hop-by-hop``       200 with hop-by-hop headers (``Connection: x-internal`` naming ``X-Internal``,
                         ``Keep-Alive``, ``Proxy-Authenticate``, ``Trailer``) and end-to-end ones
                         (``X-End-To-End``, ``Cache-Control``) that a proxy must keep
@@ -41,6 +44,7 @@ import socketserver
 import struct
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 
@@ -169,6 +173,15 @@ class _Handler(socketserver.StreamRequestHandler):
         elif path == "/close":
             self._send(200, b'{"closing": true}', [("connection", "close")])
             return False
+        elif path.startswith("/cacheable"):  # headers from the query: h=Name:value (repeatable), size=N
+            params = urllib.parse.parse_qs(query, keep_blank_values=True)
+            self.server.cache_served += 1
+            extra = [tuple(h.split(":", 1)) for h in params.get("h", [])]
+            size = int(params.get("size", ["0"])[0])
+            payload = json.dumps({"served": self.server.cache_served, "path": path, "query": query})
+            body = payload.encode() + b" " * max(0, size - len(payload))
+            status = int(params.get("status", ["200"])[0])
+            self._send(status, body, [("x-backend", name), *extra], head_only=method == "HEAD")  # type: ignore[list-item]
         elif path == "/hop-by-hop":
             hop = [
                 ("connection", "x-internal"),
@@ -216,6 +229,7 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
         self.body_hold.set()
         self.body_held = 0
         self.held = 0
+        self.cache_served = 0  # answers of /cacheable so far (each one's body says its number)
         self._thread = threading.Thread(
             target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

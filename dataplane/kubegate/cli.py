@@ -76,6 +76,23 @@ def _trusted_proxies(text: str) -> str:
     return text
 
 
+_SIZE_SUFFIXES = {"": 1, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
+
+
+def _size(env: str) -> Callable[[str], int]:
+    """A byte count: digits, optionally with a Ki, Mi or Gi suffix (as Kubernetes quantities)."""
+
+    def parse(text: str) -> int:
+        number, suffix = text.rstrip("KMGi"), text[len(text.rstrip("KMGi")) :]
+        if not number.isdigit() or suffix not in _SIZE_SUFFIXES:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a size such as 67108864, 512Ki, 64Mi or 1Gi (flag or KUBEGATE_{env})"
+            )
+        return int(number) * _SIZE_SUFFIXES[suffix]
+
+    return parse
+
+
 def _certificate_files(text: str) -> tuple[Path, Path]:
     cert, comma, key = text.partition(",")
     if not comma or not cert or not key:
@@ -177,8 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--redis-url",
         default=_env("REDIS_URL") or None,
-        help="redis://host:6379/0: rate limits with scope Global (the default with Redis) are shared by "
-        "every replica through it; without it every limit is per replica",
+        help="redis://host:6379/0: rate limits with scope Global (the default with Redis) and response "
+        "caches with store Redis (the default with Redis) are shared by every replica through it; without "
+        "it every limit and cache is per replica",
+    )
+    s.add_argument(
+        "--cache-memory-bytes",
+        type=_size("CACHE_MEMORY_BYTES"),
+        default=_env("CACHE_MEMORY_BYTES", "64Mi"),
+        help="size of the replica's in-memory response cache (routes with cache.store Memory), an LRU "
+        "bounded in bytes: a number, or with a suffix Ki, Mi or Gi (default 64Mi)",
     )
     s.add_argument(
         "--trusted-proxies",
@@ -279,6 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls_port=args.tls_port,
             default_certificate=args.default_certificate,
             tls_redirect_port=args.tls_redirect_port,
+            cache_memory_bytes=args.cache_memory_bytes,
         )
         try:
             import uvloop

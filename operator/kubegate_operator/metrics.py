@@ -47,6 +47,13 @@ class Metrics:
             registry=r,
         )
         self.replicas = Gauge("kubegate_operator_replicas", "Data-plane replicas discovered.", registry=r)
+        self.replica_count_updates = Counter(
+            "kubegate_operator_replica_count_updates_total",
+            "PUT /replicas (the replica count told to a replica whose table is unchanged) by result: ok, "
+            "error, rejected.",
+            ["result"],
+            registry=r,
+        )
         self.replicas_in_sync = Gauge(
             "kubegate_operator_replicas_in_sync", "Replicas serving the current table.", registry=r
         )

@@ -14,11 +14,25 @@ differs.
 For the ``Programmed`` condition the publisher remembers, for every table version still served or
 wanted, which route generations it contains: :meth:`Publisher.programmed` counts the current replicas
 whose acknowledged table holds a given generation of a route.
+
+Each replica is also told how many replicas there are (:attr:`Publisher.replica_count`, the replicas it
+currently targets): a Global rate limit falls back to ``requestsPerSecond / replicas`` on each of them
+while Redis is away. The count rides along with every table push (a ``kubegate-replicas`` header, applied
+with the table), and when the replica set changes while the table does not (a scale-up from 3 to 5 with
+the same routes), the same worker sends it alone with ``PUT /replicas``, with the same token, retries and
+backoff as a push, its failures logged as a push's are and counted by result in :attr:`Publisher.tells`
+and ``kubegate_operator_replica_count_updates_total`` (not in ``kubegate_operator_pushes_total``, which
+counts tables pushed). The replicas say
+which count they use in every answer (``GET /table`` and pushes), so the periodic check also re-tells a
+restarted replica that came back with a table it already had, and an operator restart tells nothing to
+replicas that already know. A replica without a table gets the count with its first one (it serves
+nothing before).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import functools
@@ -63,6 +77,8 @@ class Desired:
 
 # A delta is sent instead of the whole table while it changes at most this share of the routes.
 DELTA_MAX_SHARE = 0.5
+#: The header of a table push that carries the replica count (the data plane's ``admin.REPLICAS_HEADER``).
+REPLICAS_HEADER = "kubegate-replicas"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +86,13 @@ class Ack:
     version: str | None
     hash: str | None
     at: float
+    replicas: int | None = None  # the replica count it said it uses (None: it did not say)
+
+
+def _replicas(info: object) -> int | None:
+    """The ``replicas`` of a replica's JSON answer, when it is a count."""
+    value = info.get("replicas") if isinstance(info, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 @dataclasses.dataclass
@@ -81,6 +104,7 @@ class ReplicaSync:
     failures: int = 0
     last_error: str = ""
     tried: str | None = None  # the last version a push of ended (acknowledged or failed)
+    told: int | None = None  # the replica count it uses, as last acknowledged or observed (None: unknown)
     wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event, repr=False)
     task: asyncio.Task[None] | None = dataclasses.field(default=None, repr=False)
 
@@ -127,6 +151,7 @@ class Publisher:
         self._tables: dict[str, Desired] = {}  # every version still served or wanted
         self._deltas: dict[tuple[str, str], bytes | None] = {}  # (base, target version) → PATCH body
         self.active = True  # False: a standby (not the leader) keeps state but pushes nothing
+        self.tells: collections.Counter[str] = collections.Counter()  # PUT /replicas by result
 
     # --- inputs ----------------------------------------------------------------------------------
 
@@ -157,9 +182,17 @@ class Publisher:
             self.syncs[replica] = sync
             sync.task = asyncio.create_task(self._worker(sync), name=f"push {replica}")
             logger.info("replica %s discovered", replica)
+        for sync in self.syncs.values():
+            if sync.told != self.replica_count:  # it is told by its worker (new ones start anyway)
+                sync.wake.set()
         if self._metrics is not None:
             self._metrics.replicas.set(len(self.syncs))
         self._changed()
+
+    @property
+    def replica_count(self) -> int:
+        """What every replica is told: the number of replicas this publisher targets."""
+        return len(self.syncs)
 
     def set_active(self, active: bool) -> None:
         self.active = active
@@ -205,7 +238,11 @@ class Publisher:
 
     def __repr__(self) -> str:
         version = self.desired.version if self.desired else None
-        return f"<Publisher table={version}: {self.in_sync()}/{len(self.syncs)} replicas in sync>"
+        told = sum(1 for s in self.syncs.values() if s.told == self.replica_count)
+        return (
+            f"<Publisher table={version}: {self.in_sync()}/{len(self.syncs)} replicas in sync,"
+            f" {told}/{len(self.syncs)} told the replica count>"
+        )
 
     # --- the work --------------------------------------------------------------------------------
 
@@ -227,21 +264,32 @@ class Publisher:
             self._metrics.pushes.labels(result=result).inc()
 
     async def _worker(self, sync: ReplicaSync) -> None:
+        """Bring one replica to the desired table, then to the current replica count, and keep it there."""
         while True:
             sync.wake.clear()
             desired = self.desired
-            if not self.active or desired is None or sync.serves(desired):
+            if not self.active or desired is None:
                 await sync.wake.wait()
                 continue
-            ok = await self._already_serves(sync, desired) or await self._push(sync, desired)
-            sync.tried = desired.version
-            if ok:
-                sync.failures = 0
-                self._prune()
-                self._changed()
+            pushing = not sync.serves(desired)
+            if pushing:
+                ok = await self._already_serves(sync, desired) or await self._push(sync, desired)
+                sync.tried = desired.version
+                if ok:
+                    sync.failures = 0
+                    self._prune()
+                    self._changed()
+                    continue
+            elif sync.told != self.replica_count:  # the same table, another replica set
+                if await self._tell(sync):
+                    sync.failures = 0
+                    continue
+            else:
+                await sync.wake.wait()
                 continue
             sync.failures += 1
-            self._changed()
+            if pushing:  # what the replica serves is news for the statuses; its replica count is not
+                self._changed()
             delay = min(self.backoff_initial * 2 ** (sync.failures - 1), self.backoff_max)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(sync.wake.wait(), timeout=delay)
@@ -254,6 +302,8 @@ class Publisher:
             return False
         with contextlib.suppress(httpx.HTTPError, ValueError):
             sync.ack = await self._observe(sync)
+            if sync.ack.replicas is not None:
+                sync.told = sync.ack.replicas
         return sync.serves(desired)
 
     def _delta(self, sync: ReplicaSync, desired: Desired) -> bytes | None:
@@ -293,12 +343,17 @@ class Publisher:
         """One push (``PATCH`` with ``delta``, else ``PUT`` of the whole table): ok, conflict (409 to a
         delta), error (unreachable) or rejected."""
         body = desired.body if delta is None else delta
+        count = self.replica_count
         try:
             response = await self._client.request(
                 "PUT" if delta is None else "PATCH",
                 sync.replica.url + "/table",
                 content=body,
-                headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+                headers={
+                    "authorization": f"Bearer {token}",
+                    "content-type": "application/json",
+                    REPLICAS_HEADER: str(count),
+                },
                 timeout=self.timeout,
             )
         except httpx.HTTPError as error:
@@ -319,7 +374,9 @@ class Publisher:
             info = response.json()
         except ValueError:
             info = {}
-        sync.ack = Ack(version=info.get("version"), hash=info.get("hash"), at=self._clock())
+        told = _replicas(info)
+        sync.ack = Ack(version=info.get("version"), hash=info.get("hash"), at=self._clock(), replicas=told)
+        sync.told = told if told is not None else count  # applied with the table
         if not sync.serves(desired):
             sync.last_error = (
                 f"acknowledged {info.get('version')} {info.get('hash')}, expected {desired.hash}"
@@ -331,6 +388,48 @@ class Publisher:
         self._count("ok")
         logger.debug("replica %s serves %s", sync.replica, desired.version)
         return "ok"
+
+    def _told(self, result: str) -> None:
+        self.tells[result] += 1
+        if self._metrics is not None:
+            self._metrics.replica_count_updates.labels(result=result).inc()
+
+    async def _tell(self, sync: ReplicaSync) -> bool:
+        """``PUT /replicas`` with the current count (the table is unchanged); True once acknowledged.
+        Failures are logged as a push's are, and counted in :attr:`tells`."""
+        count = self.replica_count
+        token = self._token()
+        if not token:
+            sync.last_error = "no push token"
+            self._told("error")
+            return False
+        try:
+            response = await self._client.put(
+                sync.replica.url + "/replicas",
+                json={"replicas": count},
+                headers={"authorization": f"Bearer {token}"},
+                timeout=self.timeout,
+            )
+        except httpx.HTTPError as error:
+            sync.last_error = f"{type(error).__name__}: {error}"
+            if sync.failures in (0, 3) or sync.failures % 20 == 0:
+                logger.warning("replica count %d to %s failed: %s", count, sync.replica, sync.last_error)
+            self._told("error")
+            return False
+        if response.status_code != 200:
+            sync.last_error = f"HTTP {response.status_code}: {response.text[:500]}"
+            logger.error("replica count %d to %s refused: %s", count, sync.replica, sync.last_error)
+            self._told("rejected")
+            return False
+        try:
+            told = _replicas(response.json())
+        except ValueError:
+            told = None
+        sync.told = told if told is not None else count
+        sync.last_error = ""
+        self._told("ok")
+        logger.info("replica %s told: %d replicas", sync.replica, sync.told)
+        return True
 
     async def check(self) -> None:
         """``GET /table`` on every replica; wake the worker of any that serves something else."""
@@ -353,6 +452,16 @@ class Publisher:
                 sync.ack = observed
                 sync.wake.set()
                 changed = True
+            if observed.replicas is not None and observed.replicas != sync.told:
+                sync.told = observed.replicas  # a restarted replica is back at 1, say
+                if sync.told != self.replica_count:
+                    logger.info(
+                        "replica %s uses a replica count of %d, not %d: telling it again",
+                        sync.replica,
+                        sync.told,
+                        self.replica_count,
+                    )
+                    sync.wake.set()
         if changed:
             self._prune()
             self._changed()
@@ -361,7 +470,9 @@ class Publisher:
         response = await self._client.get(sync.replica.url + "/table", timeout=self.timeout)
         response.raise_for_status()
         info = response.json()
-        return Ack(version=info.get("version"), hash=info.get("hash"), at=self._clock())
+        return Ack(
+            version=info.get("version"), hash=info.get("hash"), at=self._clock(), replicas=_replicas(info)
+        )
 
     async def resync_forever(self, interval: float) -> None:
         while True:

@@ -151,5 +151,12 @@ def test_redis_down_never_turns_into_a_5xx(tmp_path: Path, up: UpstreamServer) -
             assert shown["state"] in ("down", "probing") and shown["failures"] >= 1
             health = httpx.get(gw.admin + "/health", timeout=5)
             assert health.status_code == 200 and health.json()["redis"]["state"] in ("down", "probing")
+            metrics = httpx.get(gw.admin + "/metrics", timeout=5).text
+            assert "kubegate_redis_up 0.0" in metrics
+            fallbacks = [
+                line for line in metrics.splitlines()
+                if line.startswith('kubegate_rate_limit_fallbacks_total{route="default/by-tenant"}')
+            ]  # fmt: skip
+            assert len(fallbacks) == 1 and float(fallbacks[0].split()[-1]) >= 4
         finally:
             gw.stop()

@@ -61,6 +61,7 @@ _KEPT_KEYS = frozenset(
         "x-kubernetes-list-type",
         "x-kubernetes-list-map-keys",
         "x-kubernetes-validations",
+        "x-kubernetes-preserve-unknown-fields",
     }
 )
 _JUNCTORS = ("oneOf", "anyOf", "allOf", "not")
@@ -112,7 +113,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, in_junctor: bool 
             out[key] = True
         else:
             out[key] = value
-    if "type" not in out and not in_junctor:
+    if "type" not in out and not in_junctor and not out.get("x-kubernetes-preserve-unknown-fields"):
         if "enum" in out and all(isinstance(v, str) for v in out["enum"]):
             out["type"] = "string"
         else:

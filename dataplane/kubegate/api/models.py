@@ -32,10 +32,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -390,6 +392,18 @@ def _at_least(minimum: str) -> AfterValidator:
     def check(value: str) -> str:
         if duration.parse_duration(value) < floor:
             raise ValueError(f"{value!r} is shorter than the minimum of {minimum}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _at_most(maximum: str) -> AfterValidator:
+    """A duration check: not longer than ``maximum``."""
+    ceiling = duration.parse_duration(maximum)
+
+    def check(value: str) -> str:
+        if duration.parse_duration(value) > ceiling:
+            raise ValueError(f"{value!r} is longer than the maximum of {maximum}")
         return value
 
     return AfterValidator(check)
@@ -1340,6 +1354,98 @@ class RateLimitSpec(_Spec):
         return self
 
 
+# --- response caching ------------------------------------------------------------------------------------
+#: Upper bound of ``cache.maxEntryBytes`` (a response held whole in memory or in Redis).
+MAX_CACHE_ENTRY_BYTES = 64 * 1024 * 1024
+#: Upper bound of ``cache.ttl``.
+MAX_CACHE_TTL = "24h"
+
+
+def _key_query_params(value: Any) -> Any:
+    """``keyQueryParams``: "all", "none" or a list of parameter names (the CRD cannot type a union, so
+    the check is here and in the compiler's condition)."""
+    if isinstance(value, str):
+        if value not in ("all", "none"):
+            raise ValueError('must be "all", "none" or a list of query parameter names')
+        return value
+    if isinstance(value, list):
+        if not 1 <= len(value) <= MAX_LIST_ITEMS:
+            raise ValueError(f"a list of 1 to {MAX_LIST_ITEMS} query parameter names")
+        for name in value:
+            if not isinstance(name, str) or not 1 <= len(name) <= 256:
+                raise ValueError("each query parameter name is a string of 1 to 256 characters")
+        if len(set(value)) != len(value):
+            raise ValueError("query parameter names must be unique")
+        return value
+    raise ValueError('must be "all", "none" or a list of query parameter names')
+
+
+KeyQueryParams = Annotated[
+    Any,
+    BeforeValidator(_key_query_params),
+    WithJsonSchema(
+        {
+            "x-kubernetes-preserve-unknown-fields": True,
+            "description": 'Which query parameters are part of the key: "all" (default; their order does '
+            'not matter), "none", or a list of parameter names.',
+        }
+    ),
+]
+
+
+class CacheSpec(_Spec):
+    """Keep GET responses and answer repeated requests without the backend, as a shared cache (RFC 9111):
+    the upstream's Cache-Control and Expires decide what is stored and for how long."""
+
+    ttl: Annotated[str, _at_least("1s"), _at_most(MAX_CACHE_TTL)] = Field(
+        default="300s",
+        description="How long a response stays fresh when the upstream says nothing (no Cache-Control "
+        f"max-age/s-maxage, no Expires): a duration from 1s to {MAX_CACHE_TTL}; default 300s.",
+        json_schema_extra={
+            "pattern": duration.DURATION_PATTERN,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "duration(self) >= duration('1s') && "
+                    f"duration(self) <= duration('{MAX_CACHE_TTL}')",
+                    "message": f"must be from 1s to {MAX_CACHE_TTL}",
+                }
+            ],
+        },
+    )
+    store: Literal["Memory", "Redis"] | None = Field(
+        default=None,
+        description="Memory: each replica its own LRU (kubegate serve --cache-memory-bytes, default "
+        "64 MiB); Redis: one cache shared by every replica (kubegate serve --redis-url). Unset: Redis when "
+        "the data plane has a Redis URL, else Memory. While Redis is unreachable, requests bypass the cache.",
+    )
+    max_entry_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        le=MAX_CACHE_ENTRY_BYTES,
+        alias="maxEntryBytes",
+        description="Responses with a larger body are not stored (they stream through uncached); "
+        f"at most {MAX_CACHE_ENTRY_BYTES}, default 1048576.",
+    )
+    key_query_params: KeyQueryParams = Field(default="all", alias="keyQueryParams")
+    key_headers: list[Token] = Field(
+        default_factory=list,
+        max_length=MAX_LIST_ITEMS,
+        alias="keyHeaders",
+        description="Request headers whose values are part of the key (compared case-insensitively by "
+        "name), besides those the upstream names in Vary.",
+    )
+    per_user: bool = Field(
+        default=False,
+        alias="perUser",
+        description="Make the identity that auth admitted part of the key, so that responses to "
+        "authenticated requests (and Cache-Control: private ones) are cached per user. Without it, "
+        "requests with credentials bypass the cache.",
+    )
+
+    def ttl_seconds(self) -> float:
+        return duration.parse_duration(self.ttl) / 1000
+
+
 MAX_CERTIFICATE_REFS = 8
 
 
@@ -1434,6 +1540,9 @@ class GatewayRouteSpec(_Spec):
     )
     rate_limit: RateLimitSpec | None = Field(
         default=None, alias="rateLimit", description="Limit each client's request rate; unset: no limit."
+    )
+    cache: CacheSpec | None = Field(
+        default=None, description="Cache GET responses at the gateway; unset: nothing is cached."
     )
     cors: CorsSpec | None = Field(
         default=None, description="Answer browsers' cross-origin checks at the gateway; unset: no CORS."

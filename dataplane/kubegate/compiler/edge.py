@@ -1,10 +1,10 @@
-"""Edge policies in the compiled table: auth, CORS, header transforms, rewrite and redirect, as frozen config.
+"""Edge policies in the compiled table: auth, rate limit, cache, CORS, header transforms, rewrite, redirect.
 
-The public API (``GatewayRoute.spec.auth``, ``cors``, ``requestHeaders``, ``responseHeaders``, ``rewrite``,
-``redirect``) is validated in :mod:`kubegate.api.models`; the compiler turns it into these models, with
-header names in lower case, durations in seconds and every default filled in, so that the data plane never
-interprets user syntax. The data plane builds its runtime objects from them
-(:mod:`kubegate.dataplane.edge`).
+The public API (``GatewayRoute.spec.auth``, ``rateLimit``, ``cache``, ``cors``, ``requestHeaders``,
+``responseHeaders``, ``rewrite``, ``redirect``) is validated in :mod:`kubegate.api.models`; the compiler
+turns it into these models, with header names in lower case, durations in seconds and every default
+filled in, so that the data plane never interprets user syntax. The data plane builds its runtime objects
+from them (:mod:`kubegate.dataplane.edge`).
 
 A route without any edge policy has ``edge = None`` and costs the hot path nothing.
 
@@ -78,6 +78,18 @@ class RateLimit(_Frozen):
     scope: Literal["Local", "Global"] | None = None
 
 
+class Cache(_Frozen):
+    """``store`` None: Redis when the data plane has Redis, else Memory. ``key_headers`` in lower case;
+    ``key_query_params`` "all", "none" or the names (sorted)."""
+
+    ttl_seconds: float = Field(gt=0, alias="ttlSeconds")
+    store: Literal["Memory", "Redis"] | None = None
+    max_entry_bytes: int = Field(ge=1, alias="maxEntryBytes")
+    key_query_params: Literal["all", "none"] | tuple[str, ...] = Field(default="all", alias="keyQueryParams")
+    key_headers: tuple[str, ...] = Field(default=(), alias="keyHeaders")
+    per_user: bool = Field(default=False, alias="perUser")
+
+
 class EdgePolicy(_Frozen):
     """Every edge policy of one route; a field left None is a policy the route does not use."""
 
@@ -88,6 +100,7 @@ class EdgePolicy(_Frozen):
     redirect: Redirect | None = None
     auth: Auth | None = None
     rate_limit: RateLimit | None = Field(default=None, alias="rateLimit")
+    cache: Cache | None = None
 
 
 def _ops(spec: models.HeaderOpsSpec | None) -> dict[str, object] | None:
@@ -108,6 +121,10 @@ def edge_problems(spec: models.GatewayRouteSpec) -> list[str]:
             f"spec.rewrite.pathPrefix: needs a Prefix path match (spec.match.path.type is "
             f"{spec.match.path.type}; use fullPath)"
         )
+    if spec.cache is not None and spec.redirect is not None:
+        problems.append(
+            "spec.cache: a route with a redirect sends nothing upstream, so it has nothing to cache"
+        )
     return problems
 
 
@@ -127,6 +144,17 @@ def edge_policy(
             "key": limit.key,
             "header": limit.header.lower() if limit.header is not None else None,
             "scope": limit.scope,
+        }
+    if spec.cache is not None:
+        cache = spec.cache
+        params = cache.key_query_params
+        edge["cache"] = {
+            "ttlSeconds": cache.ttl_seconds(),
+            "store": cache.store,
+            "maxEntryBytes": cache.max_entry_bytes,
+            "keyQueryParams": params if isinstance(params, str) else sorted(params),
+            "keyHeaders": sorted({h.lower() for h in cache.key_headers}),
+            "perUser": cache.per_user,
         }
     if spec.cors is not None:
         c = spec.cors

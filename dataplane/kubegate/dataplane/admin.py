@@ -8,6 +8,15 @@ the operator then pushes the whole table. A push is authenticated with a bearer 
 configured means pushes are refused), validated completely — model, then snapshot build — before the
 atomic swap, and rejected with 400 and the reasons otherwise, while the old table keeps serving.
 
+``PUT /replicas`` (``{"replicas": N}``, the same token) is the operator's way to say how many data-plane
+replicas there are: a Global rate limit falls back to ``1/N`` of its rate while Redis is away (and without
+Redis), and N changes with the replica set while the table often does not (see "The replicas' share" in
+:mod:`kubegate.dataplane.policies.ratelimit`). A table push may carry the count too, in a
+``kubegate-replicas`` header, applied with the table in the same step on the traffic loop, so that the
+usual case (a new table) needs no second request. A bad count is 400 and changes nothing (a push with one
+is refused whole). ``GET /replicas``, ``GET /table``, ``/health`` and ``/routes`` show the count; it is 1
+until told (standalone, always).
+
 The app is served on an event loop of its own (:mod:`kubegate.dataplane.adminserver`), and what costs more
 than a dictionary lookup runs on one worker thread besides: parsing and validating a push (within
 :class:`~kubegate.compiler.table.WireLimits`: 413 past them), rendering ``/metrics``, and rendering the
@@ -49,8 +58,11 @@ from kubegate.compiler.table import (
     load_json,
 )
 from kubegate.compiler.tls import RouteTls
+from kubegate.dataplane.caching import CacheCollector
+from kubegate.dataplane.policies.ratelimit import ReplicaCount, parse_replicas
 from kubegate.dataplane.policymetrics import PolicyCollector, policy_state
 from kubegate.dataplane.proxy import Gateway
+from kubegate.dataplane.ratelimiting import RateLimitCollector, RouteLimit
 from kubegate.dataplane.snapshot import Snapshot
 from kubegate.dataplane.stats import StatsCollector
 
@@ -58,6 +70,9 @@ logger = logging.getLogger("kubegate.admin")
 
 MAX_TABLE_BYTES = 64 * 1024 * 1024
 MAX_REASON_CHARS = 1000  # one reason of a refusal (a message may quote what was pushed)
+MAX_REPLICAS_BYTES = 1024  # the body of PUT /replicas
+#: The header of a table push that carries the replica count along.
+REPLICAS_HEADER = "kubegate-replicas"
 
 _T = TypeVar("_T")
 
@@ -113,6 +128,13 @@ def _tls_summary(tls: RouteTls | None) -> dict[str, Any] | None:
         {"secret": c.secret, "dnsNames": list(c.dns_names), "notAfter": c.not_after} for c in tls.certificates
     ]
     return {"certificates": certificates, "redirectHTTP": tls.redirect_http, "error": tls.error}
+
+
+def _route_limits(snapshot: Snapshot | None) -> list[tuple[str, RouteLimit]]:
+    """The rate limits of the table being served, by route (for ``/metrics``)."""
+    if snapshot is None:
+        return []
+    return [(rid, rt.edge.limit) for rid, rt in snapshot.routes.items() if rt.edge and rt.edge.limit]
 
 
 def _routes_policy_state(snapshot: Snapshot) -> dict[str, Any]:
@@ -257,12 +279,18 @@ def build_admin_app(
     max_table_bytes: int = MAX_TABLE_BYTES,
     worker: concurrent.futures.Executor | None = None,
     service_aliases: Mapping[str, str] | None = None,
+    replicas: ReplicaCount | None = None,
 ) -> Starlette:
     """The admin app. ``on_traffic_loop`` runs the swap where the proxy runs (default: right here, for an
     app served on the traffic loop itself); ``worker`` runs the heavy work (default: one thread);
     ``service_aliases`` are more names for ``/services/{name}``, each standing for another name it
-    accepts (``kubegate serve --demo``: its echo backend's ``echo-9001`` for ``127.0.0.1:9001``)."""
+    accepts (``kubegate serve --demo``: its echo backend's ``echo-9001`` for ``127.0.0.1:9001``);
+    ``replicas`` is the count ``PUT /replicas`` sets (default: the store's ``EdgeContext.replicas``, the
+    one the rate limits read; a store without a context gets one of its own)."""
     store = gateway.store
+    count = replicas if replicas is not None else ReplicaCount()
+    if replicas is None and store.context is not None:
+        count = store.context.replicas
     run_swap: LoopRunner = on_traffic_loop or _inline
     pool = worker or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubegate-admin-work")
     registry = CollectorRegistry(auto_describe=False)
@@ -274,6 +302,13 @@ def build_admin_app(
         )
     )
     registry.register(PolicyCollector(lambda: store.current))
+    if store.context is not None and store.context.cache is not None:
+        registry.register(CacheCollector(store.context.cache))
+    registry.register(
+        RateLimitCollector(
+            lambda: _route_limits(store.current), store.context.redis if store.context is not None else None
+        )
+    )
     shared: dict[object, asyncio.Future[Any]] = {}
     push_lock = asyncio.Lock()
     views_cache: list[Views] = []
@@ -309,9 +344,12 @@ def build_admin_app(
         """Always 200 while the process serves; a Redis that is down is a detail here (the data plane
         still serves: Global rate limits fall back to local ones), never a failed probe."""
         context = store.context
+        body: dict[str, Any] = {"status": "ok", "replicas": count.count}
         if context is not None and context.redis is not None:
-            return JSONResponse({"status": "ok", "redis": context.redis.status()})
-        return JSONResponse({"status": "ok"})
+            body["redis"] = context.redis.status()
+        if context is not None and context.cache is not None:  # the memory store, requests waiting for a fill
+            body["cache"] = context.cache.status()
+        return JSONResponse(body)
 
     async def ready(request: Request) -> Response:
         if gateway.draining:
@@ -338,6 +376,12 @@ def build_admin_app(
                 live += b',"jwks":' + _encode(jwks)
         if context is not None and context.redis is not None:  # the Redis of Global rate limits
             live += b',"redis":' + _encode(context.redis.status())
+        live += b',"replicas":%d' % count.count  # Global limits fall back to 1/replicas of their rate
+        caches = {
+            rid: rt.edge.cache.status() for rid, rt in v.snapshot.routes.items() if rt.edge and rt.edge.cache
+        }
+        if caches and context is not None and context.cache is not None:  # each route's store and counters
+            live += b',"cache":' + _encode({**context.cache.status(), "routes": caches})
         return Response(v.routes + live + b"}", media_type="application/json")
 
     async def services(request: Request) -> Response:
@@ -370,16 +414,18 @@ def build_admin_app(
         if exc.status_code == 404:
             error = (
                 "not found: the admin port serves /health, /ready, /metrics, /routes, /services, "
-                "/services/{name} and /table"
+                "/services/{name}, /table and /replicas"
             )
         else:
             error = exc.detail.lower()
         return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
 
     async def get_table(request: Request) -> Response:
-        return JSONResponse(table_info(store.current))
+        return JSONResponse({**table_info(store.current), "replicas": count.count})
 
-    async def read_push(request: Request) -> bytearray | Response:
+    async def read_push(
+        request: Request, limit: int = max_table_bytes, what: str = "table"
+    ) -> bytearray | Response:
         """The authenticated, size-checked body of a push, or the error response. The token is read
         only for a request that carries one, and a wrong or unset token gets the same answer."""
         auth = request.headers.get("authorization", "")
@@ -388,23 +434,70 @@ def build_admin_app(
         token = push_token()
         if token is None or not hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
             return _refuse(403, "invalid bearer token")
-        too_large = f"table larger than {max_table_bytes} bytes"
+        too_large = f"{what} larger than {limit} bytes"
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_table_bytes:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             return _refuse(413, too_large)
         body = bytearray()
         try:
             async for chunk in request.stream():
                 body += chunk
-                if len(body) > max_table_bytes:
+                if len(body) > limit:
                     return _refuse(413, too_large)
         except ClientDisconnect:
             return Response(status_code=400)  # nobody reads it
         return body  # not copied: 64 MiB take a tenth of a second to copy, in one step
 
-    async def swap_in(build: Callable[[], RouteTable]) -> Response:
-        """Build the table and its snapshot in the worker, then swap it in on the traffic loop; 400 (413
-        over the limits, 409 for a delta that does not fit) with the old table kept when that fails."""
+    def pushed_count(request: Request) -> int | Response | None:
+        """The ``kubegate-replicas`` header of a table push: the count, None without one, or the 400."""
+        value = request.headers.get(REPLICAS_HEADER)
+        if value is None:
+            return None
+        try:
+            text = value.strip()
+            if not (text.isascii() and text.isdigit()):
+                raise ValueError(f"replicas must be a whole number, not {value[:40]!r}")
+            return parse_replicas(int(text))
+        except ValueError as exc:
+            return JSONResponse(
+                {"error": f"invalid {REPLICAS_HEADER} header", "reasons": [_clip(str(exc))]}, status_code=400
+            )
+
+    def counted(new: int, previous: int) -> None:
+        if previous != new:
+            logger.info(
+                "%d data-plane replicas (was %d): Global rate limits fall back to 1/%d of their rate",
+                new,
+                previous,
+                new,
+            )
+
+    async def get_replicas(request: Request) -> Response:
+        return JSONResponse({"replicas": count.count})
+
+    async def put_replicas(request: Request) -> Response:
+        """``{"replicas": N}``, authenticated as a push: 200 with the count and the previous one; 400 and
+        nothing changed for anything but a whole number from 1 to MAX_REPLICAS."""
+        body = await read_push(request, MAX_REPLICAS_BYTES, "replica count")
+        if isinstance(body, Response):
+            return body
+        try:
+            document = json.loads(body)
+            if not isinstance(document, dict) or set(document) != {"replicas"}:
+                raise ValueError('expected {"replicas": N}')
+            new = parse_replicas(document["replicas"])
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+            return JSONResponse(
+                {"error": "invalid replica count", "reasons": [_clip(str(exc))]}, status_code=400
+            )
+        previous = count.set(new)  # one attribute: the rate limits resize at their next check
+        counted(new, previous)
+        return JSONResponse({"replicas": new, "previous": previous})
+
+    async def swap_in(build: Callable[[], RouteTable], replicas: int | None = None) -> Response:
+        """Build the table and its snapshot in the worker, then swap it in on the traffic loop (with the
+        replica count the push carried, if any); 400 (413 over the limits, 409 for a delta that does not
+        fit) with the old table, and the old count, kept when that fails."""
 
         def work() -> Snapshot:
             with gcpause.paused():
@@ -435,28 +528,45 @@ def build_admin_app(
             return JSONResponse(
                 {"error": "invalid route table", "reasons": [_clip(str(exc))]}, status_code=400
             )
-        replaced: list[object] = [await run_swap(lambda: install(gateway, snapshot, on_table)), *views_cache]
+
+        was = count.count
+
+        def swap() -> Snapshot | None:
+            if replicas is not None:  # the table and the count change in the same step
+                count.set(replicas)
+            return install(gateway, snapshot, on_table)
+
+        replaced: list[object] = [await run_swap(swap), *views_cache]
         views_cache.clear()
         await in_worker(replaced.clear)  # the old table is freed there, not on the traffic loop
         logger.info(
             "table %s swapped in (%d routes, %s)", snapshot.version, len(snapshot.routes), snapshot.hash
         )
-        return JSONResponse(table_info(snapshot))
+        if replicas is not None:
+            counted(replicas, was)
+        return JSONResponse({**table_info(snapshot), "replicas": count.count})
 
     async def put_table(request: Request) -> Response:
         body = await read_push(request)
         if isinstance(body, Response):
             return body
+        replicas = pushed_count(request)
+        if isinstance(replicas, Response):
+            return replicas
         async with push_lock:
             previous = store.current.table if store.current else None
             return await swap_in(
-                lambda: RouteTable.from_wire(load_json(body, limits), previous=previous, limits=limits)
+                lambda: RouteTable.from_wire(load_json(body, limits), previous=previous, limits=limits),
+                replicas,
             )
 
     async def patch_table(request: Request) -> Response:
         body = await read_push(request)
         if isinstance(body, Response):
             return body
+        replicas = pushed_count(request)
+        if isinstance(replicas, Response):
+            return replicas
         async with push_lock:
             current = store.current
             if current is None:
@@ -470,7 +580,7 @@ def build_admin_app(
                 check_size(table, limits)
                 return table
 
-            return await swap_in(build)
+            return await swap_in(build, replicas)
 
     return Starlette(
         routes=[
@@ -483,6 +593,8 @@ def build_admin_app(
             Route("/table", get_table, methods=["GET"]),
             Route("/table", put_table, methods=["PUT"]),
             Route("/table", patch_table, methods=["PATCH"]),
+            Route("/replicas", get_replicas, methods=["GET"]),
+            Route("/replicas", put_replicas, methods=["PUT"]),
         ],
         exception_handlers={HTTPException: http_error},
     )

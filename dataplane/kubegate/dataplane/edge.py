@@ -23,14 +23,15 @@ added after the transforms, so a transform can never change them; the compiler r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from kubegate.compiler.edge import EdgePolicy, HeaderOps
 from kubegate.dataplane.auth import RouteAuth, Verdict
+from kubegate.dataplane.caching import CacheContext, RouteCache
 from kubegate.dataplane.jwkssources import JwksSources
 from kubegate.dataplane.policies.cors import CorsPolicy
-from kubegate.dataplane.policies.ratelimit import Decision
+from kubegate.dataplane.policies.ratelimit import Decision, ReplicaCount
 from kubegate.dataplane.policies.transforms import HeaderTransform, Redirect, Rewrite
 from kubegate.dataplane.ratelimiting import Network, RouteLimit
 from kubegate.dataplane.redislimit import RedisBackend
@@ -60,15 +61,19 @@ _AUTHORIZATION, _API_KEY, _ORIGIN, _ACR_METHOD, _ACR_HEADERS, _XFF, _LIMIT_HEADE
 @dataclass(frozen=True)
 class EdgeContext:
     """What the edge policies share across routes and tables: the JWKS sources, the Redis of Global rate
-    limits (None: every limit is Local), the number of replicas a Global limit falls back to sharing,
-    the trusted proxies whose X-Forwarded-For names the client, and the HTTPS port that routes with
+    limits (None: every limit is Local), the number of replicas a Global limit falls back to sharing
+    (run-time state the admin API changes: the fallbacks follow it without a new table), the trusted
+    proxies whose X-Forwarded-For names the client, and the HTTPS port that routes with
     ``tls.redirectHTTP`` send plain requests to (None without a TLS listener: no redirect)."""
 
     jwks: JwksSources | None = None
     redis: RedisBackend | None = None
-    replicas: int = 1
+    replicas: ReplicaCount = field(default_factory=ReplicaCount)  # 1 until the operator says otherwise
     trusted_proxies: tuple[Network, ...] = ()
     https_port: int | None = None  # the HTTPS port redirectHTTP sends to; None: no TLS listener
+    cache: CacheContext | None = (
+        None  # the response caches' stores (None: a memory store of the default size)
+    )
 
 
 def _lines(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
@@ -78,6 +83,7 @@ def _lines(pairs: list[tuple[bytes, bytes]]) -> list[bytes]:
 class EdgeRuntime:
     __slots__ = (
         "auth",
+        "cache",
         "cors",
         "jwks_uri",
         "limit",
@@ -98,6 +104,19 @@ class EdgeRuntime:
         self.limit = (
             RouteLimit(rl, route_id, redis=ctx.redis, replicas=ctx.replicas, trusted=ctx.trusted_proxies)
             if rl is not None
+            else None
+        )
+        cache = policy.cache
+        #: The response cache: the proxy calls its lookup point right after :meth:`request`.
+        self.cache = (
+            RouteCache(
+                cache,
+                route_id,
+                ctx.cache if ctx.cache is not None else _default_cache_context(),
+                api_key_header=self.auth.api_key_header if self.auth is not None else None,
+                api_key_query=a.api_key.query if a is not None and a.api_key is not None else None,
+            )
+            if cache is not None
             else None
         )
         self.jwks_uri = a.jwt.jwks_uri if a is not None and a.jwt is not None and a.error is None else None
@@ -217,6 +236,7 @@ class EdgeRuntime:
                 decision = limit.limiter.decide(key, ex.limited)
                 if decision is None:  # asked Redis: the exchange starts over with its answer
                     return None
+                ex.limit_decision = decision  # counted once, whatever later makes the exchange start over
             limit_lines = limit.lines(decision)
             if not decision.allowed:
                 ex.rate_limited([*limit_lines, *(ex.resp_lines or ())])
@@ -243,6 +263,16 @@ class EdgeRuntime:
         if ex.resp_lines:
             lines.extend(ex.resp_lines)
         return lines
+
+
+_DEFAULT_CACHE: list[CacheContext] = []
+
+
+def _default_cache_context() -> CacheContext:
+    """The cache context of routes built without one (tests, tools): one per process."""
+    if not _DEFAULT_CACHE:
+        _DEFAULT_CACHE.append(CacheContext())
+    return _DEFAULT_CACHE[0]
 
 
 def _transform(ops: HeaderOps | None) -> HeaderTransform | None:

@@ -44,8 +44,10 @@ import uvicorn
 from kubegate.dataplane import httpbits
 from kubegate.dataplane.accesslog import AccessLog
 from kubegate.dataplane.attempts import Attempts
+from kubegate.dataplane.caching import Fill
 from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, normalize_path
 from kubegate.dataplane.policies.balancing import hash_key
+from kubegate.dataplane.policies.cachestore import CachedResponse
 from kubegate.dataplane.policies.ratelimit import Decision
 from kubegate.dataplane.ratelimiting import Network, is_trusted
 from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
@@ -536,6 +538,10 @@ class Exchange:
         "body_buffered",
         "body_done",
         "body_sent",
+        "cache_entry",
+        "cache_fill",
+        "cache_mark",
+        "cache_state",
         "chunked",
         "client",
         "conn",
@@ -616,6 +622,11 @@ class Exchange:
         self.resp_lines: list[bytes] | None = None  # edge lines for the response (CORS, RateLimit)
         self.limit_decision: Decision | None = None  # a Global rate limit's answer, on the restart it causes
         self.identity: str | None = None  # who the route's auth admitted (JWT sub, API-key client)
+        # the route's response cache (dataplane/caching.py): what the request waited for, the fill of a miss
+        self.cache_state = 0
+        self.cache_entry: CachedResponse | None = None
+        self.cache_fill: Fill | None = None
+        self.cache_mark: bytes | None = None  # the X-Cache line of a response from upstream
 
     def get(self, name: str) -> str | None:
         """A request header by lower-case name (repeated ones joined with ","), for the matcher's header
@@ -812,6 +823,11 @@ class Exchange:
             if edited is None:  # answered by the gateway
                 return
             out = edited
+            cache = edge.cache
+            if cache is not None and not cache.lookup(  # the response cache (dataplane/caching.py)
+                self, host_s, path, query.decode("latin-1") if query else ""
+            ):
+                return  # answered from the cache, or waiting for it
         policies = route.policies
         endpoint: tuple[str, int] | None = None
         if policies is None:
@@ -1024,10 +1040,22 @@ class Exchange:
         if tokens is not None and not tokens <= _PLAIN_CONNECTION:
             # Only end-to-end headers are in `lines`: framing is added below, whatever Connection says.
             lines = [line for line in lines if line.split(b":", 1)[0].lower() not in tokens]
+        fill = self.cache_fill
+        if fill is not None:  # a cache miss: stored if the response allows (dataplane/caching.py)
+            fill.head(
+                status,
+                headers,
+                lines,
+                int(length) if length and not upstream_chunked else None,
+                self.raw_headers,
+                self.identity,
+            )
         route = self.route
         edge = route.edge if route is not None else None
         if edge is not None and edge.transforms_response:  # header transforms, CORS (dataplane/edge.py)
             lines = edge.response(self, lines)
+        if self.cache_mark is not None:
+            lines.append(self.cache_mark)
         no_body = self.head_only or status in (204, 304)
         has_length = bool(length) and not upstream_chunked and status != 204
         if has_length:
@@ -1070,6 +1098,8 @@ class Exchange:
 
     def upstream_body(self, data: bytes) -> None:
         self.sent += len(data)
+        if self.cache_fill is not None:
+            self.cache_fill.body(data)
         if self.resp_chunked:
             self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -1084,6 +1114,8 @@ class Exchange:
     def upstream_done(self) -> None:
         if self.done:
             return
+        if self.cache_fill is not None:
+            self.cache_fill.complete()
         if self.resp_chunked:
             self.client.write(b"0\r\n\r\n")
         conn, self.conn = self.conn, None
@@ -1181,9 +1213,51 @@ class Exchange:
         exchange; the gateway frames it, as every answer of its own."""
         if self.done:
             return
-        keep = self.keep_alive and self.body_done and not self.client.gw.draining
+        keep = self._keepable()
         self.client.write(httpbits.bodiless_response(status, lines, self.request_id, close=not keep))
         self.finish(status, keep_alive=keep)
+
+    def from_cache(self, entry: CachedResponse, age: int, not_modified: bool) -> None:
+        """Answer from the route's cache (dataplane/caching.py): the stored response, framed by the
+        gateway, with the edge response point applied as to a response from upstream, ``Age`` and
+        ``X-Cache: HIT``; 304 when the request's If-None-Match names the entry's ETag."""
+        if self.done:
+            return
+        status = 304 if not_modified else entry.status
+        lines = [httpbits.status_line(status), *entry.lines]
+        route = self.route
+        edge = route.edge if route is not None else None
+        if edge is not None and edge.transforms_response:
+            lines = edge.response(self, lines)
+        lines.append(b"age: %d\r\nx-cache: HIT" % age)
+        body = entry.body
+        if status == 304 or status == 204:
+            body = b""
+        else:
+            lines.append(b"content-length: %d" % len(body))
+        if self.head_only:
+            body = b""
+        lines.append(b"x-request-id: " + self.request_id)
+        keep = self._keepable()
+        if not keep:
+            lines.append(b"connection: close")
+        elif self.version == "1.0":
+            lines.append(b"connection: keep-alive")
+        self.status = status
+        self.resp_started = True
+        self.sent = len(body)
+        self.client.write(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        self.finish(status, keep_alive=keep)
+
+    def _keepable(self) -> bool:
+        """Whether the connection can stay open after an answer of the gateway's own: the client wants it,
+        no drain, and nothing of the request body is left unread (a request without a body has none, even
+        before llhttp reports its end)."""
+        return (
+            self.keep_alive
+            and (self.body_done or (not self.chunked and not self.content_length))
+            and not self.client.gw.draining
+        )
 
     def refused(self, status: int, message: str, lines: list[bytes], kind: str, reason: str) -> None:
         """The route's auth refused the request (dataplane/auth.py): the answer, counted by reason."""
@@ -1228,7 +1302,8 @@ class Exchange:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.abort()
-        # Unread request body: close rather than read and discard it.
+        # Unread request body: close rather than read and discard it. (A request refused while its head
+        # is being read closes too: whatever the client sends next on it is not trusted.)
         keep = self.keep_alive and self.body_done and not self.client.gw.draining
         self.client.write(
             httpbits.error_response(
@@ -1250,6 +1325,9 @@ class Exchange:
             self.timer = None
         if self.attempts is not None:
             self.attempts.finished()
+        if self.cache_fill is not None:  # the requests that waited for this response get it, or go alone
+            fill, self.cache_fill = self.cache_fill, None
+            fill.release()
         client = self.client
         gw = client.gw
         seconds = time.perf_counter() - self.t0

@@ -5,7 +5,11 @@ Built by :class:`~kubegate.dataplane.edge.EdgeRuntime` from the table's
 pure, the Local scope) and :mod:`.redislimit` (the same GCRA in one Redis script, the Global scope, with a
 local fallback while Redis does not answer within its budget). Scope: ``Global`` when the route says so or
 says nothing and the data plane has ``--redis-url``; ``Local`` otherwise. A Global limit without Redis is
-enforced as a Local one of ``requestsPerSecond / replicas``, as it is while Redis is down.
+enforced as a Local one of ``requestsPerSecond / replicas``, as it is while Redis is down: a
+:class:`~kubegate.dataplane.policies.ratelimit.ReplicaShare` reading the process's
+:class:`~kubegate.dataplane.policies.ratelimit.ReplicaCount` (``EdgeContext.replicas``, which the operator
+sets through the admin API), so that the share follows the replica set without a new table and the
+buckets' state is kept (see "The replicas' share" in that module).
 
 The key of a request (:meth:`RouteLimit.key`): ``ClientIP`` is the socket peer, unless the peer is one of
 ``--trusted-proxies``: then ``X-Forwarded-For`` is read right to left and the first address that is not a
@@ -18,10 +22,22 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from kubegate.compiler.edge import RateLimit
-from kubegate.dataplane.policies.ratelimit import Decision, Gcra, Limiter, LocalLimiter, RateLimitHeaders
+from kubegate.dataplane.policies.ratelimit import (
+    Decision,
+    Gcra,
+    Limiter,
+    LocalLimiter,
+    RateLimitHeaders,
+    ReplicaCount,
+    ReplicaShare,
+)
 from kubegate.dataplane.policies.ratelimit import ratelimit_headers as _headers
 from kubegate.dataplane.redislimit import GlobalLimit, RedisBackend, RedisLimiter
 
@@ -73,7 +89,7 @@ class RouteLimit:
         route_id: str,
         *,
         redis: RedisBackend | None,
-        replicas: int,
+        replicas: ReplicaCount,
         trusted: tuple[Network, ...],
     ) -> None:
         self.kind = config.key
@@ -87,8 +103,7 @@ class RouteLimit:
         if scope == "Local":
             self.limiter = LocalLimiter(Gcra(rate, burst), time.monotonic)
         else:
-            share = max(1, replicas)
-            fallback = Gcra(rate / share, burst // share)
+            fallback = ReplicaShare(rate, burst, replicas)  # follows the count, table or not
             if redis is None:  # a Global limit without Redis: each replica its share
                 self.limiter = LocalLimiter(fallback, time.monotonic)
             else:
@@ -117,3 +132,48 @@ class RouteLimit:
     def lines(self, decision: Decision) -> list[bytes]:
         """``RateLimit-Policy``, ``RateLimit`` and, for a refusal, ``Retry-After``."""
         return _headers(self.headers, decision)
+
+
+class RateLimitCollector(Collector):
+    """``/metrics`` for the limits' Redis side, read at scrape time: the decisions each Global limit took
+    from its local share because Redis did not answer (``kubegate_rate_limit_fallbacks_total``; these
+    counters belong to the table's limiters, so they start over when a new table is loaded), and the
+    Redis backend's state and counters (shared with the response cache)."""
+
+    def __init__(
+        self, limits: Callable[[], Iterable[tuple[str, RouteLimit]]], redis: RedisBackend | None
+    ) -> None:
+        self._limits = limits
+        self._redis = redis
+
+    def collect(self) -> Iterator[Any]:
+        fallbacks = CounterMetricFamily(
+            "kubegate_rate_limit_fallbacks",
+            "Decisions of Global rate limits taken by the replica's local share (requestsPerSecond / "
+            "replicas) because Redis did not answer within its budget or was being skipped",
+            labels=["route"],
+        )
+        for route, limit in sorted(self._limits(), key=lambda item: item[0]):
+            limiter = limit.limiter
+            if isinstance(limiter, GlobalLimit):
+                fallbacks.add_metric([route], limiter.fallbacks)
+        yield fallbacks
+        redis = self._redis
+        if redis is None:
+            return
+        status = redis.status()
+        up = GaugeMetricFamily(
+            "kubegate_redis_up", "1 while the Redis of Global limits and shared caches answers, else 0"
+        )
+        up.add_metric([], 1.0 if status["state"] == "up" else 0.0)
+        yield up
+        for name, help_text in (
+            ("calls", "Commands sent to Redis or skipped (rate-limit checks, cache reads and writes)"),
+            ("failures", "Commands Redis gave no usable answer to (errors, broken connections, the budget)"),
+            ("timeouts", "Commands not answered within the budget (50 ms)"),
+            ("skipped", "Commands not sent because Redis was down (within its backoff)"),
+            ("transitions", "Times Redis went from up to down"),
+        ):
+            family = CounterMetricFamily(f"kubegate_redis_{name}", help_text)
+            family.add_metric([], status[name])
+            yield family

@@ -28,13 +28,14 @@ from typing import TypeVar
 
 import uvicorn
 
-from kubegate.dataplane import redislimit, tls
+from kubegate.dataplane import caching, redislimit, tls
 from kubegate.dataplane.admin import build_admin_app, to_oldest_generation
 from kubegate.dataplane.adminserver import AdminLimits, AdminServer
 from kubegate.dataplane.edge import EdgeContext
 from kubegate.dataplane.healthprober import HealthProber
 from kubegate.dataplane.jwkssources import JwksSources
 from kubegate.dataplane.pathnorm import EscapedSlashes
+from kubegate.dataplane.policies.cachestore import MemoryStore
 from kubegate.dataplane.proxy import Gateway, GatewayConfig, ProxySettings
 from kubegate.dataplane.ratelimiting import parse_trusted_proxies
 from kubegate.dataplane.redislimit import RedisBackend
@@ -79,6 +80,7 @@ class ServeOptions:
     tls_port: int | None = None  # the HTTPS listener (dataplane/tls.py); None: none
     default_certificate: tuple[Path, Path] | None = None  # CERT, KEY files for unknown or no SNI
     tls_redirect_port: int | None = None  # the port redirectHTTP names (default tls_port)
+    cache_memory_bytes: int = caching.DEFAULT_MEMORY_BYTES  # the replica's in-memory response cache
 
 
 def push_token_source(token_file: Path | None) -> Callable[[], str | None]:
@@ -170,11 +172,13 @@ async def serve(opts: ServeOptions) -> int:
                 return 1
         tls_contexts = tls.TlsContexts(default)
     trusted_proxies = parse_trusted_proxies(opts.trusted_proxies)
+    cache = caching.CacheContext(MemoryStore(opts.cache_memory_bytes), redis)  # the routes' response caches
     context = EdgeContext(
         jwks=jwks,
         redis=redis,
         trusted_proxies=trusted_proxies,
         https_port=(opts.tls_redirect_port or opts.tls_port) if opts.tls_port is not None else None,
+        cache=cache,
     )
     store = SnapshotStore(context=context)
     if tls_contexts is not None:  # first, so that the first table's certificates are there at once
@@ -194,6 +198,7 @@ async def serve(opts: ServeOptions) -> int:
 
     # Series of routes a new table no longer has leave /metrics (the listener runs where swaps do).
     store.on_swap(lambda snapshot: gateway.stats.retain(snapshot.routes))
+    store.on_swap(lambda snapshot: cache.retain(snapshot.routes))
     prober = HealthProber()  # active health checks of the backends that have one
     store.on_swap(prober.sync)
     store.on_swap(lambda snapshot: jwks.sync(_jwks_uris(snapshot)))

@@ -2,9 +2,9 @@
 
 A route's ``rateLimit`` (``requestsPerSecond`` R, ``burst`` B, a key kind) gets one :class:`Gcra` per
 replica for the Local scope; the Global scope evaluates the same algorithm in Redis
-(:mod:`kubegate.dataplane.redislimit`) and falls back to a :class:`Gcra` at ``R / replicas`` while Redis
-is away. This module is pure: no I/O, no clock of its own (``now`` is passed in, monotonic seconds), O(1)
-per call, so the proxy can call it inline on the request head.
+(:mod:`kubegate.dataplane.redislimit`) and falls back to a :class:`ReplicaShare` (R and B shared by the
+replicas, see below) while Redis is away. This module is pure: no I/O, no clock of its own (``now`` is
+passed in, monotonic seconds), O(1) per call, so the proxy can call it inline on the request head.
 
 **GCRA** (the generic cell rate algorithm, a token bucket kept as one number per key): each key has a
 *theoretical arrival time* TAT; a request at ``now`` is admitted when ``TAT - now <= tau`` and then moves
@@ -44,6 +44,20 @@ bytes, as :mod:`kubegate.dataplane.httpbits` builds them.
 :class:`LocalLimiter` binds a :class:`Gcra` to a clock and has the shape the proxy calls for both scopes
 (:class:`Limiter`): ``decide(key, resume)`` returns the decision now, or None when it must wait (the
 Global scope, while Redis answers) and calls ``resume(decision)`` later.
+
+**The replicas' share** (the Global scope without Redis, or while Redis is away): each replica enforces
+``R / N`` and ``B // N``, N being the number of data-plane replicas, so that N replicas together admit
+about the Global limit. N is run-time state, not part of the route table: the operator tells each replica
+(``PUT /replicas`` on the admin API, or the ``kubegate-replicas`` header of a table push) whenever the
+replica set changes, often with the table unchanged; standalone, and until told, it is 1. It is kept in
+one :class:`ReplicaCount` per process, shared by every route; a :class:`ReplicaShare` (the fallback's
+GCRA) compares the count with the share it was sized for on each check (one integer comparison) and,
+when they differ, resizes itself in place (:meth:`Gcra.resize`) before deciding. So a new count takes
+effect at the next request of every route, with no table rebuild, and the admin thread only ever writes
+one attribute: the buckets are changed on the traffic loop, by the check itself. Resizing keeps every
+key's TAT (the instant its bucket is full again): ``tau = B / R`` is about the same at any share (both
+are divided by N), so a client that had used up its bucket stays limited for about as long, and the new
+spacing ``N / R`` applies from its next admitted request.
 """
 
 from __future__ import annotations
@@ -58,13 +72,17 @@ __all__ = [
     "EPSILON",
     "MAX_KEYS",
     "MAX_KEY_LENGTH",
+    "MAX_REPLICAS",
     "Decision",
     "Gcra",
     "Key",
     "Limiter",
     "LocalLimiter",
     "RateLimitHeaders",
+    "ReplicaCount",
+    "ReplicaShare",
     "compact_key",
+    "parse_replicas",
     "policy_window",
     "ratelimit_headers",
     "retry_after_seconds",
@@ -80,6 +98,8 @@ MAX_KEY_LENGTH = 64
 EPSILON = 1e-6
 #: Expired entries dropped from the old end of the table per new key, at most.
 _SWEEP = 4
+#: The most replicas a :class:`ReplicaCount` accepts (a sanity bound on what the operator sends).
+MAX_REPLICAS = 10_000
 
 
 class Decision(NamedTuple):
@@ -119,18 +139,23 @@ class Gcra:
     __slots__ = ("_interval", "_table", "_tau", "allowed", "burst", "denied", "evicted", "max_keys", "rate")
 
     def __init__(self, rate: float, burst: int, *, max_keys: int = MAX_KEYS) -> None:
-        validate(rate, burst)
         if max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, not {max_keys!r}")
-        self.rate = float(rate)
-        self.burst = int(burst)
         self.max_keys = max_keys
-        self._interval = 1.0 / self.rate
-        self._tau = self.burst * self._interval
         self._table: OrderedDict[Key, float] = OrderedDict()  # key -> TAT, least recently used first
+        self.resize(rate, burst)
         self.allowed = 0
         self.denied = 0
         self.evicted = 0
+
+    def resize(self, rate: float, burst: int) -> None:
+        """Enforce ``rate`` and ``burst`` from now on, keeping the table: every key keeps its TAT (see
+        "The replicas' share" in the module docstring). ValueError (and nothing changed) for bad values."""
+        validate(rate, burst)
+        self.rate = float(rate)
+        self.burst = int(burst)
+        self._interval = 1.0 / self.rate
+        self._tau = self.burst * self._interval
 
     def check(self, key: Key, now: float) -> Decision:
         """Admit or refuse one request of ``key`` at ``now`` (monotonic seconds); admitting consumes."""
@@ -186,6 +211,63 @@ class Gcra:
             f"<Gcra {self.rate:g}/s burst={self.burst} keys={len(self._table)}/{self.max_keys}"
             f" allowed={self.allowed} denied={self.denied} evicted={self.evicted}>"
         )
+
+
+def parse_replicas(value: object) -> int:
+    """A replica count as the admin API receives it (a JSON value): a whole number (an int, not a float
+    or a string) from 1 to :data:`MAX_REPLICAS`; ValueError naming what is wrong otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"replicas must be a whole number, not {str(value)[:40]!r}")
+    if not 1 <= value <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be from 1 to {MAX_REPLICAS}, not {value}")
+    return value
+
+
+class ReplicaCount:
+    """How many data-plane replicas share a Global limit (see "The replicas' share" in the module
+    docstring): one per process, written by the admin API's thread, read by the traffic loop."""
+
+    __slots__ = ("count",)
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = parse_replicas(count)
+
+    def set(self, count: int) -> int:
+        """Make it ``count`` (ValueError, and nothing changed, unless :func:`parse_replicas` accepts
+        it); returns the previous count."""
+        count = parse_replicas(count)
+        previous, self.count = self.count, count
+        return previous
+
+    def __repr__(self) -> str:
+        return f"<ReplicaCount {self.count}>"
+
+
+class ReplicaShare(Gcra):
+    """A :class:`Gcra` at this replica's share of ``rate`` and ``burst``: ``rate / N`` and ``burst // N``
+    for the current count N of ``replicas``, resized in place when N changes (see the module docstring).
+    ``full_rate`` and ``full_burst`` are the route's whole limit, ``share`` the N it is sized for."""
+
+    __slots__ = ("full_burst", "full_rate", "replicas", "share")
+
+    def __init__(self, rate: float, burst: int, replicas: ReplicaCount, *, max_keys: int = MAX_KEYS) -> None:
+        validate(rate, burst)
+        self.full_rate = float(rate)
+        self.full_burst = int(burst)
+        self.replicas = replicas
+        self.share = share = replicas.count
+        super().__init__(self.full_rate / share, self.full_burst // share, max_keys=max_keys)
+
+    def check(self, key: Key, now: float) -> Decision:
+        share = self.replicas.count
+        if share != self.share:
+            self.resize(self.full_rate / share, self.full_burst // share)
+            self.share = share
+        return Gcra.check(self, key, now)
+
+    def __repr__(self) -> str:
+        whole = f"{self.full_rate:g}/s burst={self.full_burst}"
+        return f"<ReplicaShare 1/{self.share} of {whole}: {Gcra.__repr__(self)}>"
 
 
 class Limiter(Protocol):

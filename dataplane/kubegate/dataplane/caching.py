@@ -1,0 +1,491 @@
+"""A route's response cache at run time: the lookup point, single flight, and the fill of a miss.
+
+The decisions are pure and live elsewhere: what may be looked up or stored, for how long, under which key
+(:mod:`kubegate.dataplane.policies.cachecontrol`, RFC 9111 for a shared cache), and the entry and the
+in-memory LRU (:mod:`kubegate.dataplane.policies.cachestore`). This module wires them to the proxy's
+exchange at two named points:
+
+1. :meth:`RouteCache.lookup`, after the edge request point (so auth has established the identity and the
+   rate limit has counted the request: a hit is still a request), before a backend is chosen. It returns
+   True when the request goes upstream (``ex.cache_fill`` is set when the response may be stored) and
+   False when it was answered from the cache (``ex.from_cache``) or has to wait: for Redis's answer, or
+   for another request that is already fetching the same key. The exchange then starts over
+   (``ex.restart``) with what it waited for in ``ex.cache_entry``; ``ex.cache_state`` says which wait it
+   was, so that a request waits at most once for each.
+2. :class:`Fill`, on the upstream's response: :meth:`Fill.head` decides whether it is stored and gives
+   the ``X-Cache`` line, :meth:`Fill.body` keeps the body while it fits ``maxEntryBytes`` (a larger one
+   streams on, uncached), :meth:`Fill.complete` stores it, and :meth:`Fill.release` (from the exchange's
+   end, whatever it was) hands the entry, or nothing, to the requests that waited.
+
+**Single flight**: concurrent misses for one key in one replica wait for the first one's response instead
+of each going upstream (a stampede of 200 requests for a cold key costs the backend one request per
+replica). A waiter gets the entry directly from the leader (not from the store: a Redis ``SET`` may still
+be on its way). When the leader's response cannot be stored, or the leader fails, the waiters go upstream
+each on their own (they do not queue behind one another); a waiter never waits longer than
+:data:`FLIGHT_WAIT` seconds. Across replicas there is no lock: each replica fills a cold Redis key once.
+
+**Stores**: ``Memory`` is the replica's :class:`~kubegate.dataplane.policies.cachestore.MemoryStore`
+(``--cache-memory-bytes``), shared by every route; ``Redis`` keeps entries under ``kubegate:cache:`` with
+a TTL of their freshness lifetime, through the same :class:`~kubegate.dataplane.redislimit.RedisBackend`
+as the Global rate limits (one budget of 50 ms, one backoff, one log line per outage). While Redis does not
+answer, requests bypass the cache (``X-Cache: BYPASS``, counted with reason ``redis``): never a 5xx.
+
+``X-Cache`` is ``HIT`` (answered from the cache, with ``Age``), ``MISS`` (looked up or refreshed, then
+fetched) or ``BYPASS`` (not eligible: see
+:func:`~kubegate.dataplane.policies.cachecontrol.classify_request`, or Redis away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Container, Iterator
+from typing import Any, Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from kubegate.compiler.edge import Cache
+from kubegate.dataplane.policies.cachecontrol import (
+    BYPASS,
+    REFRESH,
+    CacheRules,
+    StoreDecision,
+    cache_key,
+    classify_request,
+    decide_store,
+    vary_values,
+)
+from kubegate.dataplane.policies.cachestore import CachedResponse, MemoryStore
+from kubegate.dataplane.redislimit import NO_REPLY, RedisBackend
+
+logger = logging.getLogger("kubegate.cache")
+
+#: The default size of a replica's in-memory cache (``--cache-memory-bytes``).
+DEFAULT_MEMORY_BYTES = 64 * 1024 * 1024
+#: Seconds a request waits for another one fetching the same key before it goes upstream itself.
+FLIGHT_WAIT = 10.0
+#: Prefix of the entries' keys in Redis.
+REDIS_PREFIX = b"kubegate:cache:"
+
+X_HIT = b"x-cache: HIT"
+X_MISS = b"x-cache: MISS"
+X_BYPASS = b"x-cache: BYPASS"
+
+# Exchange.cache_state: what the exchange has waited for already.
+FRESH, ASKED_REDIS, WAITED, REDIS_AWAY = 0, 1, 2, 3
+
+
+class Exchange(Protocol):
+    """What the cache needs of the proxy's exchange."""
+
+    method: bytes
+    raw_headers: list[tuple[bytes, bytes]]
+    identity: str | None
+    chunked: bool
+    content_length: int | None
+    cache_state: int
+    cache_entry: CachedResponse | None
+    cache_fill: Fill | None
+    cache_mark: bytes | None
+
+    def from_cache(self, entry: CachedResponse, age: int, not_modified: bool) -> None: ...
+    def restart(self) -> None: ...
+
+
+class CacheContext:
+    """What every route's cache shares in one replica, across tables: the memory store, the Redis backend
+    (None without ``--redis-url``), the flights in progress, the wall clock (``Age`` and ``Expires`` are
+    wall-clock times) and the counters that ``/metrics`` and ``/health`` show."""
+
+    def __init__(
+        self,
+        memory: MemoryStore | None = None,
+        redis: RedisBackend | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        flight_wait: float = FLIGHT_WAIT,
+    ) -> None:
+        self.memory = memory if memory is not None else MemoryStore(DEFAULT_MEMORY_BYTES)
+        self.redis = redis
+        self.clock = clock
+        self.flight_wait = flight_wait
+        self.flights: dict[bytes, Flight] = {}
+        #: (route, result) -> count; result is hit, miss or bypass
+        self.lookups: dict[tuple[str, str], int] = {}
+        #: (route, reason) -> bypassed requests
+        self.bypassed: dict[tuple[str, str], int] = {}
+        #: route -> responses stored
+        self.stored: dict[str, int] = {}
+
+    def count(self, route: str, result: str) -> None:
+        key = (route, result)
+        self.lookups[key] = self.lookups.get(key, 0) + 1
+
+    def bypass(self, route: str, reason: str) -> None:
+        self.count(route, "bypass")
+        key = (route, reason)
+        self.bypassed[key] = self.bypassed.get(key, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        """For ``/health``: the memory store's size and the flights in progress."""
+        flights = list(self.flights.values())
+        return {
+            "memory": self.memory.status(),
+            "flights": len(flights),
+            "waiting": sum(len(flight.waiters) for flight in flights),
+        }
+
+    def retain(self, routes: Container[str]) -> None:
+        """Drop the counters of routes a new table no longer has (``/metrics`` must not grow with churn)."""
+        for key in [k for k in self.lookups if k[0] not in routes]:
+            del self.lookups[key]
+        for key in [k for k in self.bypassed if k[0] not in routes]:
+            del self.bypassed[key]
+        for route in [r for r in self.stored if r not in routes]:
+            del self.stored[route]
+
+
+class CacheCollector(Collector):
+    """The cache's counters and the memory store's size for ``/metrics``, read at scrape time (the proxy
+    bumps plain integers, as :mod:`kubegate.dataplane.stats` explains)."""
+
+    def __init__(self, context: CacheContext) -> None:
+        self._context = context
+
+    def collect(self) -> Iterator[Any]:
+        ctx = self._context
+        requests = CounterMetricFamily(
+            "kubegate_cache_requests",
+            "Requests to routes with a cache, by result: hit (answered from the cache), miss (fetched), "
+            "bypass (not eligible, or Redis unavailable)",
+            labels=["route", "result"],
+        )
+        for (route, result), n in sorted(list(ctx.lookups.items())):
+            requests.add_metric([route, result], n)
+        yield requests
+        bypassed = CounterMetricFamily(
+            "kubegate_cache_bypassed",
+            "Requests that bypassed a route's cache, by reason (method, body, range, credentials, no-store, "
+            "redis: the Redis store did not answer)",
+            labels=["route", "reason"],
+        )
+        for (route, reason), n in sorted(list(ctx.bypassed.items())):
+            bypassed.add_metric([route, reason], n)
+        yield bypassed
+        stored = CounterMetricFamily("kubegate_cache_stored", "Responses stored, by route", labels=["route"])
+        for route, n in sorted(list(ctx.stored.items())):
+            stored.add_metric([route], n)
+        yield stored
+        memory = ctx.memory.status()
+        size = GaugeMetricFamily("kubegate_cache_memory_bytes", "Bytes held by the replica's memory cache")
+        size.add_metric([], memory["bytes"])
+        yield size
+        entries = GaugeMetricFamily("kubegate_cache_memory_entries", "Entries in the replica's memory cache")
+        entries.add_metric([], memory["entries"])
+        yield entries
+        evictions = CounterMetricFamily(
+            "kubegate_cache_memory_evictions", "Entries the memory cache dropped to stay within its size"
+        )
+        evictions.add_metric([], memory["evictions"])
+        yield evictions
+
+
+class Flight:
+    """The requests waiting for one key's fill; settled once (by the fill's end or the wait's timer)."""
+
+    __slots__ = ("context", "key", "timer", "waiters")
+
+    def __init__(self, context: CacheContext, key: bytes) -> None:
+        self.context = context
+        self.key = key
+        self.waiters: list[Exchange] = []
+        self.timer: asyncio.TimerHandle | None = None
+
+    def wait(self, ex: Exchange) -> None:
+        if self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.context.flight_wait, self.settle, None)
+        self.waiters.append(ex)
+
+    def settle(self, entry: CachedResponse | None) -> None:
+        """Wake every waiter with ``entry`` (None: go upstream alone) and end the flight."""
+        if self.context.flights.get(self.key) is self:
+            del self.context.flights[self.key]
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        waiters, self.waiters = self.waiters, []
+        for ex in waiters:
+            ex.cache_state = WAITED
+            ex.cache_entry = entry
+            try:
+                ex.restart()
+            except Exception:  # one exchange's bug must not strand the others
+                logger.exception("cache waiter failed to restart")
+
+
+class RouteCache:
+    """One route's ``cache`` policy, built once per table."""
+
+    __slots__ = ("api_key_header", "api_key_query", "context", "redis", "route_id", "rules", "store")
+
+    def __init__(
+        self,
+        policy: Cache,
+        route_id: str,
+        context: CacheContext,
+        *,
+        api_key_header: bytes | None = None,
+        api_key_query: str | None = None,
+    ) -> None:
+        self.route_id = route_id
+        self.context = context
+        self.rules = CacheRules(
+            ttl=policy.ttl_seconds,
+            max_entry_bytes=policy.max_entry_bytes,
+            key_query_params=policy.key_query_params,
+            key_headers=tuple(h.encode("latin-1") for h in policy.key_headers),
+            per_user=policy.per_user,
+        )
+        wanted = policy.store or ("Redis" if context.redis is not None else "Memory")
+        #: The Redis backend when entries live in Redis (None: the memory store).
+        self.redis = context.redis if wanted == "Redis" else None
+        self.store = "Redis" if self.redis is not None else "Memory"
+        #: The route's API-key credential (a request that carries it has credentials, as with Authorization).
+        self.api_key_header = api_key_header
+        self.api_key_query = api_key_query
+
+    # --- the lookup point --------------------------------------------------------------------------------
+    def lookup(self, ex: Exchange, host: str, path: str, query: str) -> bool:
+        """True: the request goes upstream (``ex.cache_fill`` set when its response may be stored);
+        False: answered from the cache, or waiting (the exchange starts over later)."""
+        ctx = self.context
+        rules = self.rules
+        headers = ex.raw_headers
+        action, reason = classify_request(
+            rules,
+            ex.method,
+            headers,
+            has_body=ex.chunked or bool(ex.content_length),
+            credentials=self._credentials(headers, query),
+            identity=ex.identity,
+        )
+        if action == BYPASS:
+            return self._bypass(ex, reason)
+        state = ex.cache_state
+        if state == REDIS_AWAY:
+            return self._bypass(ex, "redis")
+        key = cache_key(
+            rules, self.route_id, host, path, query, headers, ex.identity if rules.per_user else None
+        )
+        head_only = ex.method == b"HEAD"
+        if action == REFRESH:  # the client asked for a fresh answer: fetch it, and store it for the others
+            ctx.count(self.route_id, "miss")
+            ex.cache_mark = X_MISS
+            if not head_only:
+                ex.cache_fill = Fill(self, key, None)
+            return True
+        now = ctx.clock()
+        entry: CachedResponse | None = None
+        if state == FRESH:
+            flight = ctx.flights.get(key)
+            if flight is not None and not head_only:
+                flight.wait(ex)
+                return False
+            redis = self.redis
+            if redis is not None:
+                if redis.skipping:
+                    return self._bypass(ex, "redis")
+                ex.cache_state = ASKED_REDIS
+                redis.command((b"GET", REDIS_PREFIX + key), _redis_reply(ex))
+                return False
+            entry = ctx.memory.get(key, now)
+        else:  # ASKED_REDIS or WAITED: what the wait brought
+            entry = ex.cache_entry
+            ex.cache_entry = None
+        if entry is not None and entry.fresh(now) and entry.matches(vary_values(entry.vary, headers)):
+            ctx.count(self.route_id, "hit")
+            ex.from_cache(entry, entry.age(now), _not_modified(entry, headers))
+            return False
+        ctx.count(self.route_id, "miss")
+        ex.cache_mark = X_MISS
+        if head_only:  # a HEAD response has no body to store: it goes upstream as it is
+            return True
+        flight = None
+        if state != WAITED:  # a request that waited once goes upstream alone
+            flight = ctx.flights.get(key)
+            if flight is not None:  # another request started the fill while Redis answered this one
+                ex.cache_mark = None
+                flight.wait(ex)
+                return False
+            flight = ctx.flights[key] = Flight(ctx, key)
+        ex.cache_fill = Fill(self, key, flight)
+        return True
+
+    def _credentials(self, headers: list[tuple[bytes, bytes]], query: str) -> bool:
+        name = self.api_key_header
+        if name is not None and any(n.lower() == name for n, _ in headers):
+            return True
+        q = self.api_key_query
+        return q is not None and bool(query) and any(p.partition("=")[0] == q for p in query.split("&"))
+
+    def _bypass(self, ex: Exchange, reason: str) -> bool:
+        self.context.bypass(self.route_id, reason)
+        ex.cache_mark = X_BYPASS
+        return True
+
+    # --- storing -----------------------------------------------------------------------------------------
+    def store_entry(self, key: bytes, entry: CachedResponse, lifetime: float) -> None:
+        redis = self.redis
+        if redis is None:
+            if self.context.memory.put(key, entry):
+                self._stored()
+            return
+        ttl_ms = max(1, int(lifetime * 1000))
+        redis.command((b"SET", REDIS_PREFIX + key, entry.encode(), b"PX", ttl_ms), self._redis_stored)
+
+    def _redis_stored(self, reply: Any) -> None:
+        if reply is not NO_REPLY:
+            self._stored()
+
+    def _stored(self) -> None:
+        stored = self.context.stored
+        stored[self.route_id] = stored.get(self.route_id, 0) + 1
+
+    def status(self) -> dict[str, Any]:
+        """For ``/routes``: the store and the route's counters."""
+        lookups = self.context.lookups
+        rid = self.route_id
+        return {
+            "store": self.store,
+            "hits": lookups.get((rid, "hit"), 0),
+            "misses": lookups.get((rid, "miss"), 0),
+            "bypassed": lookups.get((rid, "bypass"), 0),
+            "stored": self.context.stored.get(rid, 0),
+        }
+
+
+def _redis_reply(ex: Exchange) -> Callable[[Any], None]:
+    def done(reply: Any) -> None:
+        if reply is NO_REPLY:
+            ex.cache_state = REDIS_AWAY
+            ex.cache_entry = None
+        else:
+            ex.cache_entry = None
+            if reply is not None:
+                # not ours, or from another version: a miss (the fill replaces it)
+                with contextlib.suppress(ValueError):
+                    ex.cache_entry = CachedResponse.decode(bytes(reply))
+        ex.restart()
+
+    return done
+
+
+def _not_modified(entry: CachedResponse, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether the request's If-None-Match names the entry's ETag (weak comparison, RFC 9110 §13.1.2)."""
+    inm = None
+    for name, value in headers:
+        if name.lower() == b"if-none-match":
+            inm = value if inm is None else inm + b"," + value
+    if inm is None or entry.status != 200:
+        return False
+    etag = None
+    for line in entry.lines:
+        name, _, value = line.partition(b":")
+        if name.lower() == b"etag":
+            etag = value.strip()
+    if etag is None:
+        return False
+    if inm.strip() == b"*":
+        return True
+    bare = etag[2:] if etag.startswith(b"W/") else etag
+    for tag in inm.split(b","):
+        tag = tag.strip()
+        if (tag[2:] if tag.startswith(b"W/") else tag) == bare:
+            return True
+    return False
+
+
+class Fill:
+    """A miss on its way from the upstream: decides, keeps the body, stores it, releases the waiters."""
+
+    __slots__ = ("cache", "chunks", "decision", "entry", "flight", "key", "lines", "size", "status", "vary")
+
+    def __init__(self, cache: RouteCache, key: bytes, flight: Flight | None) -> None:
+        self.cache = cache
+        self.key = key
+        self.flight = flight
+        self.decision: StoreDecision | None = None
+        self.chunks: list[bytes] | None = None  # None: not storing
+        self.size = 0
+        self.status = 0
+        self.lines: list[bytes] = []
+        self.vary: tuple[bytes | None, ...] = ()
+        self.entry: CachedResponse | None = None
+
+    def head(
+        self,
+        status: int,
+        headers: list[tuple[bytes, bytes]],
+        lines: list[bytes],
+        content_length: int | None,
+        request_headers: list[tuple[bytes, bytes]],
+        identity: str | None,
+    ) -> None:
+        """The upstream's response head: ``headers`` as received, ``lines`` the end-to-end lines the
+        proxy will send (status line first, before the edge transforms), ``identity`` the one auth
+        admitted. Decides whether to store (``private`` only into a per-user key with an identity)."""
+        cache = self.cache
+        decision = decide_store(
+            cache.rules,
+            status,
+            headers,
+            now=cache.context.clock(),
+            content_length=content_length,
+            private_ok=cache.rules.per_user and identity is not None,
+        )
+        self.decision = decision
+        if not decision.store:
+            return
+        self.status = status
+        self.lines = [line for line in lines[1:] if line[:4].lower() != b"age:"]
+        self.vary = vary_values(decision.vary, request_headers)
+        self.chunks = []
+
+    def body(self, data: bytes) -> None:
+        chunks = self.chunks
+        if chunks is None:
+            return
+        self.size += len(data)
+        if self.size > self.cache.rules.max_entry_bytes:
+            self.chunks = None  # too large: it streams on, uncached
+            return
+        chunks.append(data)
+
+    def complete(self) -> None:
+        """The whole response arrived: store it (when it was storable and fitted)."""
+        chunks, decision = self.chunks, self.decision
+        if chunks is None or decision is None or not decision.store:
+            return
+        self.chunks = None
+        now = self.cache.context.clock()
+        entry = CachedResponse(
+            status=self.status,
+            lines=self.lines,
+            body=b"".join(chunks),
+            stored_at=now,
+            expires_at=now + decision.lifetime,
+            age_at_store=decision.age,
+            vary=decision.vary,
+            vary_values=self.vary,
+        )
+        self.entry = entry
+        self.cache.store_entry(self.key, entry, decision.lifetime)
+
+    def release(self) -> None:
+        """The exchange ended: the waiters get the entry, or go upstream on their own."""
+        flight, self.flight = self.flight, None
+        if flight is not None:
+            flight.settle(self.entry)
