@@ -16,6 +16,15 @@ candidates ``pip install -r bench/requirements.txt`` in the environment whose ``
     python bench/proxy_bench.py                 # 3 rounds x every proxy x 10 s (+2 s warm-up each)
     python bench/proxy_bench.py --quick         # 1 round x 3 s
     python bench/proxy_bench.py --proxies nginx,kubegate --rounds 5 --duration 20 --connections 128
+    python bench/proxy_bench.py --https        # nginx and kubegate terminating TLS (see bench/README.md)
+
+``--https``: one self-signed certificate (EC P-256, or ``--tls-key rsa-2048``) for ``localhost``, served by
+nginx (``listen ... ssl``) and by ``kubegate serve --tls-port`` (a route with ``tls.certificateRefs`` to a
+``kubernetes.io/tls`` Secret in its routes file); wrk on ``https://localhost:PORT/``. Loads: keep-alive
+req/s, and handshakes/s with a new connection per request (``Connection: close``), resumed (wrk offers its
+session ticket; the servers accept it) and full (both servers started without TLS 1.3 session tickets),
+each against nginx in the same round. Which handshakes wrk really made is read off the wire first
+(``benchlib.HandshakeSniffer``).
 
 A proxy that fails to start, to return the expected body, or dies under load is reported as failed; the
 run goes on with the others. Every process the script starts is stopped on exit, Ctrl-C or error (and
@@ -40,6 +49,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -50,11 +60,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import benchlib
+
 BENCH_DIR = Path(__file__).resolve().parent
 CANDIDATES_DIR = BENCH_DIR / "candidates"
 BODY = b"kubegate-bench:" + b"x" * 85  # the upstream's fixed response body
 assert len(BODY) == 100
 REFERENCE = "nginx"
+#: --https: the name clients use (SNI and Host): in the certificate's SAN and the kubegate route's hosts. wrk
+#: sends its URL's host as SNI, so it must resolve to 127.0.0.1 (wrk connects to what it resolves to).
+TLS_HOST = "localhost"
 APT_HINT = "apt-get install -y wrk nginx-light haproxy   (taskset: util-linux)"
 PIP_HINT = "pip install -r bench/requirements.txt   (with the python that runs this script)"
 
@@ -195,6 +210,14 @@ def wait_port(port: int, proc: Proc, timeout: float = 15.0) -> None:
     )
 
 
+def client_tls_context() -> ssl.SSLContext:
+    """For the self-signed benchmark certificate: no verification (the certificate is compared instead)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def http_request(
     port: int,
     path: str = "/",
@@ -202,8 +225,14 @@ def http_request(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 3.0,
+    https: bool = False,
 ) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    """One request to 127.0.0.1:``port``; ``https``: over TLS to ``TLS_HOST`` (SNI and Host)."""
+    conn = (
+        http.client.HTTPSConnection(TLS_HOST, port, timeout=timeout, context=client_tls_context())
+        if https
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    )
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -212,13 +241,15 @@ def http_request(
         conn.close()
 
 
-def check_body(port: int, what: str, attempts: int = 2, headers: Sequence[str] = ()) -> None:
+def check_body(
+    port: int, what: str, attempts: int = 2, headers: Sequence[str] = (), https: bool = False
+) -> None:
     """The proxy must answer 200 with exactly the upstream's 100-byte body (twice: a fresh and a pooled
     upstream connection); ``headers`` are the variant's own ("Name: value", e.g. a credential)."""
     sent = dict(h.split(": ", 1) for h in headers)
     for i in range(attempts):
         try:
-            status, _headers, body = http_request(port, f"/bench/check?i={i}", headers=sent)
+            status, _headers, body = http_request(port, f"/bench/check?i={i}", headers=sent, https=https)
         except (OSError, http.client.HTTPException) as exc:
             raise ProxyFailed(f"{what}: GET / failed: {exc!r}") from exc
         if status != 200 or body != BODY:
@@ -273,6 +304,19 @@ def core_use(before: Ticks, after: Ticks, core: int | None) -> CoreUse | None:
     return CoreUse(busy=d[0] / d[3], tasks=d[1] / d[3], steal=d[2] / d[3])
 
 
+def tcp_passive_opens() -> int | None:
+    """Connections accepted on this machine so far (``Tcp: PassiveOpens`` of /proc/net/snmp; None if
+    unavailable): counts the connections wrk made, plus whatever other processes accepted meanwhile."""
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        names, values = (
+            line.split()
+            for line in Path("/proc/net/snmp").read_text().splitlines()
+            if line.startswith("Tcp:")
+        )
+        return int(values[names.index("PassiveOpens")])
+    return None
+
+
 # --------------------------------------------------------------------------------------------------------
 # the upstream and the proxies
 # --------------------------------------------------------------------------------------------------------
@@ -305,13 +349,17 @@ http {{
 """
 
 
-def start_nginx(pm: ProcessManager, name: str, http_block: str, cpu: int | None) -> Proc:
+def start_nginx(
+    pm: ProcessManager, name: str, http_block: str, cpu: int | None, env: dict[str, str] | None = None
+) -> Proc:
     d = pm.workdir / name
     d.mkdir(exist_ok=True)
     conf = d / "nginx.conf"
     conf.write_text(NGINX_COMMON.format(dir=d, body=http_block))
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    return pm.start(name, [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)], cpu=cpu)
+    return pm.start(
+        name, [nginx, "-p", str(d), "-e", str(d / "error.log"), "-c", str(conf)], cpu=cpu, env=env
+    )
 
 
 @dataclass
@@ -364,10 +412,43 @@ class Running:
     procs: list[Proc]
     note: str = ""  # how it was set up, shown in the report
     headers: tuple[str, ...] = ()  # "Name: value" lines every request carries (credentials)
+    https: bool = False  # port speaks TLS (--https): clients use https://TLS_HOST:port/
+
+    @property
+    def url(self) -> str:
+        return f"https://{TLS_HOST}:{self.port}/" if self.https else f"http://127.0.0.1:{self.port}/"
 
     @property
     def main(self) -> Proc:
         return self.procs[0]
+
+
+@dataclass
+class TlsSetup:
+    """--https: the one certificate both nginx and kubegate serve, and where it is."""
+
+    key_type: str  # benchlib.KEY_TYPES
+    cert_pem: str
+    key_pem: str
+    cert_file: Path
+    key_file: Path
+    no_tickets_conf: Path  # OPENSSL_CONF of the "full handshake" servers (benchlib.NO_TICKETS_CONF)
+
+    @classmethod
+    def create(cls, workdir: Path, key_type: str) -> TlsSetup:
+        cert_pem, key_pem = benchlib.self_signed([TLS_HOST], key_type)
+        d = workdir / "tls"
+        d.mkdir(exist_ok=True)
+        cert_file, key_file, conf = d / "cert.pem", d / "key.pem", d / "openssl-no-tickets.cnf"
+        cert_file.write_text(cert_pem)
+        key_file.write_text(key_pem)
+        key_file.chmod(0o600)
+        conf.write_text(benchlib.NO_TICKETS_CONF)
+        return cls(key_type, cert_pem, key_pem, cert_file, key_file, conf)
+
+    def env(self, tickets: bool) -> dict[str, str]:
+        """A server's environment: OpenSSL's defaults, or (``tickets=False``) no TLS 1.3 session tickets."""
+        return clean_env() if tickets else clean_env(OPENSSL_CONF=str(self.no_tickets_conf))
 
 
 @dataclass
@@ -376,10 +457,39 @@ class Ctx:
     upstream_port: int
     proxy_cpu: int | None
     args: argparse.Namespace
+    tls: TlsSetup | None = None  # --https
 
 
-def run_nginx_proxy(ctx: Ctx) -> Running:
+def kubegate_tls_ciphers() -> str:
+    """The TLS 1.2 suites kubegate serves (``kubegate.dataplane.tls.CIPHERS``), for nginx to serve too."""
+    try:
+        from kubegate.dataplane.tls import CIPHERS
+    except ImportError:  # nginx alone, without kubegate installed: the same list
+        return (
+            "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+            "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+        )
+    return str(CIPHERS)
+
+
+def run_nginx_proxy(ctx: Ctx, *, https: bool = False, tickets: bool = True, name: str = "nginx") -> Running:
+    """nginx as the reverse proxy; ``https``: its listener terminates TLS with ``ctx.tls``'s certificate
+    (TLS 1.2 and 1.3, kubegate's TLS 1.2 suites, server preference as Python's ssl sets it; session
+    tickets on, nginx's default, unless ``tickets=False``: then no TLS 1.3 tickets, through OpenSSL's
+    configuration as for kubegate)."""
     (port,) = free_ports(1)
+    listen = f"listen 127.0.0.1:{port} backlog=4096;"
+    env = None
+    if https:
+        assert ctx.tls is not None
+        listen = f"""listen 127.0.0.1:{port} ssl backlog=4096;
+        server_name {TLS_HOST};
+        ssl_certificate {ctx.tls.cert_file};
+        ssl_certificate_key {ctx.tls.key_file};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers {kubegate_tls_ciphers()};
+        ssl_prefer_server_ciphers on;"""
+        env = ctx.tls.env(tickets)
     block = f"""\
     upstream up {{
         server 127.0.0.1:{ctx.upstream_port};
@@ -388,16 +498,19 @@ def run_nginx_proxy(ctx: Ctx) -> Running:
         keepalive_timeout 75s;
     }}
     server {{
-        listen 127.0.0.1:{port} backlog=4096;
+        {listen}
         location / {{
             proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
         }}
     }}"""
-    proc = start_nginx(ctx.pm, "proxy-nginx", block, ctx.proxy_cpu)
+    proc = start_nginx(ctx.pm, f"proxy-{name}", block, ctx.proxy_cpu, env=env)
     wait_port(port, proc)
-    return Running(port, [proc], "1 worker, upstream keepalive 64")
+    note = "1 worker, upstream keepalive 64"
+    if https:
+        note += ", TLS " + ("with session tickets" if tickets else "without session tickets")
+    return Running(port, [proc], note, https=https)
 
 
 def run_haproxy(ctx: Ctx) -> Running:
@@ -518,11 +631,45 @@ def run_kubegate_jwt(ctx: Ctx) -> Running:
     return dataclasses.replace(running, headers=(f"Authorization: Bearer {token}",))
 
 
-def run_kubegate(ctx: Ctx, *, extra: tuple[str, ...] = (), spec: str = "", src: str = "") -> Running:
-    """kubegate serve; ``src``: another checkout's root, whose ``dataplane/`` is run instead (a baseline)."""
+def _tls_spec(tls: TlsSetup) -> str:
+    """The route's ``tls`` and its ``kubernetes.io/tls`` Secret (PEM as JSON strings: valid YAML)."""
+    return f"""\
+  tls:
+    certificateRefs: [{{name: bench-tls}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: bench-tls, namespace: default}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: {json.dumps(tls.cert_pem)}
+  tls.key: {json.dumps(tls.key_pem)}
+"""
+
+
+def run_kubegate(
+    ctx: Ctx,
+    *,
+    extra: tuple[str, ...] = (),
+    spec: str = "",
+    src: str = "",
+    https: bool = False,
+    tickets: bool = True,
+) -> Running:
+    """kubegate serve; ``src``: another checkout's root, whose ``dataplane/`` is run instead (a baseline);
+    ``https``: also ``--tls-port``, the route gets ``match.hosts: [TLS_HOST]`` and ``ctx.tls``'s certificate
+    (a Secret in the routes file), and the TLS port is the one measured; ``tickets=False``: no TLS 1.3
+    session tickets (OpenSSL's configuration, as for nginx)."""
     _kubegate_available()
     env = clean_env(PYTHONPATH=str(Path(src) / "dataplane")) if src else clean_env()
-    port, admin = free_ports(2)
+    port, admin, tls_port = free_ports(3)
+    hosts = ""
+    if https:
+        assert ctx.tls is not None
+        env.update(ctx.tls.env(tickets))
+        extra = (*extra, "--tls-port", str(tls_port))
+        spec += _tls_spec(ctx.tls)
+        hosts = f"    hosts: [{TLS_HOST}]\n"
     d = ctx.pm.workdir / "kubegate"
     d.mkdir(exist_ok=True)
 
@@ -557,7 +704,7 @@ metadata:
   namespace: default
 spec:
   match:
-    path:
+{hosts}    path:
       type: Prefix
       value: /
   backends:
@@ -570,6 +717,10 @@ spec:
             env=env,
         )
         ok, why = _wait_ready(admin, proc, 20.0)
+        if ok and https:
+            wait_port(tls_port, proc)
+            note = "--routes file, --tls-port, TLS " + ("with" if tickets else "without") + " session tickets"
+            return Running(tls_port, [proc], note, https=True)
         if ok:
             wait_port(port, proc)
             return Running(port, [proc], "--routes file")
@@ -685,6 +836,80 @@ class ProxySpec:
     key: str
     description: str
     run: Callable[[Ctx], Running]
+    ref: str = REFERENCE  # its ratios are to this spec's figures of the same round
+    load: str = ""  # --https: one of HTTPS_LOADS
+
+
+@dataclass(frozen=True)
+class HttpsLoad:
+    """--https: one kind of load, measured on nginx (the reference) and kubegate, each its own process."""
+
+    suffix: str  # of the proxies' keys: nginx-tls, kubegate-tls, ...
+    tls: bool
+    tickets: bool  # the servers send TLS 1.3 session tickets (OpenSSL's default), so clients can resume
+    headers: tuple[str, ...]  # wrk's
+    unit: str
+    description: str
+
+
+CLOSE = ("Connection: close",)  # wrk then opens a new connection (and TLS handshake) per request
+HTTPS_LOADS: dict[str, HttpsLoad] = {
+    "keepalive": HttpsLoad("-tls", True, True, (), "req/s", "HTTPS, keep-alive connections"),
+    "resumed": HttpsLoad(
+        "-tls-resumed",
+        True,
+        True,
+        CLOSE,
+        "handshakes/s",
+        "HTTPS, a new connection per request; wrk resumes its TLS session (TLS 1.3 ticket)",
+    ),
+    "full": HttpsLoad(
+        "-tls-full",
+        True,
+        False,
+        CLOSE,
+        "handshakes/s",
+        "HTTPS, a new connection per request; full handshakes (the server sends no session tickets)",
+    ),
+    "plain": HttpsLoad("", False, True, (), "req/s", "plain HTTP, keep-alive (what TLS costs each)"),
+    "close": HttpsLoad(
+        "-close",
+        False,
+        True,
+        CLOSE,
+        "conns/s",
+        "plain HTTP, a new connection per request (a connection's cost without TLS)",
+    ),
+}
+DEFAULT_HTTPS_LOADS = ("keepalive", "resumed", "full")
+
+
+def _https_run(proxy: str, key: str, load: HttpsLoad) -> Callable[[Ctx], Running]:
+    def run(ctx: Ctx) -> Running:
+        if proxy == "nginx":
+            running = run_nginx_proxy(ctx, https=load.tls, tickets=load.tickets, name=key)
+        else:
+            running = run_kubegate(ctx, https=load.tls, tickets=load.tickets)
+        return dataclasses.replace(running, headers=load.headers)
+
+    return run
+
+
+HTTPS_PROXIES = ("nginx", "kubegate")
+
+
+def https_specs(proxies: Sequence[str], loads: Sequence[str]) -> list[ProxySpec]:
+    """--https: per load, nginx (the reference) and kubegate, each a process of its own."""
+    specs = []
+    for load in loads:
+        how = HTTPS_LOADS[load]
+        for proxy in proxies:
+            key = proxy + how.suffix
+            run = _https_run(proxy, key, how)
+            specs.append(
+                ProxySpec(key, f"{proxy}: {how.description}", run, ref=REFERENCE + how.suffix, load=load)
+            )
+    return specs
 
 
 PROXIES: list[ProxySpec] = [
@@ -770,6 +995,11 @@ class WrkResult:
     others_load_core: float | None = None  # ... and on the load core
     upstream_conns: int | None = None  # connections the upstream accepted during the run
     upstream_requests: int | None = None  # requests the upstream served during the run
+    client_conns: int | None = None  # connections accepted on the machine during the run, but the upstream's
+
+    @property
+    def conns_per_request(self) -> float | None:
+        return self.client_conns / self.requests if self.client_conns is not None and self.requests else None
 
     @property
     def others(self) -> float:
@@ -818,21 +1048,22 @@ def parse_wrk(out: str) -> WrkResult:
 
 def run_wrk(
     pm: ProcessManager,
-    port: int,
+    url: str,
     args: argparse.Namespace,
     duration: int,
     name: str,
     headers: Sequence[str] = (),
+    connections: int | None = None,
 ) -> str:
     cmd = [
         "wrk",
         f"-t{args.threads}",
-        f"-c{args.connections}",
+        f"-c{connections or args.connections}",
         f"-d{duration}s",
         "--latency",
         f"--timeout={args.wrk_timeout}s",
         *(arg for header in headers for arg in ("-H", header)),
-        f"http://127.0.0.1:{port}/",
+        url,
     ]
     proc = pm.start(name, cmd, cpu=args.load_cpu)
     try:
@@ -941,6 +1172,7 @@ class Outcome:
     note: str = ""
     failure: str | None = None  # set when it never started
     results: dict[int, WrkResult] = field(default_factory=dict)  # round -> result
+    handshakes: dict[str, int] = field(default_factory=dict)  # --https: what wrk's handshakes were
     round_failures: dict[int, str] = field(default_factory=dict)
     restarts: int = 0
 
@@ -972,10 +1204,11 @@ ROUND_HEADERS = [
 
 
 def print_round(rnd: int, order: Sequence[Outcome]) -> None:
-    ref = next((o.results.get(rnd) for o in order if o.spec.key == REFERENCE), None)
+    by_key = {o.spec.key: o.results.get(rnd) for o in order}
     rows = []
     for o in order:
         r = o.results.get(rnd)
+        ref = by_key.get(o.spec.ref)
         if r is None:
             why = o.round_failures.get(rnd) or o.failure or "not run"
             rows.append([o.spec.key, "FAILED", *["-"] * (len(ROUND_HEADERS) - 3), why.splitlines()[0][:70]])
@@ -1014,13 +1247,16 @@ def _quiet(results: dict[int, WrkResult], keep_noisy: bool) -> dict[int, WrkResu
 def summarize(outcomes: Sequence[Outcome], rounds: int, keep_noisy: bool = False) -> list[dict[str, Any]]:
     """Per proxy: medians over its quiet rounds (all rounds if none was quiet, or keep_noisy); ratios are
     medians of per-round ratios to nginx of the same round, over rounds quiet for both when there are any."""
-    ref = next((o for o in outcomes if o.spec.key == REFERENCE), None)
-    ref_all = ref.results if ref else {}
+    by_key = {o.spec.key: o for o in outcomes}
     summary = []
     for o in outcomes:
+        ref = by_key.get(o.spec.ref)
+        ref_all = ref.results if ref else {}
         res = o.results
         row: dict[str, Any] = {
             "proxy": o.spec.key,
+            "reference": o.spec.ref,
+            "load": o.spec.load,
             "description": o.spec.description,
             "setup": o.note,
             "rounds_ok": len(res),
@@ -1059,6 +1295,8 @@ def summarize(outcomes: Sequence[Outcome], rounds: int, keep_noisy: bool = False
                 upstream_conns_max=max(
                     (r.upstream_conns for r in res.values() if r.upstream_conns is not None), default=None
                 ),
+                conns_per_request_median=_median(r.conns_per_request for r in use.values()),
+                handshakes=o.handshakes,
             )
         summary.append(row)
     return summary
@@ -1126,6 +1364,72 @@ def print_summary(summary: Sequence[dict[str, Any]]) -> None:
     print_table(SUMMARY_HEADERS, rows, right=set(range(1, len(SUMMARY_HEADERS) - 1)))
 
 
+def print_https_summary(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """--https: per load, kubegate next to nginx (medians; ratios: medians of the per-round ratios)."""
+    rows, out = [], []
+    by_key = {s["proxy"]: s for s in summary}
+    for load, how in HTTPS_LOADS.items():
+        ref, kg = by_key.get(REFERENCE + how.suffix), by_key.get("kubegate" + how.suffix)
+        if ref is None or kg is None or "rps_median" not in ref or "rps_median" not in kg:
+            continue
+        unit = how.unit
+        kinds = ", ".join(
+            sorted({w.split(" (")[0] for s in (ref, kg) for w in s["handshakes"] if w.startswith("TLS")})
+        )
+        row = {
+            "load": load,
+            "unit": unit,
+            "nginx": ref["rps_median"],
+            "kubegate": kg["rps_median"],
+            "ratio": kg["ratio_median"],
+            "nginx_per_cpu_s": ref["per_cpu_median"],
+            "kubegate_per_cpu_s": kg["per_cpu_median"],
+            "per_cpu_ratio": kg["per_cpu_ratio_median"],
+            "nginx_cpu": ref["proxy_cpu_median"],
+            "kubegate_cpu": kg["proxy_cpu_median"],
+            "conns_per_request": [ref["conns_per_request_median"], kg["conns_per_request_median"]],
+            "handshakes": kinds,
+        }
+        out.append(row)
+        conns = "/".join("-" if v is None else f"{v:.2f}" for v in row["conns_per_request"])
+        rows.append(
+            [
+                f"{load} ({unit})",
+                fmt_count(row["nginx"]),
+                fmt_count(row["kubegate"]),
+                fmt_ratio(row["ratio"]),
+                f"{fmt_cpu(row['nginx_cpu'])}/{fmt_cpu(row['kubegate_cpu'])}",
+                fmt_count(row["nginx_per_cpu_s"]),
+                fmt_count(row["kubegate_per_cpu_s"]),
+                fmt_ratio(row["per_cpu_ratio"]),
+                conns,
+                kinds,
+            ]
+        )
+    print("\n== HTTPS: kubegate against nginx, both terminating TLS with the same certificate")
+    print_table(
+        [
+            "load",
+            "nginx",
+            "kubegate",
+            "ratio",
+            "proxy cpu (n/k)",
+            "nginx /cpu-s",
+            "kubegate /cpu-s",
+            "per-cpu ratio",
+            "conns/req (n/k)",
+            "handshakes (wrk, seen on the wire)",
+        ],
+        rows,
+        right=set(range(1, 9)),
+    )
+    print(
+        "  conns/req: connections accepted on the machine during the run per request (1.00: a new one\n"
+        "             per request; other processes' connections count too)"
+    )
+    return out
+
+
 # --------------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------------
@@ -1157,7 +1461,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--keep-noisy", action="store_true", help="summarize all rounds, also those marked noisy")
     ap.add_argument("--quick", action="store_true", help="1 round x 3 s, 1 s warm-up")
-    ap.add_argument("--proxies", default=",".join(keys), help=f"comma-separated subset of: {','.join(keys)}")
+    ap.add_argument(
+        "--proxies",
+        default=None,
+        help=f"comma-separated subset of: {','.join(keys)} (all; with --https: of {','.join(HTTPS_PROXIES)})",
+    )
+    ap.add_argument(
+        "--https",
+        action="store_true",
+        help="HTTPS: nginx and kubegate terminate TLS with one self-signed certificate; keep-alive req/s "
+        "and handshakes/s on new connections (resumed and full), each against nginx",
+    )
+    ap.add_argument(
+        "--tls-key",
+        choices=benchlib.KEY_TYPES,
+        default="ec-p256",
+        help="--https: the certificate's key (ec-p256: ECDSA P-256, the default; rsa-2048)",
+    )
+    ap.add_argument(
+        "--https-loads",
+        default=",".join(DEFAULT_HTTPS_LOADS),
+        help=f"--https: comma-separated subset of {','.join(HTTPS_LOADS)} ({','.join(DEFAULT_HTTPS_LOADS)})",
+    )
     ap.add_argument(
         "--kubegate-mode",
         choices=["auto", "routes", "push"],
@@ -1180,11 +1505,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error("need 0 < --duration <= 600, 1 <= --rounds <= 20, 0 <= --warmup <= 60")
     if not (1 <= args.connections <= 10000 and 1 <= args.threads <= args.connections):
         ap.error("need 1 <= --threads <= --connections <= 10000")
-    chosen = [k.strip() for k in args.proxies.split(",") if k.strip()]
-    unknown = sorted(set(chosen) - set(keys))
+    known = list(HTTPS_PROXIES) if args.https else keys
+    chosen = [k.strip() for k in (args.proxies or ",".join(known)).split(",") if k.strip()]
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
-        ap.error(f"unknown proxies {unknown}; known: {keys}")
-    args.selected = [p for p in PROXIES if p.key in chosen]
+        ap.error(f"unknown proxies {unknown}; known{' with --https' if args.https else ''}: {known}")
+    if args.https:
+        loads = [k.strip() for k in args.https_loads.split(",") if k.strip()]
+        if not loads or set(loads) - set(HTTPS_LOADS):
+            ap.error(f"--https-loads: a subset of {','.join(HTTPS_LOADS)}")
+        proxies = [p for p in HTTPS_PROXIES if p in chosen]
+        if REFERENCE not in proxies:
+            proxies.insert(0, REFERENCE)  # the ratios need it
+        args.selected = https_specs(proxies, [k for k in HTTPS_LOADS if k in loads])
+    else:
+        args.selected = [p for p in PROXIES if p.key in chosen]
     return args
 
 
@@ -1193,6 +1528,15 @@ def check_tools(args: argparse.Namespace) -> None:
     missing = [t for t in needed if shutil.which(t) is None and not Path(f"/usr/sbin/{t}").exists()]
     if missing:
         raise BenchError(f"missing tools: {', '.join(missing)}. Install them: {APT_HINT}")
+    if args.https:
+        try:
+            found = {a[4][0] for a in socket.getaddrinfo(TLS_HOST, 443, type=socket.SOCK_STREAM)}
+        except OSError as exc:
+            raise BenchError(f"--https: {TLS_HOST} does not resolve ({exc}); wrk needs it (SNI)") from exc
+        if "127.0.0.1" not in found:
+            raise BenchError(f"--https: {TLS_HOST} resolves to {sorted(found)}, not 127.0.0.1")
+        if importlib.util.find_spec("cryptography") is None:
+            raise BenchError(f"--https needs the Python package cryptography: {PIP_HINT}")
     if args.no_pin:
         args.load_cpu = None
         return
@@ -1247,6 +1591,38 @@ def wait_quiet(max_wait: float, what: str) -> None:
         )
 
 
+def check_certificate(port: int, tls: TlsSetup, what: str) -> None:
+    """--https: the proxy must serve the benchmark's certificate for TLS_HOST (the same for every proxy)."""
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=3) as raw,
+            client_tls_context().wrap_socket(raw, server_hostname=TLS_HOST) as conn,
+        ):
+            served = conn.getpeercert(binary_form=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise ProxyFailed(f"{what}: TLS handshake for {TLS_HOST} failed: {exc!r}") from exc
+    if served != ssl.PEM_cert_to_DER_cert(tls.cert_pem):
+        raise ProxyFailed(f"{what}: serves another certificate than the benchmark's")
+
+
+def sniff_handshakes(ctx: Ctx, o: Outcome) -> None:
+    """--https: what wrk's handshakes with this proxy are (TLS version, suite, group, full or resumed): wrk
+    as measured (its headers; -c2, 1 s) through ``benchlib.HandshakeSniffer``, a relay reading the hellos.
+    With ``Connection: close`` wrk reconnects per request, reusing its SSL object and so offering the
+    previous session's ticket; only the server decides whether the handshake is resumed."""
+    assert o.running is not None
+    with benchlib.HandshakeSniffer(o.running.port) as sniffer:
+        url = f"https://{TLS_HOST}:{sniffer.port}/"
+        run_wrk(ctx.pm, url, ctx.args, 1, f"wrk-sniff-{o.spec.key}", o.running.headers, connections=2)
+        time.sleep(0.2)  # the relay's last connections
+    o.handshakes = dict(sniffer.seen.most_common())
+    print(
+        "    handshakes seen (wrk -c2 for 1 s through a relay): "
+        + "; ".join(f"{n} x {what}" for what, n in o.handshakes.items()),
+        flush=True,
+    )
+
+
 def measure(ctx: Ctx, o: Outcome, rnd: int, upstream: Upstream) -> None:
     args = ctx.args
     if o.running is None or not o.running.main.alive():
@@ -1264,17 +1640,19 @@ def measure(ctx: Ctx, o: Outcome, rnd: int, upstream: Upstream) -> None:
             o.running = None
         o.restarts += 1
         o.running = o.spec.run(ctx)
-        check_body(o.running.port, o.spec.key, headers=o.running.headers)
+        check_body(o.running.port, o.spec.key, headers=o.running.headers, https=o.running.https)
     run = o.running
-    check_body(run.port, o.spec.key, attempts=1, headers=run.headers)
+    check_body(run.port, o.spec.key, attempts=1, headers=run.headers, https=run.https)
     wait_quiet(args.quiet_wait, o.spec.key)
     if args.warmup > 0:
-        run_wrk(ctx.pm, run.port, args, args.warmup, f"wrk-warmup-{o.spec.key}", run.headers)
+        run_wrk(ctx.pm, run.url, args, args.warmup, f"wrk-warmup-{o.spec.key}", run.headers)
     counters0 = upstream.counters()
     ticks0 = core_ticks()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped during the run
     cpu0, up0, t0 = cpu_seconds(run.main.pid), cpu_seconds(upstream.proc.pid), time.monotonic()
-    out = run_wrk(ctx.pm, run.port, args, args.duration, f"wrk-{o.spec.key}", run.headers)
+    accepted0 = tcp_passive_opens()
+    out = run_wrk(ctx.pm, run.url, args, args.duration, f"wrk-{o.spec.key}", run.headers)
+    accepted1 = tcp_passive_opens()
     elapsed = time.monotonic() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu1, up1 = cpu_seconds(run.main.pid), cpu_seconds(upstream.proc.pid)
@@ -1296,6 +1674,8 @@ def measure(ctx: Ctx, o: Outcome, rnd: int, upstream: Upstream) -> None:
         # minus the status query itself (one connection, one request)
         result.upstream_conns = counters1[0] - counters0[0] - 1
         result.upstream_requests = counters1[1] - counters0[1] - 1
+    if accepted0 is not None and accepted1 is not None:
+        result.client_conns = accepted1 - accepted0 - (result.upstream_conns or 0)
     proxy_core, load_core = core_use(ticks0, ticks1, ctx.proxy_cpu), core_use(ticks0, ticks1, args.load_cpu)
     if load_core is not None:
         result.load_core_busy = load_core.busy
@@ -1321,7 +1701,7 @@ def measure(ctx: Ctx, o: Outcome, rnd: int, upstream: Upstream) -> None:
             flush=True,
         )
     try:
-        check_body(run.port, o.spec.key + " (after load)", attempts=1, headers=run.headers)
+        check_body(run.port, o.spec.key + " (after load)", attempts=1, headers=run.headers, https=run.https)
     except ProxyFailed as exc:
         print(f"  warning: {exc}", flush=True)
     o.results[rnd] = result
@@ -1363,24 +1743,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"warm-up; {args.rounds} round(s) x {len(args.selected)} proxies; about {est / 60:.1f} min"
     )
     print(f"  upstream: nginx, 1 worker, fixed {len(BODY)}-byte body, keep-alive")
+    if args.https:
+        print(
+            f"  HTTPS: one self-signed {args.tls_key} certificate for {TLS_HOST} served by every proxy; "
+            f"wrk https://{TLS_HOST}:PORT/ (SNI and Host {TLS_HOST}); loads: "
+            + "; ".join(
+                f"{k}: {HTTPS_LOADS[k].description}" for k in dict.fromkeys(s.load for s in args.selected)
+            )
+        )
 
     outcomes = [Outcome(spec) for spec in args.selected]
+    tls_info: dict[str, Any] = {}
     with workspace(args.keep_workdir) as workdir:
         pm = ProcessManager(workdir, pin=not args.no_pin)
         try:
             upstream = start_upstream(pm, args.load_cpu)
-            ctx = Ctx(pm, upstream.port, None if args.no_pin else args.proxy_cpu, args)
+            tls = TlsSetup.create(workdir, args.tls_key) if args.https else None
+            if tls is not None:
+                tls_info = {"key_type": tls.key_type, "host": TLS_HOST, "certificate": tls.cert_pem}
+            ctx = Ctx(pm, upstream.port, None if args.no_pin else args.proxy_cpu, args, tls)
             print(f"  upstream on 127.0.0.1:{upstream.port} (pid {upstream.proc.pid})")
             print("== starting proxies")
             for o in outcomes:
                 try:
                     o.running = o.spec.run(ctx)
                     o.note = o.running.note
-                    check_body(o.running.port, o.spec.key, headers=o.running.headers)
+                    check_body(o.running.port, o.spec.key, headers=o.running.headers, https=o.running.https)
                     print(
                         f"  {o.spec.key}: 127.0.0.1:{o.running.port} pid {o.running.main.pid} ({o.note})",
                         flush=True,
                     )
+                    if tls is not None and o.running.https:
+                        check_certificate(o.running.port, tls, o.spec.key)
+                        sniff_handshakes(ctx, o)
                 except ProxyFailed as exc:
                     o.failure = str(exc)
                     if o.running is not None:
@@ -1434,6 +1829,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rnd, why in sorted(o.round_failures.items()):
             print(f"  {o.spec.key} round {rnd} failed: {why.splitlines()[0]}")
     print(LEGEND)
+    if args.https:
+        tls_info["comparison"] = print_https_summary(summary)
+    info["loadavg_at_end"] = os.getloadavg()
+    print(
+        "\nload average at start "
+        + ", ".join(f"{x:.2f}" for x in info["loadavg_at_start"])
+        + "; at end "
+        + ", ".join(f"{x:.2f}" for x in info["loadavg_at_end"])
+    )
     if args.json:
         args.json.write_text(
             json.dumps(
@@ -1449,6 +1853,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "pinned": not args.no_pin,
                         "proxy_cpu": args.proxy_cpu,
                         "load_cpu": args.load_cpu,
+                        "https": tls_info or None,
                     },
                     "summary": summary,
                     "rounds": {o.spec.key: {str(k): vars(r) for k, r in o.results.items()} for o in outcomes},
