@@ -23,7 +23,7 @@ import kopf
 
 from kubegate_operator import bootstrap, leader, publisher, reconciler, state, status
 from kubegate_operator import metrics as metrics_mod
-from kubegate_operator.kube import Kube
+from kubegate_operator.kube import Kube, field_manager
 from kubegate_operator.settings import Settings
 
 logger = logging.getLogger("kubegate.operator")
@@ -51,6 +51,7 @@ class App:
             namespaces=settings.namespaces,
             dataplane_service=(dp.namespace, dp.name) if dp else None,
             reserved=[(boot.namespace, boot.name)] if boot else [],
+            gateway_class=settings.gateway_class,
         )
         self.kube: Kube | None = None
         self.http: httpx.AsyncClient | None = None
@@ -62,7 +63,8 @@ class App:
         s = self.settings
         if s.metrics_port is not None:
             self.metrics.serve(s.metrics_port)
-        self.kube = await Kube.connect()
+        logger.info("serving the routes of gateway class %r", s.gateway_class)
+        self.kube = await Kube.connect(manager=field_manager(s.gateway_class))
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200), trust_env=False)
         pusher = publisher.Publisher(
             client=self.http,
@@ -74,6 +76,7 @@ class App:
         )
         writer = status.StatusWriter(
             patch=self.kube.patch_route_status,
+            clear=self.kube.clear_route_status,
             event=self.kube.post_event,
             uid=self.state.route_uid,
             metrics=self.metrics,

@@ -3,8 +3,14 @@ Events and the leader Lease. Reads come from kopf's watches, plus one listing of
 watched object at start-up (:meth:`Kube.list_keys`: what the reconciler must have seen before it
 publishes anything).
 
-Patches are always sent as ``application/merge-patch+json`` (custom resources do not take strategic
-merge patches, and the client's default choice of content type is wrong for them). RBAC this needs:
+Patches are sent as ``application/merge-patch+json`` (custom resources do not take strategic merge
+patches, and the client's default choice of content type is wrong for them), except those that must
+apply only under a condition, which are JSON patches whose first operation is a ``test``: the Lease's
+resourceVersion, and a route's ``metadata.generation`` for its status (or the status's
+``observedGeneration`` for its removal; see :mod:`kubegate_operator.status`). The API server answers 422
+without ``details.causes`` when such a test fails (a status it refuses carries causes naming the fields).
+Status patches carry a field manager naming the gateway class (``kubegate/<class>``), so that the
+object's ``managedFields`` say which instance wrote its status. RBAC this needs:
 ``patch`` on ``gatewayroutes/status``; ``get``, ``create``, ``patch`` on the bootstrap Secret;
 ``create`` on ``events``; ``get``, ``create``, ``patch`` on the leader Lease; ``list`` on what kopf
 watches anyway (GatewayRoutes, EndpointSlices, Services, Secrets); ``get`` on Secrets, to read one that a
@@ -17,10 +23,11 @@ carries only the HTTP status and reason.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -31,6 +38,8 @@ from kubegate_operator.settings import ObjectRef
 logger = logging.getLogger("kubegate.operator.kube")
 
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+MAX_FIELD_MANAGER = 128  # the API server's limit
 PLURAL = "gatewayroutes"
 LIST_PAGE = 500  # objects per page of the start-up listing
 SECRET_LIST_PAGE = 50  # Secrets come with their data (a Helm release Secret can be ~1 MiB): smaller pages
@@ -44,9 +53,26 @@ async def load_config() -> None:
         await config.load_kube_config()
 
 
+def field_manager(gateway_class: str) -> str:
+    """The field manager of one gateway class's status writes."""
+    return f"kubegate/{gateway_class}"[:MAX_FIELD_MANAGER]
+
+
+def _test_failed(error: ApiException) -> bool:
+    """Whether a 422 is a failed ``test`` operation (no causes), not a refused value (causes)."""
+    if error.status != 422:
+        return False
+    try:
+        details = json.loads(error.body or "{}").get("details") or {}
+    except (ValueError, AttributeError):
+        return False
+    return not details.get("causes")
+
+
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, manager: str = field_manager("kubegate")) -> None:
         self.api = api
+        self.manager = manager
         # Typed as Any: the generated signatures want model objects and omit ``_content_type``;
         # plain dicts and an explicit content type are what we send.
         self.custom: Any = client.CustomObjectsApi(api)
@@ -55,9 +81,9 @@ class Kube:
         self.discovery: Any = client.DiscoveryV1Api(api)
 
     @classmethod
-    async def connect(cls) -> Kube:
+    async def connect(cls, *, manager: str = field_manager("kubegate")) -> Kube:
         await load_config()
-        return cls(client.ApiClient())
+        return cls(client.ApiClient(), manager=manager)
 
     async def close(self) -> None:
         await self.api.close()
@@ -122,7 +148,39 @@ class Kube:
         finally:
             response.release()
 
-    async def patch_route_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> bool:
+    async def patch_route_status(
+        self, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> Literal["ok", "gone", "stale"]:
+        """Replace a route's status, only while its ``metadata.generation`` is the status's
+        ``observedGeneration`` (when it has one): ``stale`` otherwise, ``gone`` when there is no route."""
+        generation = status.get("observedGeneration")
+        test = [{"op": "test", "path": "/metadata/generation", "value": generation}]
+        return await self._patch_status(
+            namespace,
+            name,
+            [
+                *(test if isinstance(generation, int) else []),
+                {"op": "add", "path": "/status", "value": dict(status)},
+            ],
+        )
+
+    async def clear_route_status(
+        self, namespace: str, name: str, observed_generation: int
+    ) -> Literal["ok", "gone", "stale"]:
+        """Remove a route's status, only while its ``observedGeneration`` is ``observed_generation``:
+        ``stale`` otherwise (rewritten, or removed, since)."""
+        return await self._patch_status(
+            namespace,
+            name,
+            [
+                {"op": "test", "path": "/status/observedGeneration", "value": observed_generation},
+                {"op": "remove", "path": "/status"},
+            ],
+        )
+
+    async def _patch_status(
+        self, namespace: str, name: str, patch: list[dict[str, Any]]
+    ) -> Literal["ok", "gone", "stale"]:
         try:
             await self._unread(
                 self.custom.patch_namespaced_custom_object_status(
@@ -131,16 +189,19 @@ class Kube:
                     namespace,
                     PLURAL,
                     name,
-                    {"status": dict(status)},
-                    _content_type=MERGE_PATCH,
+                    patch,
+                    field_manager=self.manager,
+                    _content_type=JSON_PATCH,
                     _preload_content=False,
                 )
             )
         except ApiException as error:
             if error.status == 404:
-                return False
+                return "gone"
+            if _test_failed(error):
+                return "stale"
             raise
-        return True
+        return "ok"
 
     async def get_secret(self, ref: ObjectRef) -> dict[str, Any] | None:
         try:
@@ -241,7 +302,7 @@ class Kube:
         ]
         try:
             await self.coordination.patch_namespaced_lease(
-                ref.name, ref.namespace, patch, _content_type="application/json-patch+json"
+                ref.name, ref.namespace, patch, _content_type=JSON_PATCH
             )
         except ApiException as error:
             if error.status in (409, 422):

@@ -65,7 +65,8 @@ class Metrics:
         )
         self.status_writes = Counter(
             "kubegate_operator_status_writes_total",
-            "GatewayRoute status patches by result.",
+            "GatewayRoute status patches by result: ok, gone (no such route), stale (the route changed "
+            "since: not written), cleared (removed from a route that left the gateway class), error.",
             ["result"],
             registry=r,
         )

@@ -9,7 +9,8 @@ module's loops do the rest:
   the table to the publisher. The table version is derived from its content hash, so equal inputs give
   an equal version (an operator restart or a fail-over re-pushes nothing);
 - the *status loop* wakes whenever a compile or an acknowledgement changes something, builds every
-  route's status (compiler conditions + ``Programmed``) and writes those that differ. While a new table
+  route's status (compiler conditions + ``Programmed``) and writes those that differ (and removes the
+  statuses it wrote on routes that have moved to another gateway class). While a new table
   is being pushed it first waits for the pushes to end (acknowledged, or failed: an unreachable replica
   is not waited for; at most ``STATUS_SETTLE``), so that a route gets one write saying "Programmed 3/3"
   rather than a "Pending 0/3" overwritten a moment later (at the initial sync of 10,000 routes: 10,000
@@ -364,8 +365,17 @@ class Reconciler:
                 desired = self.desired_statuses()
                 self.writer.forget(set(self.state.route_generations()))
                 await self.writer.write(desired, self.state.observed_status)
+                await self._clear_released()
             except Exception:
                 logger.exception("status update failed")
+
+    async def _clear_released(self) -> None:
+        """Remove the statuses of the routes that left this class (see :mod:`kubegate_operator.state`)."""
+        assert self.writer is not None
+        released = dict(self.state.released)
+        for key in await self.writer.clear(released):
+            if self.state.released.get(key) == released[key]:  # not left again (or come back) meanwhile
+                del self.state.released[key]
 
     async def _bootstrap_loop(self) -> None:
         while True:

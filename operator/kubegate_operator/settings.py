@@ -3,6 +3,9 @@
 The Helm chart sets environment variables; people set flags; a flag wins over its variable. Parsing is
 separate from running so that ``kubegate operator`` (in :mod:`kubegate.cli`) and
 ``python -m kubegate_operator`` share one definition, and tests can build :class:`Settings` directly.
+
+``--gateway-class`` is checked with the very validator of ``spec.gatewayClassName`` (taken from the
+model, not restated here): an operator can only be given a name that a route can name.
 """
 
 from __future__ import annotations
@@ -12,6 +15,17 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import pydantic
+
+from kubegate.api import models
+
+#: The class of routes without ``spec.gatewayClassName``, and of an operator run without --gateway-class.
+DEFAULT_GATEWAY_CLASS = "kubegate"
+
+_CLASS_NAME: pydantic.TypeAdapter[str | None] = pydantic.TypeAdapter(
+    models.GatewayRouteSpec.model_fields["gateway_class_name"].rebuild_annotation()
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +49,7 @@ class ObjectRef:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    gateway_class: str = DEFAULT_GATEWAY_CLASS  # the routes served: this class (and unset, if default)
     dataplane_service: ObjectRef | None = None
     push_token_file: Path | None = None
     bootstrap_secret: ObjectRef | None = None
@@ -65,6 +80,20 @@ def _float(value: str) -> float:
     return number
 
 
+def gateway_class(value: str) -> str:
+    """A --gateway-class value: a name ``spec.gatewayClassName`` accepts."""
+    try:
+        name = _CLASS_NAME.validate_python(value)
+    except pydantic.ValidationError as error:
+        message = str(error.errors()[0]["msg"]).removeprefix("Value error, ")
+        raise argparse.ArgumentTypeError(
+            message if repr(value) in message else f"{value!r}: {message}"
+        ) from None
+    if name is None:
+        raise argparse.ArgumentTypeError("a name is required")
+    return name
+
+
 def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if environ is None else environ
 
@@ -85,6 +114,13 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "$KUBEGATE_NAMESPACES, comma-separated)",
     )
     p.set_defaults(env_namespaces=[n.strip() for n in namespaces.split(",") if n.strip()])
+    p.add_argument(
+        "--gateway-class",
+        type=gateway_class,
+        default=default("GATEWAY_CLASS", DEFAULT_GATEWAY_CLASS),
+        help="serve the GatewayRoutes whose spec.gatewayClassName is this name (default "
+        f"{DEFAULT_GATEWAY_CLASS!r}, which also serves routes that name no class; $KUBEGATE_GATEWAY_CLASS)",
+    )
     p.add_argument(
         "--dataplane-service",
         type=ObjectRef.parse,
@@ -126,6 +162,7 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
     metrics = args.metrics_port
     return Settings(
         namespaces=tuple(args.namespaces or args.env_namespaces),
+        gateway_class=str(args.gateway_class),  # argparse applies type= to a string default too
         dataplane_service=ref(args.dataplane_service),
         push_token_file=Path(args.push_token_file) if args.push_token_file else None,
         bootstrap_secret=ref(args.bootstrap_secret),

@@ -26,6 +26,23 @@ than re-listing them (one read per newly named Secret).
 Secret material never reaches a log line: kept Secrets are :class:`SecretBody` objects, whose repr
 shows only their name and keys; this module logs names only.
 
+Gateway classes (several kubegate instances in one cluster): this view holds only the routes of its
+operator's class (:meth:`ClusterState.serves`: ``spec.gatewayClassName`` equal to ``--gateway-class``, or
+unset when that is the default class, ``kubegate``). A route of another class is treated as absent the
+moment its event arrives (a route that moves to another class is dropped as if deleted), so it never
+reaches a compile, not even the first one after a restart. The filter is here rather than in the
+compiler, which stays a pure function of its bundle and knows nothing of operators: the bundle simply
+is one instance's input, so conflicts (the same match in two routes) are found among the routes of one
+class only, as they should be (two gateways may serve the same path), and another class's routes cost
+no validation, no Secret tracking and no recompile. For the same reason the bundle holds only the
+Services and EndpointSlices that this class's routes name (every one in scope is kept, slimmed, so that
+a route that starts naming one needs no read), and a change to any other one triggers no compile.
+
+A route that leaves this class after this operator wrote its status is remembered in
+:attr:`ClusterState.released` with the ``observedGeneration`` of that (now stale) status: the status
+writer removes it, unless another instance has written the route's status since (see
+:mod:`kubegate_operator.status`).
+
 The Secrets kubegate uses itself are never route Secrets, even when a route names one: the bootstrap
 Secret (``reserved``, by name) and, in the data plane's namespace, every Secret labelled
 ``app.kubernetes.io/part-of: kubegate`` (the chart's push-token Secret). Such a route gets
@@ -41,6 +58,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from kubegate.compiler import resources
+from kubegate_operator.settings import DEFAULT_GATEWAY_CLASS
 
 logger = logging.getLogger("kubegate.operator")
 
@@ -162,11 +180,31 @@ def _slim_secret(body: Mapping[str, Any]) -> SecretBody:
     return out
 
 
+def route_class(route: Mapping[str, Any]) -> str | None:
+    """``spec.gatewayClassName`` of a route body; None when unset. A value that is not a string (the CRD
+    refuses it; only a server without the CRD's schema lets one through) counts as unset, so that the
+    default class reports the route as invalid rather than nobody reporting it at all."""
+    spec = route.get("spec")
+    name = spec.get("gatewayClassName") if isinstance(spec, Mapping) else None
+    return name if isinstance(name, str) else None
+
+
+def service_names(route: Mapping[str, Any]) -> frozenset[str]:
+    """The Services (names, in the route's namespace) a route body's backends name."""
+    spec = route.get("spec")
+    backends = spec.get("backends") if isinstance(spec, Mapping) else None
+    if not isinstance(backends, list):
+        return frozenset()
+    names = (backend.get("service") for backend in backends if isinstance(backend, Mapping))
+    return frozenset(name for name in names if isinstance(name, str) and name)
+
+
 def secret_names(route: Mapping[str, Any]) -> frozenset[str]:
     """The Secrets (names, in the route's namespace) a route body names: the same fields as
     :func:`kubegate.compiler.edge.secret_refs` (spec.auth: jwt.jwksSecretRef, jwt.secretRef,
-    apiKey.secretRef) and :func:`kubegate.compiler.tls.secret_refs` (spec.tls.certificateRefs), read from
-    the raw object so that an invalid spec costs nothing (it is rejected anyway)."""
+    apiKey.secretRef), :func:`kubegate.compiler.tls.secret_refs` (spec.tls.certificateRefs) and
+    :func:`kubegate.compiler.backendtls.secret_refs` (spec.backends[].tls.caSecretRef), read from the raw
+    object so that an invalid spec costs nothing (it is rejected anyway)."""
     spec = route.get("spec")
     if not isinstance(spec, Mapping):
         return frozenset()
@@ -181,6 +219,12 @@ def secret_names(route: Mapping[str, Any]) -> frozenset[str]:
     tls = spec.get("tls")
     if isinstance(tls, Mapping) and isinstance(tls.get("certificateRefs"), list):
         refs += tls["certificateRefs"]
+    backends = spec.get("backends")
+    if isinstance(backends, list):
+        for backend in backends:
+            backend_tls = backend.get("tls") if isinstance(backend, Mapping) else None
+            if isinstance(backend_tls, Mapping):
+                refs.append(backend_tls.get("caSecretRef"))
     names = (ref.get("name") for ref in refs if isinstance(ref, Mapping))
     return frozenset(name for name in names if isinstance(name, str) and name)
 
@@ -189,8 +233,8 @@ _SLIMMERS = {GATEWAYROUTE: _slim_route, ENDPOINTSLICE: _slim_slice, SERVICE: _sl
 
 
 class ClusterState:
-    """Routes, slices, services and the Secrets routes name, by (namespace, name); ``revision`` counts
-    compiler-visible changes."""
+    """The routes of one gateway class, slices, services and the Secrets routes name, by (namespace,
+    name); ``revision`` counts compiler-visible changes."""
 
     def __init__(
         self,
@@ -198,8 +242,10 @@ class ClusterState:
         namespaces: tuple[str, ...] = (),
         dataplane_service: tuple[str, str] | None = None,
         reserved: Iterable[Key] = (),
+        gateway_class: str = DEFAULT_GATEWAY_CLASS,
     ) -> None:
         self.namespaces = frozenset(namespaces)
+        self.gateway_class = gateway_class
         self.dataplane_service = dataplane_service
         self.reserved = frozenset(reserved)  # kubegate's own Secrets (the bootstrap Secret)
         self.objects: dict[str, dict[Key, dict[str, Any]]] = {kind: {} for kind in KINDS}
@@ -212,6 +258,12 @@ class ClusterState:
         self._own_secrets: set[Key] = set()
         self.wanted: dict[Key, int] = {}  # Secret → ticket: named, existing, not kept; to be read
         self._tickets = itertools.count(1)
+        # Services that routes name (names only): only those (and their slices) go into the bundle.
+        self._route_services: dict[Key, frozenset[Key]] = {}
+        self._service_referrers: dict[Key, int] = {}  # Service → how many routes name it
+        # "ns/name" → observedGeneration of the stale status of a route that left this class (see above)
+        self.released: dict[str, int] = {}
+        self._foreign: set[Key] = set()  # the routes of other classes (names only)
         self.observed_status: dict[str, Mapping[str, Any]] = {}  # "ns/name" → status seen on the route
         # The statuses the operator wrote ("ns/name" → status): a watch event bringing one back is kept as
         # that same object rather than a second copy (10,000 routes: ~15 MB).
@@ -233,11 +285,18 @@ class ClusterState:
         arrived = set(self.objects[kind])
         if kind == SECRET:  # most Secrets arrive and are dropped
             arrived |= self.secrets_seen | self._own_secrets
+        if kind == GATEWAYROUTE:  # and so do other classes' routes
+            arrived |= self._foreign
         self._expected[kind] = {key for key in keys if self._in_scope(kind, key)} - arrived
 
     @property
     def missing(self) -> int:
         return sum(len(keys) for keys in self._expected.values())
+
+    def serves(self, route: Mapping[str, Any]) -> bool:
+        """Whether a route body belongs to this state's gateway class."""
+        name = route_class(route)
+        return name == self.gateway_class if name is not None else self.gateway_class == DEFAULT_GATEWAY_CLASS
 
     def upsert(self, kind: str, body: Mapping[str, Any]) -> bool:
         """Record an added or modified object; True when the compiler (or replica set) sees a change."""
@@ -248,6 +307,10 @@ class ClusterState:
         if kind == SECRET:
             return self._upsert_secret(key, body)
         if kind == GATEWAYROUTE:
+            if not self.serves(body):
+                return self._leave(key, body)
+            self._foreign.discard(key)
+            self.released.pop(f"{key[0]}/{key[1]}", None)
             status = body.get("status")
             if isinstance(status, Mapping):
                 route = f"{key[0]}/{key[1]}"
@@ -259,12 +322,13 @@ class ClusterState:
             return False
         if key not in table:
             self._order[kind] = None
+        before = table.get(key)
         table[key] = slim
         self._loaded[kind].pop(key, None)
         if kind == GATEWAYROUTE:
             self._name_secrets(key, secret_names(slim))
-        self._changed(kind, key)
-        return True
+            self._name_services(key, service_names(slim))
+        return self._changed(kind, key, slim, before)
 
     def delete(self, kind: str, body: Mapping[str, Any]) -> bool:
         key = _identity(body)
@@ -274,15 +338,37 @@ class ClusterState:
                 self.secrets_seen.discard(key)
                 self._own_secrets.discard(key)
                 self.wanted.pop(key, None)
-        if key is None or self.objects[kind].pop(key, None) is None:
+            if kind == GATEWAYROUTE:
+                self._foreign.discard(key)
+                self.released.pop(f"{key[0]}/{key[1]}", None)
+        if key is None:
+            return False
+        return self._drop(kind, key)
+
+    def _drop(self, kind: str, key: Key) -> bool:
+        slim = self.objects[kind].pop(key, None)
+        if slim is None:
             return False
         self._loaded[kind].pop(key, None)
         self._order[kind] = None
         if kind == GATEWAYROUTE:
             self.observed_status.pop(f"{key[0]}/{key[1]}", None)
             self._name_secrets(key, frozenset())
-        self._changed(kind, key)
-        return True
+            self._name_services(key, frozenset())
+        return self._changed(kind, key, slim)
+
+    def _leave(self, key: Key, body: Mapping[str, Any]) -> bool:
+        """A route of another class: absent from this view. If it was in it (it has just moved to another
+        class) and carries a status older than its generation, that status is ours to remove."""
+        route = f"{key[0]}/{key[1]}"
+        self._foreign.add(key)
+        if key in self.objects[GATEWAYROUTE]:
+            status, generation = body.get("status"), _meta(body).get("generation")
+            observed = status.get("observedGeneration") if isinstance(status, Mapping) else None
+            if isinstance(observed, int) and not (isinstance(generation, int) and observed >= generation):
+                self.released[route] = observed
+        self.observed_status.pop(route, None)
+        return self._drop(GATEWAYROUTE, key)
 
     # --- Secrets ---------------------------------------------------------------------------------
 
@@ -316,16 +402,15 @@ class ClusterState:
             self._order[SECRET] = None
         table[key] = slim
         self._loaded[SECRET].pop(key, None)
-        self._changed(SECRET, key)
-        return True
+        return self._changed(SECRET, key, slim)
 
     def _drop_secret(self, key: Key) -> bool:
-        if self.objects[SECRET].pop(key, None) is None:
+        slim = self.objects[SECRET].pop(key, None)
+        if slim is None:
             return False
         self._loaded[SECRET].pop(key, None)
         self._order[SECRET] = None
-        self._changed(SECRET, key)
-        return True
+        return self._changed(SECRET, key, slim)
 
     def _name_secrets(self, route: Key, names: frozenset[str]) -> None:
         """Route ``route`` now names the Secrets ``names`` (in its namespace): keep, want or drop them."""
@@ -377,16 +462,59 @@ class ClusterState:
         """Every Secret some route names (whether it exists or not)."""
         return set(self._referrers)
 
-    def _changed(self, kind: str, key: Key) -> None:
-        self.revision += 1
-        if kind == ENDPOINTSLICE and self._is_dataplane_slice(self.objects[kind].get(key), key):
-            self.replicas_revision += 1
+    # --- Services ---------------------------------------------------------------------------------
 
-    def _is_dataplane_slice(self, slim: Mapping[str, Any] | None, key: Key) -> bool:
+    def _name_services(self, route: Key, names: frozenset[str]) -> None:
+        """Route ``route`` now names the Services ``names`` (in its namespace)."""
+        new = frozenset((route[0], name) for name in names)
+        old = self._route_services.get(route, frozenset())
+        if new == old:
+            return
+        if new:
+            self._route_services[route] = new
+        else:
+            self._route_services.pop(route, None)
+        for key in old - new:
+            count = self._service_referrers[key] - 1
+            if count:
+                self._service_referrers[key] = count
+            else:
+                del self._service_referrers[key]
+        for key in new - old:
+            self._service_referrers[key] = self._service_referrers.get(key, 0) + 1
+
+    def services_named(self) -> set[Key]:
+        """Every Service some route of this class names (whether it exists or not)."""
+        return set(self._service_referrers)
+
+    def _compiled(self, kind: str, key: Key, slim: Mapping[str, Any]) -> bool:
+        """Whether the compiler reads this object: every route and kept Secret; a Service or an
+        EndpointSlice only when a route names its Service."""
+        if kind == SERVICE:
+            return key in self._service_referrers
+        if kind == ENDPOINTSLICE:
+            service = slim["metadata"]["labels"].get(resources.SERVICE_NAME_LABEL)
+            return (key[0], service) in self._service_referrers
+        return True
+
+    def _changed(
+        self, kind: str, key: Key, slim: Mapping[str, Any], before: Mapping[str, Any] | None = None
+    ) -> bool:
+        """Count a change from ``before`` to ``slim`` (or the removal of ``slim``); True when the compiler
+        or the replica set sees it (either version mattered: a slice relabelled away from a Service that
+        a route names changes what that route compiles to)."""
+        versions = (slim,) if before is None else (slim, before)
+        compiled = any(self._compiled(kind, key, version) for version in versions)
+        if compiled:
+            self.revision += 1
+        replicas = kind == ENDPOINTSLICE and any(self._is_dataplane_slice(v, key) for v in versions)
+        if replicas:
+            self.replicas_revision += 1
+        return compiled or replicas
+
+    def _is_dataplane_slice(self, slim: Mapping[str, Any], key: Key) -> bool:
         if self.dataplane_service is None or key[0] != self.dataplane_service[0]:
             return False
-        if slim is None:  # deleted: it may have been one
-            return True
         labels = slim["metadata"]["labels"]
         return bool(labels.get(resources.SERVICE_NAME_LABEL) == self.dataplane_service[1])
 
@@ -412,8 +540,8 @@ class ClusterState:
         return uid if isinstance(uid, str) else None
 
     def bundle(self) -> resources.Bundle:
-        """The compiler's input: every route, slice and service in scope and the Secrets routes name, each
-        loaded once per change."""
+        """The compiler's input: every route of this class, and the Services, slices and Secrets they
+        name, each loaded once per change."""
         out = resources.Bundle()
         for kind in (GATEWAYROUTE, SERVICE, ENDPOINTSLICE, SECRET):
             objects, loaded = self.objects[kind], self._loaded[kind]
@@ -421,6 +549,8 @@ class ClusterState:
             if order is None:
                 order = self._order[kind] = sorted(objects)
             for key in order:
+                if kind in (SERVICE, ENDPOINTSLICE) and not self._compiled(kind, key, objects[key]):
+                    continue
                 part = loaded.get(key)
                 if part is None:
                     source = f"cluster:{kind}/{key[0]}/{key[1]}"
@@ -461,4 +591,7 @@ class ClusterState:
 
     def __repr__(self) -> str:
         counts = ", ".join(f"{len(v)} {k}" for k, v in self.objects.items())
-        return f"<ClusterState revision={self.revision}: {counts}>"
+        return (
+            f"<ClusterState class={self.gateway_class} revision={self.revision}: {counts}; "
+            f"{len(self._foreign)} routes of other classes>"
+        )

@@ -4,8 +4,19 @@
 current data-plane replica has acknowledged a table that contains this generation of the route, with
 the count in the message ("2/3 replicas"). The writer compares each desired status with the one last
 written (or, after a restart, the one found on the object), so a steady state writes nothing, and patches
-the ``status`` subresource (merge patch) with bounded concurrency. An ``Accepted`` transition also
-produces a Kubernetes Event on the route.
+the ``status`` subresource with bounded concurrency. An ``Accepted`` transition also produces a
+Kubernetes Event on the route.
+
+Several instances (gateway classes) share the cluster's routes, and each writes the status of its own
+routes only. The status stays one flat list of conditions rather than Gateway API's per-controller
+``status.parents[]``: a route names at most one class, so exactly one instance is responsible for it at
+any generation (see the README). What keeps two instances from overwriting each other is the patch: a
+status computed from generation *g* is written only while the route's ``metadata.generation`` is still
+*g* (a JSON patch whose first operation tests it). The class is part of the spec, so when a route moves
+to another class its generation changes, and a write of the old owner that was under way fails
+(``stale``) instead of landing on top of the new owner's. When a route leaves this instance's class, the
+status it wrote is removed (:meth:`StatusWriter.clear`), by a patch that tests the status's
+``observedGeneration`` first: a status the new owner wrote meanwhile is never removed.
 """
 
 from __future__ import annotations
@@ -25,7 +36,12 @@ PROGRAMMED = "Programmed"
 ACCEPTED = "Accepted"
 
 WireStatus = dict[str, Any]
-PatchStatus = Callable[[str, str, WireStatus], Awaitable[bool]]  # ns, name, status → False if gone
+#: ``ok``; ``gone``: no such route; ``stale``: the route is no longer at the generation the patch tests
+PatchResult = Literal["ok", "gone", "stale"]
+#: ns, name, status → result; writes only while metadata.generation equals the status's observedGeneration
+PatchStatus = Callable[[str, str, WireStatus], Awaitable[PatchResult]]
+#: ns, name, observedGeneration → result; removes the status only while it has that observedGeneration
+ClearStatus = Callable[[str, str, int], Awaitable[PatchResult]]
 # ns, name, uid, type, reason, message
 PostEvent = Callable[[str, str, str | None, str, str, str], Awaitable[None]]
 
@@ -109,12 +125,14 @@ class StatusWriter:
         self,
         *,
         patch: PatchStatus,
+        clear: ClearStatus | None = None,
         event: PostEvent | None = None,
         uid: Callable[[str], str | None] | None = None,
         metrics: metrics_mod.Metrics | None = None,
         concurrency: int = 16,
     ) -> None:
         self._patch = patch
+        self._clear = clear
         self._event = event
         self._uid = uid or (lambda key: None)  # "ns/name" → metadata.uid (Events name the object by uid)
         self._metrics = metrics
@@ -159,19 +177,43 @@ class StatusWriter:
             last = self.written.get(key)
             self.written[key] = status
             try:
-                found = await self._patch(namespace, name, status)
+                result = await self._patch(namespace, name, status)
             except Exception as error:
                 self._restore(key, last)
                 logger.warning("status write for %s failed: %s", key, error)
                 self._count("error")
                 return 0
-        if not found:
+        self._count(result)
+        if result != "ok":  # gone, or changed since (its next generation brings another status)
             self._restore(key, last)
-            self._count("gone")
             return 0
-        self._count("ok")
         await self._accepted_event(namespace, name, before, status)
         return 1
+
+    async def clear(self, released: Mapping[str, int]) -> list[str]:
+        """Remove the statuses of routes that left this instance's class (``"ns/name"`` → the
+        ``observedGeneration`` of the status found on them); returns the routes done with (removed, or
+        rewritten or deleted by someone else meanwhile). A failed patch is left for the next call."""
+        if self._clear is None or not released:
+            return []
+        results = await asyncio.gather(*(self._clear_one(key, gen) for key, gen in released.items()))
+        return [key for key, done in zip(released, results, strict=True) if done]
+
+    async def _clear_one(self, key: str, generation: int) -> bool:
+        assert self._clear is not None
+        namespace, name = key.split("/", 1)
+        async with self._limit:
+            try:
+                result = await self._clear(namespace, name, generation)
+            except Exception as error:
+                logger.warning("status removal for %s failed: %s", key, error)
+                self._count("error")
+                return False
+        self.written.pop(key, None)
+        self._count("cleared" if result == "ok" else result)
+        if result == "ok":
+            logger.info("%s belongs to another gateway class now: its status is removed", key)
+        return True
 
     def _restore(self, key: str, last: WireStatus | None) -> None:
         if last is None:

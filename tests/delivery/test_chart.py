@@ -10,7 +10,10 @@ arguments parsed by the real ``kubegate serve`` parser, probes on the admin port
 shared by operator, data plane, Services and RBAC, security contexts, least-privilege rules, the HTTPS
 listener with its Service port, NetworkPolicy port and default certificate, the Redis of Global rate
 limits (its URL read by ``kubegate serve`` from $KUBEGATE_REDIS_URL, the chart's own Redis with its
-Service, probes, security context and NetworkPolicy), and --trusted-proxies).
+Service, probes, security context and NetworkPolicy), and --trusted-proxies); the gateway class
+(``gatewayClass``, passed as --gateway-class, named in NOTES' first route); and several instances in one
+cluster: two releases (two namespaces, two classes) render no two objects of the same kind, namespace
+and name, counting the Secret and Lease each operator creates (the check is shown to catch a collision).
 """
 
 from __future__ import annotations
@@ -215,6 +218,12 @@ def test_notes_tell_how_to_reach_the_gateway_and_apply_a_route(case: str) -> Non
     assert "kind: GatewayRoute" in notes and "kubectl get gatewayroutes" in notes
     for namespace in values.get("operator", {}).get("watchNamespaces", []):
         assert namespace in notes
+    gateway_class = values.get("gatewayClass", "kubegate")
+    if gateway_class == "kubegate":  # routes naming no class are served: the first route names none
+        assert "gatewayClassName" not in notes
+    else:
+        assert f"     gatewayClassName: {gateway_class}\n     match:" in notes
+        assert f"This release serves gateway class {gateway_class}" in notes
     scraped = values.get("serviceMonitor", {}).get("enabled") and values.get("networkPolicy", {}).get(
         "adminFrom"
     )
@@ -244,6 +253,8 @@ BAD_VALUES = [
     ("dataplane.logLevel=verbose", ["logLevel", "info"]),
     ("dataplane.escapedSlashes=decode", ["escapedSlashes", "reject"]),
     ("dataplane.tunnelIdleTimeoutSeconds=0", ["tunnelIdleTimeoutSeconds"]),
+    ("gatewayClass=Internal_GW", ["gatewayClass", "pattern"]),
+    ("gatewayClass=", ["gatewayClass"]),
     # Checks across values, in templates/validate.yaml:
     (
         "dataplane.terminationGracePeriodSeconds=20",
@@ -337,6 +348,7 @@ def test_good_values_still_render(helm: helmtools.Helm) -> None:
         "redis.enabled=true",
         "redis.maxMemory=1gb",
         "redis.image.tag=7.4-alpine",
+        "gatewayClass=edge.example.com",
     ]
     result = helm.template(*[arg for setting in good for arg in ("--set", setting)])
     assert result.returncode == 0, result.stderr
@@ -503,6 +515,7 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     assert [(p["name"], p["targetPort"]) for p in admin["spec"]["ports"]] == [("admin", "admin")]
     assert op_args["--dataplane-service"] == [f"{ns}/{admin['metadata']['name']}"]
     assert op_args.get("--namespace", []) == values.get("operator", {}).get("watchNamespaces", [])
+    assert op_args["--gateway-class"] == [values.get("gatewayClass", "kubegate")]
     metrics_port = {p["name"]: p["containerPort"] for p in op["ports"]}["metrics"]
     assert op_args["--metrics-port"] == [str(metrics_port)]
 
@@ -525,6 +538,11 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
         b["metadata"]["namespace"] for b in r.all("RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"
     }
     assert route_bindings == (set(watched) | {ns} if watched else set())  # kopf also watches its own
+    cluster_role = r.one("ClusterRole")["metadata"]["name"]
+    assert ns in cluster_role  # releases of one name in two namespaces: no shared name, see below
+    assert {b["metadata"]["name"] for b in bindings if b["roleRef"]["kind"] == "ClusterRole"} == {
+        cluster_role
+    }
     rules = [rule for role in r.all("Role") + r.all("ClusterRole") for rule in role["rules"]]
     read = {"get", "list", "watch"}
     for role in r.all("Role") + r.all("ClusterRole"):
@@ -820,3 +838,85 @@ def test_operator_arguments_parse_with_the_real_parser(newest_helm: helmtools.He
         assert parsed.metrics_port == values.get("operator", {}).get("metricsPort", 8000)
         elected = values.get("operator", {}).get("leaderElection", {}).get("enabled", True)
         assert (parsed.leader_lease is not None) == elected
+        assert parsed.gateway_class == values.get("gatewayClass", "kubegate")
+
+
+# ------------------------------------------------------------------------------ several instances
+
+# Kinds without a namespace (the CRD is not rendered: it comes from crds/, is shared by every release,
+# and Helm installs it once, with the first release).
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding"}
+ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), name
+
+
+def release_objects(helm: helmtools.Helm, release: str, namespace: str, *sets: str) -> list[ObjectKey]:
+    """Every object one release puts in a cluster: those it renders, and those its operator creates (the
+    bootstrap Secret and the leader Lease, named by its arguments)."""
+    args = [arg for setting in sets for arg in ("--set", setting)]
+    result = helm.run("template", release, str(helmtools.CHART), "--namespace", namespace, *args)
+    assert result.returncode == 0, result.stderr
+    keys = []
+    for doc in documents(result.stdout):
+        meta = doc["metadata"]
+        scope = "" if doc["kind"] in CLUSTER_SCOPED else meta.get("namespace", namespace)
+        keys.append((doc["kind"], scope, meta["name"]))
+    (operator,) = [d for d in documents(result.stdout) if d["metadata"]["name"].endswith("-operator")
+                   and d["kind"] == "Deployment"]  # fmt: skip
+    (container,) = operator["spec"]["template"]["spec"]["containers"]
+    op_args = _args(container)
+    for flag, kind in (("--bootstrap-secret", "Secret"), ("--leader-lease", "Lease")):
+        for ref in op_args.get(flag, []):
+            ref_namespace, _, name = ref.partition("/")
+            keys.append((kind, ref_namespace, name))
+    return keys
+
+
+def collisions(*releases: list[ObjectKey]) -> list[ObjectKey]:
+    seen = [key for keys in releases for key in keys]
+    return sorted({key for key in seen if seen.count(key) > 1})
+
+
+TWO_RELEASES = {
+    # (release, namespace, --set ...) of each: two classes, whichever way the releases are named
+    "same-name": [
+        ("kubegate", "kubegate-system", ()),
+        ("kubegate", "kubegate-internal", ("gatewayClass=internal",)),
+    ],
+    "same-name-watching-the-same-namespaces": [
+        ("kubegate", "kubegate-system", ("operator.watchNamespaces={team-a,team-b}",)),
+        ("kubegate", "kubegate-internal", ("gatewayClass=internal", "operator.watchNamespaces={team-a}")),
+    ],
+    "two-names-every-component": [
+        ("public", "gateways", ("redis.enabled=true", "serviceMonitor.enabled=true")),
+        (
+            "internal",
+            "internal",
+            ("gatewayClass=internal", "redis.enabled=true", "serviceMonitor.enabled=true"),
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(TWO_RELEASES))
+def test_two_releases_share_no_object(newest_helm: helmtools.Helm, case: str) -> None:
+    """Issue 13: a release per gateway class, each in its namespace, in one cluster. No two objects share
+    a kind, namespace and name (a second ``helm install`` would fail on one the first owns, or two
+    operators would share a Lease or a bootstrap Secret)."""
+    renders = [release_objects(newest_helm, name, ns, *sets) for name, ns, sets in TWO_RELEASES[case]]
+    assert all(len(set(keys)) == len(keys) for keys in renders)
+    assert collisions(*renders) == []
+    kinds = {kind for keys in renders for kind, _, _ in keys}
+    assert {"Secret", "Lease", "ClusterRole"} <= kinds
+
+
+def test_the_collision_check_catches_a_shared_name(newest_helm: helmtools.Helm) -> None:
+    """Guard: two releases of one name in one namespace share every name; and the same bootstrap Secret
+    and Lease given to two releases in one namespace are found although no template renders them."""
+    once = release_objects(newest_helm, "kubegate", "kubegate-system")
+    assert collisions(once, once) == sorted(set(once))
+    shared = ("bootstrap.secretName=last-table", "operator.leaderElection.leaseName=leader")
+    found = collisions(
+        release_objects(newest_helm, "public", "gateways", *shared),
+        release_objects(newest_helm, "internal", "gateways", "gatewayClass=internal", *shared),
+    )
+    assert found == [("Lease", "gateways", "leader"), ("Secret", "gateways", "last-table")]

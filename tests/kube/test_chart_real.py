@@ -19,8 +19,9 @@ ServiceMonitors and a PDB by ``maxUnavailable``), one release in a namespace of 
 - ``helm uninstall`` removes every object of the release, and the CRD stays (Helm never deletes
   ``crds/``).
 
-Then two releases of the same name in two namespaces coexist (the ClusterRole and its binding carry the
-namespace in their name), and uninstalling one leaves the other whole.
+Then two releases of the same name in two namespaces, of two gateway classes and both watching the same
+namespace, coexist (the ClusterRole, its binding and the RoleBindings in watched namespaces carry the
+release's namespace in their name), and uninstalling one leaves the other whole.
 
 What it cannot check: there is no kubelet, scheduler or controller-manager, so no Pod is ever created
 (no ReplicaSet either) or runs: the test checks the objects, not the pods; ``helm install`` does not
@@ -28,11 +29,8 @@ wait for readiness. The ServiceMonitor CRD (Prometheus Operator's) is not instal
 CRD that accepts any spec is applied, so ServiceMonitors are checked for their names and mapping only,
 not their schema. Namespaces are left behind (this server has no namespace controller to finalise them).
 
-Releases that cannot coexist in one cluster (issue 13's "several instances"): two of the ``minimal``
-value set (its fixed nodePort 30080 is allocated once per cluster), and two that watch the same namespace
-under the same fullname (the RoleBinding in a watched namespace is named ``<fullname>-operator``, without
-the release's namespace, unlike the ClusterRole): a second install fails on the RoleBinding's ownership.
-So the cases run one after another, each uninstalled before the next.
+Releases that cannot coexist in one cluster: two of the ``minimal`` value set (its fixed nodePort 30080
+is allocated once per cluster). So the cases run one after another, each uninstalled before the next.
 """
 
 from __future__ import annotations
@@ -345,22 +343,29 @@ def test_install_upgrade_rollback_uninstall(release: Release) -> None:
 
 
 def test_two_releases_of_the_same_name_coexist(kube: controlplane.ControlPlane) -> None:
-    """The same release name in two namespaces, default values: the cluster-scoped objects do not
-    collide, and uninstalling one release leaves the other's objects in place."""
+    """The same release name in two namespaces, two gateway classes, both watching team-a (issue 13): no
+    object collides, and uninstalling one release leaves the other's objects in place."""
     helm = _helm(max(helmtools.available(), default=4))
     first, second = (Release(kube, helm, "kubegate", f"chart-twin-{i}") for i in (1, 2))
+    classes = {first: "kubegate", second: "internal"}
     try:
         for release in (first, second):
             kube.kubectl("create", "namespace", release.namespace)
-            release.install()
+            release.install(
+                "--set", f"gatewayClass={classes[release]}", "--set", "operator.watchNamespaces={team-a}"
+            )
         docs = {release.namespace: release.manifest() for release in (first, second)}
         cluster_roles = {
+            d["metadata"]["name"] for ds in docs.values() for d in ds if d["kind"] == "ClusterRole"
+        }
+        assert len(cluster_roles) == 2, cluster_roles
+        in_team_a = {
             d["metadata"]["name"]
             for ds in docs.values()
             for d in ds
-            if d["kind"] in ("ClusterRole", "ClusterRoleBinding")
+            if d["kind"] == "RoleBinding" and d["metadata"]["namespace"] == "team-a"
         }
-        assert len(cluster_roles) == 2, cluster_roles  # a ClusterRole and its binding share one name
+        assert in_team_a == cluster_roles  # each release's binding there, named like its ClusterRole
         for release in (first, second):
             check_on_server(release, docs[release.namespace])
         first.uninstall()

@@ -280,7 +280,7 @@ CASES = [
     Case("header-name-space", {"spec.match.headers": [{"name": "X A", "value": "a"}]}, "rejected",
          "spec.match.headers[0].name", "should match"),
     Case("timeout-fraction", {"spec.timeout": "1.5s"}, "rejected", "spec.timeout", "should match"),
-    Case("url-https", {"spec.backends.0": {"url": "https://example.com"}}, "rejected",
+    Case("url-ftp", {"spec.backends.0": {"url": "ftp://example.com"}}, "rejected",
          "spec.backends[0].url", "should match"),
     Case("url-with-path", {"spec.backends.0": {"url": "http://example.com/api"}}, "rejected",
          "spec.backends[0].url", "should match"),
@@ -291,6 +291,11 @@ CASES = [
     # (not oneOf / not, for which the API server says only "must validate one and only one schema")
     Case("service-without-port", {"spec.backends.0": {"service": "shop"}}, "rejected", "spec.backends[0]",
          "port is required with service"),
+    Case("tls-on-http-url", {"spec.backends.0": {"url": "http://example.com", "tls": {}}}, "rejected",
+         "spec.backends[0]", "tls on a url backend needs an https:// url"),
+    Case("ca-and-insecure", {"spec.backends.0": {"url": "https://example.com", "tls": {
+         "caSecretRef": {"name": "ca"}, "insecureSkipVerify": True}}}, "rejected", "spec.backends[0].tls",
+         "caSecretRef and insecureSkipVerify exclude each other"),
     Case("port-without-service", {"spec.backends.0": {"port": 80}}, "rejected", "spec.backends[0]",
          "a backend needs either service (with port) or url"),
     Case("no-target", {"spec.backends.0": {"weight": 1}}, "rejected", "spec.backends[0]",

@@ -95,6 +95,8 @@ class Operator:
             self.metrics_port = free_port()
             args = [*args, "--metrics-port", str(self.metrics_port)]
         log = open(log_path, "ab")  # noqa: SIM115
+        # unbuffered: a test reads the log while the process runs (a block-buffered stdout holds lines back)
+        env = {**env, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 

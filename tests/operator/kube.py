@@ -4,7 +4,8 @@ Stock ``kmock.KubernetesEmulator`` stamps no ``resourceVersion``/``uid``/``gener
 answers a failed JSON-patch ``test`` with 500 and keeps every request in a log it matches against (so it
 slows down as a test goes on). :class:`RealisticEmulator` fixes those: it computes each patch itself,
 stamps the metadata an API server would, answers 422 on a failed ``test`` (kopf and our lease code treat
-that as a conflict), 409 on a duplicate create, and trims the request log.
+that as a conflict), 409 on a duplicate create, lets a patch of the status subresource remove the status
+(as the API server does), and trims the request log.
 
 :class:`KubeAPI` runs the emulator on its own event loop in a background thread (the operator under test
 runs as a separate process with ``KUBECONFIG`` pointing here) and gives tests a small synchronous client
@@ -212,8 +213,9 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             for field in ("uid", "creationTimestamp", "name", "namespace"):
                 if field in old.get("metadata", {}):
                     meta[field] = old["metadata"][field]
-            if request.subresource == "status":  # the status subresource changes the status only
-                new = {**old, "status": new.get("status")} if "status" in new else dict(old)
+            if request.subresource == "status":  # the status subresource changes the status only ...
+                status = {"status": new["status"]} if "status" in new else {}  # ... or removes it
+                new = {**{k: v for k, v in old.items() if k != "status"}, **status}
                 new["metadata"] = dict(old.get("metadata", {}))
                 meta = new["metadata"]
             elif "status" in old and request.resource.plural == "gatewayroutes":

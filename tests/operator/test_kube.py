@@ -1,8 +1,11 @@
 """The operator's own API calls (:class:`~kubegate_operator.kube.Kube`) against the emulator.
 
-Aspects: a status patch lands and answers True, and False for a route that is gone (404); an Event is
-created on the route (neither call parses the object the API answers with); the start-up listing of
-names, per namespace and everywhere (the emulator ignores ``limit``: paging itself is not exercised).
+Aspects: a status patch lands and answers ``ok``, ``gone`` for a route that is gone (404), and ``stale``
+(nothing written) when the route's generation is no longer the status's observedGeneration; a status is
+removed only while its observedGeneration is the one given (else ``stale``); an Event is created on the
+route (none of these calls parses the object the API answers with); the start-up listing of names, per
+namespace and everywhere (the emulator ignores ``limit``: paging itself is not exercised). The same
+status calls against a real API server: ``tests/kube/test_gateway_classes.py``.
 """
 
 from __future__ import annotations
@@ -28,9 +31,26 @@ async def test_status_events_and_listing(kube_api: KubeAPI, tmp_path: Path) -> N
     kube = Kube(client.ApiClient(configuration))
     try:
         status = {"observedGeneration": 1, "conditions": []}
-        assert await kube.patch_route_status(NS, "k0", status) is True
+        assert await kube.patch_route_status(NS, "k0", status) == "ok"
         assert (kube_api.get(ROUTES, NS, "k0") or {}).get("status") == status
-        assert await kube.patch_route_status(NS, "missing", status) is False
+        assert await kube.patch_route_status(NS, "missing", status) == "gone"
+
+        # Generation 2: a status computed from generation 1 no longer lands, one from 2 does.
+        kube_api.patch(ROUTES, NS, "k0", {"spec": {"gatewayClassName": "internal"}})
+        assert (kube_api.get(ROUTES, NS, "k0") or {})["metadata"]["generation"] == 2
+        late = {"observedGeneration": 1, "conditions": [], "late": True}
+        assert await kube.patch_route_status(NS, "k0", late) == "stale"
+        assert (kube_api.get(ROUTES, NS, "k0") or {}).get("status") == status
+        current = {"observedGeneration": 2, "conditions": []}
+        assert await kube.patch_route_status(NS, "k0", current) == "ok"
+
+        # Removal: only of the status with the observedGeneration given.
+        assert await kube.clear_route_status(NS, "k0", 1) == "stale"
+        assert (kube_api.get(ROUTES, NS, "k0") or {}).get("status") == current
+        assert await kube.clear_route_status(NS, "k0", 2) == "ok"
+        assert "status" not in (kube_api.get(ROUTES, NS, "k0") or {})
+        assert await kube.clear_route_status(NS, "k0", 2) == "stale"
+        assert await kube.clear_route_status(NS, "missing", 2) == "gone"
 
         await kube.post_event(NS, "k0", created[0]["metadata"]["uid"], "Normal", "Accepted", "compiled")
         events = [e for e in kube_api.list(EVENTS, NS) if e["involvedObject"]["name"] == "k0"]

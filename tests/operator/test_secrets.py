@@ -31,8 +31,8 @@ import pytest
 import yaml
 
 from kubegate.api import models
+from kubegate.compiler import backendtls, edge, tls
 from kubegate.compiler import compile as compiler
-from kubegate.compiler import edge, tls
 from kubegate_operator import metrics as metrics_mod
 from kubegate_operator import publisher, reconciler, state
 from tests.gateway import TOKEN
@@ -234,21 +234,24 @@ def _auth_specs() -> Iterator[tuple[str, dict[str, Any]]]:
         for doc in yaml.safe_load_all(path.read_text()):
             if isinstance(doc, dict) and doc.get("kind") == "GatewayRoute":
                 spec = doc.get("spec")
-                if isinstance(spec, dict) and ("auth" in spec or "tls" in spec):
+                backends = spec.get("backends", []) if isinstance(spec, dict) else []
+                backend_tls = any(isinstance(b, dict) and "tls" in b for b in backends)
+                if isinstance(spec, dict) and ("auth" in spec or "tls" in spec or backend_tls):
                     yield f"{path.name}:{doc['metadata']['name']}", doc
 
 
 def test_the_raw_reading_of_auth_agrees_with_the_compiler() -> None:
     """The operator reads the Secret names from the raw route (cheap, and no validation); for every valid
-    route with auth or tls in examples/ and the compiler's golden inputs, it finds what the compiler's
-    ``secret_refs`` (auth's and tls's) find."""
+    route with auth, tls or a backend's tls in examples/ and the compiler's golden inputs, it finds what
+    the compiler's ``secret_refs`` (auth's, tls's and the backends' tls's) find."""
     checked = 0
     for where, doc in _auth_specs():
         try:
             spec = models.GatewayRouteSpec.model_validate(doc["spec"])
         except ValueError:
             continue  # invalid: rejected whatever its Secrets
-        assert state.secret_names(doc) == frozenset(edge.secret_refs(spec) + tls.secret_refs(spec)), where
+        found = edge.secret_refs(spec) + tls.secret_refs(spec) + backendtls.secret_refs(spec)
+        assert state.secret_names(doc) == frozenset(found), where
         checked += 1
     assert checked >= 2
 
@@ -440,7 +443,10 @@ def test_a_route_naming_the_bootstrap_secret_gets_secret_not_found(
         what="the bootstrap Secret is not a route Secret",
     )
     secured.wait(lambda: _codes(secured, "/sneaky", None) == {500}, what="500")
-    assert any("belongs to kubegate itself" in line for line in secured.operator.log_lines())
+    secured.wait(
+        lambda: any("belongs to kubegate itself" in line for line in secured.operator.log_lines()),
+        what="a warning naming the route",
+    )
 
 
 def test_route_secrets_are_read_never_written_nor_logged(secured: Cluster) -> None:

@@ -546,13 +546,13 @@ async def test_status_writes_run_at_most_concurrency_at_a_time() -> None:
     in_flight: list[str] = []
     full, release = asyncio.Event(), asyncio.Event()
 
-    async def patch(ns: str, name: str, st: dict[str, Any]) -> bool:
+    async def patch(ns: str, name: str, st: dict[str, Any]) -> status.PatchResult:
         in_flight.append(name)
         if len(in_flight) == 4:
             full.set()
         await release.wait()
         in_flight.remove(name)
-        return True
+        return "ok"
 
     writer = status.StatusWriter(patch=patch, concurrency=4)
     now = datetime(2024, 2, 1, tzinfo=UTC)
@@ -569,9 +569,9 @@ async def test_status_writer_writes_only_changes() -> None:
     calls: list[tuple[str, str]] = []
     events: list[tuple[str, str]] = []
 
-    async def patch(ns: str, name: str, st: dict[str, Any]) -> bool:
+    async def patch(ns: str, name: str, st: dict[str, Any]) -> status.PatchResult:
         calls.append((ns, name))
-        return name != "gone"
+        return "gone" if name == "gone" else "ok"
 
     async def event(ns: str, name: str, uid: str | None, kind: str, reason: str, message: str) -> None:
         events.append((name, reason))
@@ -602,9 +602,9 @@ class StatusRig:
         self.client = fake.client()
         self.writes: list[tuple[str, dict[str, Any]]] = []
 
-        async def patch(ns: str, name: str, st: dict[str, Any]) -> bool:
+        async def patch(ns: str, name: str, st: dict[str, Any]) -> status.PatchResult:
             self.writes.append((name, st))
-            return True
+            return "ok"
 
         pusher = publisher.Publisher(
             client=self.client, token=lambda: TOKEN, backoff_initial=0.05, backoff_max=0.2, timeout=GUARD

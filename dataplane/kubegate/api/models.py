@@ -63,7 +63,7 @@ SERVICE_NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
 #: An absolute path without query, fragment or whitespace.
 PATH_PATTERN = r"^/[^?#\s]*$"
 #: A coarse shape check for the CRD; :func:`split_http_url` does the precise one.
-URL_PATTERN = r"^http://([^/?#@\s:\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$"
+URL_PATTERN = r"^https?://([^/?#@\s:\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$"
 
 MAX_LIST_ITEMS = 16
 #: Longest RegularExpression value, in bytes of UTF-8 (RE2 compiles bytes).
@@ -232,15 +232,12 @@ class RouteMatchSpec(_Spec):
 
 @functools.lru_cache(maxsize=65536)  # pure, and called several times per backend per compile
 def split_http_url(url: str) -> tuple[str, int]:
-    """``http://host[:port][/]`` → ``(host, port)``; raise ValueError saying what is wrong otherwise.
+    """``http[s]://host[:port][/]`` → ``(host, port)``; raise ValueError saying what is wrong otherwise.
 
-    The host comes back in lower case and without IPv6 brackets; the port defaults to 80.
+    The host comes back in lower case and without IPv6 brackets; the port defaults to 80 (443 for https).
     """
-    if not url.startswith("http://"):
-        scheme = url.split("://", 1)[0] if "://" in url else ""
-        if scheme.lower() == "https":
-            raise ValueError(f"url {url!r}: https is not supported yet, use an http:// URL")
-        raise ValueError(f"url {url!r} must start with 'http://' (only http is supported for now)")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"url {url!r} must start with 'http://' or 'https://'")
     if re.search(r"\s", url):
         raise ValueError(f"url {url!r} must not contain whitespace")
     parts = urllib.parse.urlsplit(url)
@@ -267,7 +264,7 @@ def split_http_url(url: str) -> tuple[str, int]:
     except ValueError:
         raise ValueError(f"url {url!r}: the port must be a number from 1 to 65535") from None
     if port is None:
-        return host, 80
+        return host, 443 if url.startswith("https://") else 80
     if not 1 <= port <= 65535:
         raise ValueError(f"url {url!r}: the port must be a number from 1 to 65535")
     return host, port
@@ -299,6 +296,10 @@ class BackendRef(_Spec):
                     "rule": "has(self.url) || !has(self.service) || has(self.port)",
                     "message": "port is required with service",
                 },
+                {
+                    "rule": "!has(self.tls) || !has(self.url) || self.url.startsWith('https://')",
+                    "message": "tls on a url backend needs an https:// url",
+                },
             ]
         }
     )
@@ -321,9 +322,16 @@ class BackendRef(_Spec):
         default=None,
         min_length=1,
         max_length=2048,
-        description="A static target 'http://host[:port]' (port defaults to 80; no path, query or user "
-        "info), for standalone use and services outside the cluster. Excludes service and port.",
+        description="A static target 'http://host[:port]' or 'https://host[:port]' (port defaults to 80 "
+        "or 443; no path, query or user info), for standalone use and services outside the cluster; "
+        "https speaks TLS to it (verified: see tls). Excludes service and port.",
         json_schema_extra={"pattern": URL_PATTERN},
+    )
+    tls: BackendTlsSpec | None = Field(
+        default=None,
+        description="Speak TLS to the backend: a service backend with tls does, a url backend when its "
+        "scheme is https (tls then only tunes the verification). The certificate is verified against the "
+        "system CAs or caSecretRef, for serverName.",
     )
     weight: int = Field(
         default=1,
@@ -357,7 +365,14 @@ class BackendRef(_Spec):
             raise ValueError("a backend needs either service (with port) or url")
         elif self.port is None:
             raise ValueError("port is required with service")
+        if self.tls is not None and self.url is not None and not self.url.startswith("https://"):
+            raise _field_error("tls", "tls on a url backend needs an https:// url")
         return self
+
+    @property
+    def speaks_tls(self) -> bool:
+        """Whether the gateway speaks TLS to this backend."""
+        return self.tls is not None or (self.url is not None and self.url.startswith("https://"))
 
 
 def _check_duration(value: str) -> str:
@@ -1134,6 +1149,59 @@ class SecretRef(_Spec):
     name: SecretName = Field(description="The Secret's name, in the route's namespace.")
 
 
+class CaSecretRef(_Spec):
+    """A Secret key holding PEM CA certificates, in the route's namespace."""
+
+    name: SecretName = Field(description="The Secret's name, in the route's namespace.")
+    key: Annotated[str, _pattern_check(SECRET_KEY_PATTERN, "a Secret data key")] = Field(
+        default="ca.crt",
+        min_length=1,
+        max_length=253,
+        description="The key in the Secret's data holding the PEM CA certificates; default ca.crt.",
+        json_schema_extra={"pattern": SECRET_KEY_PATTERN},
+    )
+
+
+class BackendTlsSpec(_Spec):
+    """How the gateway verifies a backend that speaks TLS (TLS 1.2 or 1.3, ALPN http/1.1)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.caSecretRef) && has(self.insecureSkipVerify) "
+                    "&& self.insecureSkipVerify)",
+                    "message": "caSecretRef and insecureSkipVerify exclude each other",
+                }
+            ]
+        }
+    )
+
+    ca_secret_ref: CaSecretRef | None = Field(
+        default=None,
+        alias="caSecretRef",
+        description="Verify the backend's certificate against these CAs instead of the system's.",
+    )
+    server_name: Hostname | None = Field(
+        default=None,
+        alias="serverName",
+        description="The name sent as SNI and that the certificate must be valid for; default: the url's "
+        "host, or <service>.<namespace>.svc for a service backend.",
+    )
+    insecure_skip_verify: bool = Field(
+        default=False,
+        alias="insecureSkipVerify",
+        description="Do not verify the backend's certificate at all (encryption without authentication: "
+        "for tests only). Excludes caSecretRef.",
+    )
+
+    @model_validator(mode="after")
+    def _verify_one_way(self) -> BackendTlsSpec:
+        if self.insecure_skip_verify and self.ca_secret_ref is not None:
+            raise _field_error("insecureSkipVerify", "caSecretRef and insecureSkipVerify exclude each other")
+        return self
+
+
 class ClaimToHeaderSpec(_Spec):
     claim: Annotated[str, _pattern_check(CLAIM_PATTERN, "a claim name")] = Field(
         min_length=1,
@@ -1492,6 +1560,26 @@ class GatewayRouteSpec(_Spec):
         }
     )
 
+    gateway_class_name: (
+        Annotated[
+            str,
+            _pattern_check(
+                r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                "a lower-case RFC 1123 subdomain (a Kubernetes object name)",
+            ),
+        ]
+        | None
+    ) = Field(
+        default=None,
+        min_length=1,
+        max_length=253,
+        alias="gatewayClassName",
+        description="The gateway class whose kubegate instance serves this route: the one whose "
+        "operator runs with --gateway-class set to this name (chart value gatewayClass). Unset: the "
+        "default class, kubegate. A route belongs to exactly one class; one that names a class no "
+        "operator serves is served by none and gets no status.",
+        json_schema_extra={"pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"},
+    )
     match: RouteMatchSpec = Field(
         default_factory=RouteMatchSpec,
         description="Which requests this route takes; defaults to every request.",

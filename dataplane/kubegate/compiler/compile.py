@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from kubegate import gcpause
 from kubegate.api import duration, models
-from kubegate.compiler import edge, regex, resources, table, tls
+from kubegate.compiler import backendtls, edge, regex, resources, table, tls
 
 RouteStatus = models.GatewayRouteStatus
 
@@ -230,23 +230,28 @@ def _slice_port(
 def _backend_name(ref: models.BackendRef, namespace: str) -> str:
     if ref.url is not None:
         host, port = models.split_http_url(ref.url)
-        return f"url:http://{f'[{host}]' if ':' in host else host}:{port}"
+        scheme = "https" if ref.url.startswith("https://") else "http"
+        return f"url:{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
     return f"service:{namespace}/{ref.service}:{ref.port}"
 
 
 def _resolve(
-    ref: models.BackendRef, name: str, namespace: str, services: _Services
+    ref: models.BackendRef,
+    name: str,
+    namespace: str,
+    services: _Services,
+    tls: table.BackendTls | None = None,
 ) -> tuple[table.CompiledBackend, str | None, bool]:
     """→ (backend, not-found message or None, has ready endpoints)."""
     if ref.url is not None:
-        return _backend(name, ref.weight, (models.split_http_url(ref.url),), None), None, True
+        return _backend(name, ref.weight, (models.split_http_url(ref.url),), None, tls), None, True
     assert ref.service is not None and ref.port is not None  # guaranteed by BackendRef's validator
     key = (namespace, ref.service)
     slices = services.slices.get(key, [])
     service = services.services.get(key)
     if not slices and service is None:
         error = f"Service {namespace}/{ref.service} not found"
-        return _backend(name, ref.weight, (), error), error, False
+        return _backend(name, ref.weight, (), error, tls), error, False
     found: set[tuple[str, int]] = set()
     for view in slices:
         if view.address_type not in _ADDRESS_TYPES:
@@ -257,12 +262,16 @@ def _resolve(
         for endpoint in view.endpoints:
             if endpoint.usable:
                 found.update((address, slice_port) for address in endpoint.addresses)
-    return _backend(name, ref.weight, tuple(sorted(found)), None), None, bool(found)
+    return _backend(name, ref.weight, tuple(sorted(found)), None, tls), None, bool(found)
 
 
 @functools.lru_cache(maxsize=65536)
 def _backend(
-    name: str, weight: int, endpoints: tuple[tuple[str, int], ...], error: str | None
+    name: str,
+    weight: int,
+    endpoints: tuple[tuple[str, int], ...],
+    error: str | None,
+    tls: table.BackendTls | None = None,
 ) -> table.CompiledBackend:
     """Backends are immutable values, so equal ones are shared: most stay the same from one compile to
     the next, and sharing lets the compiled route that holds them be reused too (see CompileMemo)."""
@@ -271,16 +280,31 @@ def _backend(
         weight=weight,
         endpoints=tuple(table.Endpoint(host=host, port=port) for host, port in endpoints),
         error=error,
+        tls=tls,
     )
 
 
-def _resolve_backends(route: _Route, services: _Services) -> None:
+def _resolve_backends(
+    route: _Route, services: _Services, secrets: Mapping[tuple[str, str], edge.SecretData]
+) -> None:
     assert route.spec is not None
     namespace = route.raw.namespace
     backends, missing, idle = [], [], []
+    problem: tuple[str, str] | None = None
+    named = {
+        name: secrets[(namespace, name)]
+        for name in backendtls.secret_refs(route.spec)
+        if (namespace, name) in secrets
+    }
     for index, ref in enumerate(route.spec.backends):
         name = _backend_name(ref, namespace)
-        backend, not_found, ready = _resolve(ref, name, namespace, services)
+        tls, tls_problem = backendtls.backend_tls(ref, index, namespace, named)
+        if tls_problem is not None:  # a backend meant to be verified is never reached unverified: 500
+            problem = problem or tls_problem
+            backends.append(_backend(name, ref.weight, (), tls_problem[1]))
+            missing.append(f"{tls_problem[1]} (its share of traffic gets 500)")
+            continue
+        backend, not_found, ready = _resolve(ref, name, namespace, services, tls)
         backends.append(backend)
         if not_found:
             missing.append(f"spec.backends[{index}]: {not_found} (its share of traffic gets 500)")
@@ -290,7 +314,8 @@ def _resolve_backends(route: _Route, services: _Services) -> None:
             )
     route.backends = tuple(backends)
     if missing:
-        route.resolved = _Verdict("False", "BackendNotFound", "; ".join(missing + idle))
+        reason = problem[0] if problem is not None and len(missing) == 1 else "BackendNotFound"
+        route.resolved = _Verdict("False", reason, "; ".join(missing + idle))
     else:
         route.resolved = _Verdict("True", "ResolvedRefs", "; ".join(idle) or "all backends resolved")
 
@@ -668,7 +693,14 @@ def _compile(
                 and same_services(outcome.refs)
                 and _previous_status(raw, previous) is outcome.status
                 # Secrets (and, for TLS, the clock) are not memoised: few routes
-                and (done.spec is None or (done.spec.auth is None and done.spec.tls is None))
+                and (
+                    done.spec is None
+                    or (
+                        done.spec.auth is None
+                        and done.spec.tls is None
+                        and not backendtls.secret_refs(done.spec)
+                    )
+                )
             ):
                 clean[index] = (done, outcome)
             else:
@@ -708,7 +740,7 @@ def _compile(
     types = {(raw.namespace, raw.name): _secret_type(raw.body) for raw in bundle.secrets}
     for route in routes.values():
         if route.spec is not None:
-            _resolve_backends(route, services)
+            _resolve_backends(route, services, secrets)
             if route.spec.auth is not None:
                 _resolve_secrets(route, secrets)
             if route.spec.tls is not None:

@@ -360,7 +360,8 @@ def _jwks_problem(document: bytes) -> str | None:
 
 def redacted(wire: Mapping[str, Any]) -> dict[str, Any]:
     """A route's wire form with secret material replaced, for ``kubegate compile`` and admin views: auth's
-    keys, and the private keys of the route's TLS certificates (:mod:`kubegate.compiler.tls`)."""
+    keys, the private keys of the route's TLS certificates (:mod:`kubegate.compiler.tls`) and its
+    backends' CA certificates (:mod:`kubegate.compiler.backendtls`)."""
     out = dict(wire)
     edge = out.get("edge")
     if isinstance(edge, Mapping) and isinstance(edge.get("auth"), Mapping):
@@ -376,6 +377,14 @@ def redacted(wire: Mapping[str, Any]) -> dict[str, Any]:
             api_key["keys"] = [[REDACTED, client] for _, client in api_key.get("keys", [])]
             auth["apiKey"] = api_key
         out["edge"] = {**edge, "auth": auth}
+    backends = out.get("backends")
+    if isinstance(backends, list):  # CA certificates of backends' TLS: from Secrets, so not shown either
+        out["backends"] = [
+            {**b, "tls": {**b["tls"], "ca": REDACTED}}
+            if isinstance(b, Mapping) and isinstance(b.get("tls"), Mapping) and "ca" in b["tls"]
+            else b
+            for b in backends
+        ]
     tls = out.get("tls")
     if isinstance(tls, Mapping) and isinstance(tls.get("certificates"), list):
         certificates = [

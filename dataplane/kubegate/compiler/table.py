@@ -106,18 +106,31 @@ class Endpoint(_Frozen):
     port: int = Field(ge=1, le=65535)
 
 
+class BackendTls(_Frozen):
+    """TLS to a backend: verified against ``ca`` (PEM certificates from the route's Secret) or, when it
+    is None, the system's CAs, for ``server_name`` (also the SNI); ``verify`` False skips verification
+    (``insecureSkipVerify``). The CA is public material, but like every Secret-sourced value it is hidden
+    from the table's views (:func:`kubegate.compiler.edge.redacted`)."""
+
+    server_name: str = Field(min_length=1, alias="serverName")
+    ca: str | None = None
+    verify: bool = True
+
+
 class CompiledBackend(_Frozen):
     """One weighted backend of a route.
 
     ``error`` is set when the backend reference could not be resolved (for example a Service that does
-    not exist): the share of traffic that picks this backend gets 500, as the Gateway API specifies.
-    An empty ``endpoints`` list with no error means "exists, nothing ready": 503.
+    not exist, or a CA Secret that is missing): the share of traffic that picks this backend gets 500,
+    as the Gateway API specifies. An empty ``endpoints`` list with no error means "exists, nothing
+    ready": 503. ``tls`` set: the gateway speaks TLS to it.
     """
 
     name: str = Field(min_length=1)
     weight: int = Field(default=1, ge=0)
     endpoints: tuple[Endpoint, ...] = ()
     error: str | None = None
+    tls: BackendTls | None = None
 
 
 class CompiledRoute(_Frozen):

@@ -62,7 +62,7 @@ class AccessLog:
         status: int,
         seconds: float,
         client: bytes,
-        upstream: tuple[str, int] | None,
+        upstream: tuple[str, int] | tuple[str, int, object] | None,  # a pool key: the endpoint first
         attempts: int,
         sent: int,
     ) -> None:

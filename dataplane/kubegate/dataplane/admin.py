@@ -49,6 +49,7 @@ from starlette.routing import Route
 from kubegate import gcpause
 from kubegate.compiler.table import (
     WIRE_LIMITS,
+    BackendTls,
     DeltaConflict,
     RouteTable,
     TableDelta,
@@ -108,7 +109,13 @@ def _route_summary(snapshot: Snapshot) -> list[dict[str, Any]]:
                 "generation": r.generation,
                 "match": r.match.model_dump(mode="json", by_alias=True, exclude_defaults=True),
                 "backends": [
-                    {"name": b.name, "weight": b.weight, "endpoints": len(b.endpoints), "error": b.error}
+                    {
+                        "name": b.name,
+                        "weight": b.weight,
+                        "endpoints": len(b.endpoints),
+                        "error": b.error,
+                        **({"tls": _backend_tls_summary(b.tls)} if b.tls is not None else {}),
+                    }
                     for b in r.backends
                 ],
                 "timeoutMs": r.timeout_ms,
@@ -118,6 +125,15 @@ def _route_summary(snapshot: Snapshot) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _backend_tls_summary(tls: BackendTls) -> dict[str, Any]:
+    """A backend's TLS: the name verified and where its CAs come from, never the CA's PEM."""
+    return {
+        "serverName": tls.server_name,
+        "verify": tls.verify,
+        "ca": "system" if tls.ca is None else "secret",
+    }
 
 
 def _tls_summary(tls: RouteTls | None) -> dict[str, Any] | None:

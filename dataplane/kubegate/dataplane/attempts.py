@@ -31,6 +31,7 @@ from typing import Protocol
 
 from kubegate.dataplane.policies.endpoints import Addr, EndpointState
 from kubegate.dataplane.policies.runtime import PolicyBackend, RoutePolicies
+from kubegate.dataplane.upstreamtls import UpstreamTls
 
 #: Request bodies up to this size (framed as sent) are kept so that a failed attempt can be retried.
 REPLAY_LIMIT = 64 * 1024
@@ -45,7 +46,7 @@ class Exchange(Protocol):
     method: bytes
 
     def fail(self, status: int, message: str, *, retry_after: int | None = None) -> None: ...
-    def send(self, endpoint: Addr) -> None: ...
+    def send(self, endpoint: Addr, tls: UpstreamTls | None) -> None: ...
     def try_timed_out(self) -> None: ...
 
 
@@ -164,7 +165,7 @@ class Attempts:
         retrier = self.pol.retrier
         if retrier is not None and retrier.per_try_timeout is not None:
             self._try_timer = self.loop.call_later(retrier.per_try_timeout, self._try_timed_out)
-        self.ex.send(ep.addr)
+        self.ex.send(ep.addr, backend.tls)
 
     # --- 3. outcomes and retries ------------------------------------------------------------------------
     def succeeded(self) -> None:

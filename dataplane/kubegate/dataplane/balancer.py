@@ -16,17 +16,20 @@ from collections.abc import Iterable
 from typing import Generic, Protocol, TypeVar
 
 from kubegate.compiler.table import CompiledBackend
+from kubegate.dataplane.upstreamtls import CONTEXTS
 
 
 class BackendPool:
     """One backend's endpoints, picked round robin. ``error``/empty endpoints decide 500/503."""
 
-    __slots__ = ("_next", "endpoints", "error", "name", "weight")
+    __slots__ = ("_next", "endpoints", "error", "name", "tls", "weight")
 
     def __init__(self, backend: CompiledBackend) -> None:
         self.name = backend.name
         self.weight = backend.weight
         self.error = backend.error
+        #: TLS to this backend (dataplane/upstreamtls.py); None: plain HTTP
+        self.tls = CONTEXTS.get(backend.tls) if backend.tls is not None else None
         self.endpoints: tuple[tuple[str, int], ...] = tuple((e.host, e.port) for e in backend.endpoints)
         self._next = 0
 

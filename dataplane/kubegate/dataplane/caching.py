@@ -7,11 +7,11 @@ exchange at two named points:
 
 1. :meth:`RouteCache.lookup`, after the edge request point (so auth has established the identity and the
    rate limit has counted the request: a hit is still a request), before a backend is chosen. It returns
-   True when the request goes upstream (``ex.cache_fill`` is set when the response may be stored) and
-   False when it was answered from the cache (``ex.from_cache``) or has to wait: for Redis's answer, or
-   for another request that is already fetching the same key. The exchange then starts over
-   (``ex.restart``) with what it waited for in ``ex.cache_entry``; ``ex.cache_state`` says which wait it
-   was, so that a request waits at most once for each.
+   True when the request goes upstream (with a :class:`Fill` on its :class:`Visit`, ``ex.cache``, when
+   the response may be stored) and False when it was answered from the cache (``ex.from_cache``) or has
+   to wait: for Redis's answer, or for another request that is already fetching the same key. The
+   exchange then starts over (``ex.restart``) with what it waited for in ``visit.entry``;
+   ``visit.state`` says which wait it was, so that a request waits at most once for each.
 2. :class:`Fill`, on the upstream's response: :meth:`Fill.head` decides whether it is stored and gives
    the ``X-Cache`` line, :meth:`Fill.body` keeps the body while it fits ``maxEntryBytes`` (a larger one
    streams on, uncached), :meth:`Fill.complete` stores it, and :meth:`Fill.release` (from the exchange's
@@ -74,7 +74,7 @@ X_HIT = b"x-cache: HIT"
 X_MISS = b"x-cache: MISS"
 X_BYPASS = b"x-cache: BYPASS"
 
-# Exchange.cache_state: what the exchange has waited for already.
+# Visit.state: what the request has waited for already.
 FRESH, ASKED_REDIS, WAITED, REDIS_AWAY = 0, 1, 2, 3
 
 
@@ -86,13 +86,37 @@ class Exchange(Protocol):
     identity: str | None
     chunked: bool
     content_length: int | None
-    cache_state: int
-    cache_entry: CachedResponse | None
-    cache_fill: Fill | None
-    cache_mark: bytes | None
+    cache: Visit | None
 
     def from_cache(self, entry: CachedResponse, age: int, not_modified: bool) -> None: ...
     def restart(self) -> None: ...
+
+
+class Visit:
+    """One request's dealings with its route's cache, kept on the exchange (``ex.cache``, None for routes
+    without a cache: the proxy's hot path tests that one attribute): what it waited for (``state``,
+    ``entry``), the fill of its miss, and the ``X-Cache`` line of a response from upstream."""
+
+    __slots__ = ("entry", "fill", "mark", "state")
+
+    def __init__(self) -> None:
+        self.state = FRESH
+        self.entry: CachedResponse | None = None
+        self.fill: Fill | None = None
+        self.mark: bytes | None = None
+
+    def body(self, data: bytes) -> None:
+        if self.fill is not None:
+            self.fill.body(data)
+
+    def complete(self) -> None:
+        if self.fill is not None:
+            self.fill.complete()
+
+    def release(self) -> None:
+        fill, self.fill = self.fill, None
+        if fill is not None:
+            fill.release()
 
 
 class CacheContext:
@@ -218,8 +242,10 @@ class Flight:
             self.timer = None
         waiters, self.waiters = self.waiters, []
         for ex in waiters:
-            ex.cache_state = WAITED
-            ex.cache_entry = entry
+            visit = ex.cache
+            if visit is not None:
+                visit.state = WAITED
+                visit.entry = entry
             try:
                 ex.restart()
             except Exception:  # one exchange's bug must not strand the others
@@ -259,7 +285,7 @@ class RouteCache:
 
     # --- the lookup point --------------------------------------------------------------------------------
     def lookup(self, ex: Exchange, host: str, path: str, query: str) -> bool:
-        """True: the request goes upstream (``ex.cache_fill`` set when its response may be stored);
+        """True: the request goes upstream (``ex.cache.fill`` set when its response may be stored);
         False: answered from the cache, or waiting (the exchange starts over later)."""
         ctx = self.context
         rules = self.rules
@@ -272,20 +298,23 @@ class RouteCache:
             credentials=self._credentials(headers, query),
             identity=ex.identity,
         )
+        visit = ex.cache
+        if visit is None:
+            visit = ex.cache = Visit()
         if action == BYPASS:
-            return self._bypass(ex, reason)
-        state = ex.cache_state
+            return self._bypass(visit, reason)
+        state = visit.state
         if state == REDIS_AWAY:
-            return self._bypass(ex, "redis")
+            return self._bypass(visit, "redis")
         key = cache_key(
             rules, self.route_id, host, path, query, headers, ex.identity if rules.per_user else None
         )
         head_only = ex.method == b"HEAD"
         if action == REFRESH:  # the client asked for a fresh answer: fetch it, and store it for the others
             ctx.count(self.route_id, "miss")
-            ex.cache_mark = X_MISS
+            visit.mark = X_MISS
             if not head_only:
-                ex.cache_fill = Fill(self, key, None)
+                visit.fill = Fill(self, key, None)
             return True
         now = ctx.clock()
         entry: CachedResponse | None = None
@@ -297,31 +326,30 @@ class RouteCache:
             redis = self.redis
             if redis is not None:
                 if redis.skipping:
-                    return self._bypass(ex, "redis")
-                ex.cache_state = ASKED_REDIS
-                redis.command((b"GET", REDIS_PREFIX + key), _redis_reply(ex))
+                    return self._bypass(visit, "redis")
+                visit.state = ASKED_REDIS
+                redis.command((b"GET", REDIS_PREFIX + key), _redis_reply(ex, visit))
                 return False
             entry = ctx.memory.get(key, now)
         else:  # ASKED_REDIS or WAITED: what the wait brought
-            entry = ex.cache_entry
-            ex.cache_entry = None
+            entry, visit.entry = visit.entry, None
         if entry is not None and entry.fresh(now) and entry.matches(vary_values(entry.vary, headers)):
             ctx.count(self.route_id, "hit")
             ex.from_cache(entry, entry.age(now), _not_modified(entry, headers))
             return False
         ctx.count(self.route_id, "miss")
-        ex.cache_mark = X_MISS
+        visit.mark = X_MISS
         if head_only:  # a HEAD response has no body to store: it goes upstream as it is
             return True
         flight = None
         if state != WAITED:  # a request that waited once goes upstream alone
             flight = ctx.flights.get(key)
             if flight is not None:  # another request started the fill while Redis answered this one
-                ex.cache_mark = None
+                visit.mark = None
                 flight.wait(ex)
                 return False
             flight = ctx.flights[key] = Flight(ctx, key)
-        ex.cache_fill = Fill(self, key, flight)
+        visit.fill = Fill(self, key, flight)
         return True
 
     def _credentials(self, headers: list[tuple[bytes, bytes]], query: str) -> bool:
@@ -331,9 +359,9 @@ class RouteCache:
         q = self.api_key_query
         return q is not None and bool(query) and any(p.partition("=")[0] == q for p in query.split("&"))
 
-    def _bypass(self, ex: Exchange, reason: str) -> bool:
+    def _bypass(self, visit: Visit, reason: str) -> bool:
         self.context.bypass(self.route_id, reason)
-        ex.cache_mark = X_BYPASS
+        visit.mark = X_BYPASS
         return True
 
     # --- storing -----------------------------------------------------------------------------------------
@@ -367,17 +395,15 @@ class RouteCache:
         }
 
 
-def _redis_reply(ex: Exchange) -> Callable[[Any], None]:
+def _redis_reply(ex: Exchange, visit: Visit) -> Callable[[Any], None]:
     def done(reply: Any) -> None:
+        visit.entry = None
         if reply is NO_REPLY:
-            ex.cache_state = REDIS_AWAY
-            ex.cache_entry = None
-        else:
-            ex.cache_entry = None
-            if reply is not None:
-                # not ours, or from another version: a miss (the fill replaces it)
-                with contextlib.suppress(ValueError):
-                    ex.cache_entry = CachedResponse.decode(bytes(reply))
+            visit.state = REDIS_AWAY
+        elif reply is not None:
+            # not ours, or from another version: a miss (the fill replaces it)
+            with contextlib.suppress(ValueError):
+                visit.entry = CachedResponse.decode(bytes(reply))
         ex.restart()
 
     return done

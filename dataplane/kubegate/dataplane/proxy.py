@@ -31,6 +31,7 @@ Every failure gets a small JSON error with the request ID: 400 malformed / bad p
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 import time
@@ -44,7 +45,7 @@ import uvicorn
 from kubegate.dataplane import httpbits
 from kubegate.dataplane.accesslog import AccessLog
 from kubegate.dataplane.attempts import Attempts
-from kubegate.dataplane.caching import Fill
+from kubegate.dataplane.caching import Visit
 from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, normalize_path
 from kubegate.dataplane.policies.balancing import hash_key
 from kubegate.dataplane.policies.cachestore import CachedResponse
@@ -53,7 +54,8 @@ from kubegate.dataplane.ratelimiting import Network, is_trusted
 from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
 from kubegate.dataplane.stats import Stats
 from kubegate.dataplane.tunnel import Tunnel
-from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool, head_size
+from kubegate.dataplane.upstream import PoolKey, UpstreamConnection, UpstreamPool, head_size
+from kubegate.dataplane.upstreamtls import UpstreamTls, tls_failure
 
 logger = logging.getLogger("kubegate.proxy")
 
@@ -538,10 +540,7 @@ class Exchange:
         "body_buffered",
         "body_done",
         "body_sent",
-        "cache_entry",
-        "cache_fill",
-        "cache_mark",
-        "cache_state",
+        "cache",
         "chunked",
         "client",
         "conn",
@@ -616,17 +615,13 @@ class Exchange:
         self.attempts: Attempts | None = None  # routes with traffic policies only
         self.received = 0  # request body payload bytes (without chunk framing)
         self.sent = 0  # response body payload bytes relayed to the client
-        self.upstream: tuple[str, int] | None = None  # the endpoint of the last attempt (for the access log)
+        self.upstream: PoolKey | None = None  # the endpoint of the last attempt (for the access log)
         self.no_host = False  # HTTP/1.0 without Host: the endpoint's authority is sent as Host
         self.hdict: dict[str, str] | None = None  # the headers by lower-case str name, built on first get()
         self.resp_lines: list[bytes] | None = None  # edge lines for the response (CORS, RateLimit)
         self.limit_decision: Decision | None = None  # a Global rate limit's answer, on the restart it causes
         self.identity: str | None = None  # who the route's auth admitted (JWT sub, API-key client)
-        # the route's response cache (dataplane/caching.py): what the request waited for, the fill of a miss
-        self.cache_state = 0
-        self.cache_entry: CachedResponse | None = None
-        self.cache_fill: Fill | None = None
-        self.cache_mark: bytes | None = None  # the X-Cache line of a response from upstream
+        self.cache: Visit | None = None  # the route's response cache's state (dataplane/caching.py)
 
     def get(self, name: str) -> str | None:
         """A request header by lower-case name (repeated ones joined with ","), for the matcher's header
@@ -841,6 +836,10 @@ class Exchange:
             if endpoint is None:
                 self.fail(503, f"no ready endpoint for backend {backend.name}")
                 return
+            if backend.tls is not None:  # a backend that speaks TLS: its settings are part of the pool key
+                pool_key: PoolKey = (endpoint[0], endpoint[1], backend.tls)
+            else:
+                pool_key = endpoint
 
         lines = [b"%s %s%s HTTP/1.1" % (self.method, self.path, b"?" + query if qpos >= 0 else b"")]
         if host:
@@ -866,11 +865,11 @@ class Exchange:
         if route.timeout is not None:
             self.timer = client.loop.call_later(route.timeout, self.on_timeout)
         if endpoint is not None:  # no policies: straight to the endpoint (send(), inline)
-            conn = gw.pool.acquire_idle(endpoint)
+            conn = gw.pool.acquire_idle(pool_key)
             if conn is not None:
                 self.attach(conn)
             else:
-                self.connect(endpoint)
+                self.connect(pool_key)
             return
         assert policies is not None
         key = None
@@ -886,21 +885,23 @@ class Exchange:
         self.attempts = Attempts(self, policies, client.loop, key)
         self.attempts.admit()  # sends through send() when admitted, or answers 503
 
-    def send(self, endpoint: tuple[str, int]) -> None:
-        """Send an attempt to ``endpoint`` on an idle pooled connection, or on a new one."""
-        conn = self.client.gw.pool.acquire_idle(endpoint)
+    def send(self, endpoint: tuple[str, int], tls: UpstreamTls | None = None) -> None:
+        """Send an attempt to ``endpoint`` (with TLS when its backend speaks it) on an idle pooled
+        connection, or on a new one."""
+        key: PoolKey = endpoint if tls is None else (endpoint[0], endpoint[1], tls)
+        conn = self.client.gw.pool.acquire_idle(key)
         if conn is not None:
             self.attach(conn)
         else:
-            self.connect(endpoint)
+            self.connect(key)
 
-    def connect(self, endpoint: tuple[str, int]) -> None:
+    def connect(self, key: PoolKey) -> None:
         gw = self.client.gw
-        task = self.client.loop.create_task(gw.pool.connect(endpoint))
+        task = self.client.loop.create_task(gw.pool.connect(key))
         gw.tasks.add(task)
-        task.add_done_callback(self._connected)
+        task.add_done_callback(functools.partial(self._connected, key))
 
-    def _connected(self, task: asyncio.Task[UpstreamConnection]) -> None:
+    def _connected(self, key: PoolKey, task: asyncio.Task[UpstreamConnection]) -> None:
         gw = self.client.gw
         gw.tasks.discard(task)
         if task.cancelled():
@@ -913,11 +914,18 @@ class Exchange:
                 return
             route = self.route.id if self.route else ""
             timed_out = isinstance(exc, asyncio.TimeoutError)
-            gw.stats.upstream_error(route, "connect_timeout" if timed_out else "connect")
+            handshake = isinstance(exc, ssl.SSLError)
+            gw.stats.upstream_error(
+                route, "connect_timeout" if timed_out else "tls" if handshake else "connect"
+            )
+            if handshake:  # the reason (an unknown CA, a name mismatch) is for the operator, not the client
+                tls_failure(route, key, exc)
             if self.attempts is not None and self.attempts.failed("connect-failure"):
                 return
             if timed_out:
                 self.fail(504, "upstream connect timed out")
+            elif handshake:
+                self.fail(502, "upstream TLS handshake failed")
             else:
                 self.fail(502, f"upstream connect failed: {exc.__class__.__name__}")
             return
@@ -1040,7 +1048,8 @@ class Exchange:
         if tokens is not None and not tokens <= _PLAIN_CONNECTION:
             # Only end-to-end headers are in `lines`: framing is added below, whatever Connection says.
             lines = [line for line in lines if line.split(b":", 1)[0].lower() not in tokens]
-        fill = self.cache_fill
+        visit = self.cache
+        fill = visit.fill if visit is not None else None
         if fill is not None:  # a cache miss: stored if the response allows (dataplane/caching.py)
             fill.head(
                 status,
@@ -1054,8 +1063,8 @@ class Exchange:
         edge = route.edge if route is not None else None
         if edge is not None and edge.transforms_response:  # header transforms, CORS (dataplane/edge.py)
             lines = edge.response(self, lines)
-        if self.cache_mark is not None:
-            lines.append(self.cache_mark)
+        if visit is not None and visit.mark is not None:
+            lines.append(visit.mark)
         no_body = self.head_only or status in (204, 304)
         has_length = bool(length) and not upstream_chunked and status != 204
         if has_length:
@@ -1098,8 +1107,8 @@ class Exchange:
 
     def upstream_body(self, data: bytes) -> None:
         self.sent += len(data)
-        if self.cache_fill is not None:
-            self.cache_fill.body(data)
+        if self.cache is not None:
+            self.cache.body(data)
         if self.resp_chunked:
             self.out.append(b"%x\r\n%s\r\n" % (len(data), data))
         else:
@@ -1114,8 +1123,8 @@ class Exchange:
     def upstream_done(self) -> None:
         if self.done:
             return
-        if self.cache_fill is not None:
-            self.cache_fill.complete()
+        if self.cache is not None:
+            self.cache.complete()
         if self.resp_chunked:
             self.client.write(b"0\r\n\r\n")
         conn, self.conn = self.conn, None
@@ -1325,9 +1334,8 @@ class Exchange:
             self.timer = None
         if self.attempts is not None:
             self.attempts.finished()
-        if self.cache_fill is not None:  # the requests that waited for this response get it, or go alone
-            fill, self.cache_fill = self.cache_fill, None
-            fill.release()
+        if self.cache is not None:  # the requests that waited for this response get it, or go alone
+            self.cache.release()
         client = self.client
         gw = client.gw
         seconds = time.perf_counter() - self.t0
@@ -1358,6 +1366,6 @@ def _https_location(host: str, port: int, target: bytes) -> bytes:
     return b"https://" + name + (b"" if port == 443 else b":%d" % port) + target
 
 
-def _authority(endpoint: tuple[str, int]) -> bytes:
+def _authority(endpoint: PoolKey) -> bytes:
     host = endpoint[0]
     return (b"[%s]:%d" if ":" in host else b"%s:%d") % (host.encode("latin-1"), endpoint[1])

@@ -20,6 +20,12 @@ from typing import Protocol, cast
 
 import httptools
 
+from kubegate.dataplane.upstreamtls import UpstreamTls
+
+#: An upstream connection's key in the pool: the endpoint, and for a backend that speaks TLS its settings
+#: (dataplane/upstreamtls.py), so that a connection is reused only for the same endpoint and verification.
+PoolKey = tuple[str, int] | tuple[str, int, UpstreamTls]
+
 MAX_RESPONSE_HEAD = 64 * 1024  # an upstream response head larger than this is a protocol error (502)
 
 
@@ -62,7 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, key: tuple[str, int]) -> None:
+    def __init__(self, key: PoolKey) -> None:
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -269,13 +275,13 @@ class UpstreamPool:
         connect_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._idle: dict[tuple[str, int], list[UpstreamConnection]] = {}
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self.max_idle_per_endpoint = max_idle_per_endpoint
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self._clock = clock
 
-    def acquire_idle(self, key: tuple[str, int]) -> UpstreamConnection | None:
+    def acquire_idle(self, key: PoolKey) -> UpstreamConnection | None:
         """The most recently used idle connection to ``key``; idle expiry is the sweeper's job."""
         stack = self._idle.get(key)
         while stack:
@@ -285,10 +291,24 @@ class UpstreamPool:
                 return conn
         return None
 
-    async def connect(self, key: tuple[str, int]) -> UpstreamConnection:
+    async def connect(self, key: PoolKey) -> UpstreamConnection:
+        """A new connection to ``key``'s endpoint, with TLS when the key says so (the handshake is part of
+        the connect timeout; a failed verification raises ``ssl.SSLError``)."""
         loop = asyncio.get_running_loop()
         conn = UpstreamConnection(key)
-        await asyncio.wait_for(loop.create_connection(lambda: conn, key[0], key[1]), self.connect_timeout)
+        if len(key) == 3:
+            tls = key[2]
+            connecting = loop.create_connection(
+                lambda: conn,
+                key[0],
+                key[1],
+                ssl=tls.context,
+                server_hostname=tls.server_name,
+                ssl_handshake_timeout=self.connect_timeout,
+            )
+        else:
+            connecting = loop.create_connection(lambda: conn, key[0], key[1])
+        await asyncio.wait_for(connecting, self.connect_timeout)
         return conn
 
     def release(self, conn: UpstreamConnection) -> None:

@@ -336,6 +336,9 @@ def classify_request(
     return LOOKUP, ""
 
 
+_NO_PAIRS = (0).to_bytes(8, "big")
+
+
 def _part(data: bytes | None) -> bytes:
     """One part of a key: tagged (absent or present) and length-prefixed."""
     if data is None:
@@ -356,23 +359,22 @@ def cache_key(
     headers: Headers,
     identity: str | None,
 ) -> bytes:
-    """The key of a request's entry: 64 lower-case hex ASCII bytes (see the module docstring)."""
-    digest = hashlib.sha256(_KEY_VERSION)
-    digest.update(_part(_utf8(route_id)))
-    digest.update(_part(_utf8(host.lower())))
-    digest.update(_part(_utf8(path)))
+    """The key of a request's entry: 64 lower-case hex ASCII bytes (see the module docstring). The parts
+    are gathered into one byte string and hashed once (on a cache hit this is the largest cost)."""
+    parts = [_KEY_VERSION, _part(_utf8(route_id)), _part(_utf8(host.lower())), _part(_utf8(path))]
     wanted = rules.key_query_params
     if wanted == "none" or not query:
-        pairs: list[tuple[str, str]] = []
+        parts.append(_NO_PAIRS)
     else:
         # surrogateescape: undecodable escapes stay distinct (errors="replace" would make %FF == %FE).
         pairs = parse_qsl(query, keep_blank_values=True, encoding="utf-8", errors="surrogateescape")
         if wanted != "all":
             pairs = [pair for pair in pairs if pair[0] in wanted]
         pairs.sort()
-    digest.update(len(pairs).to_bytes(8, "big"))
-    for param, param_value in pairs:
-        digest.update(_part(_utf8(param)) + _part(_utf8(param_value)))
+        parts.append(len(pairs).to_bytes(8, "big"))
+        for param, param_value in pairs:
+            parts.append(_part(_utf8(param)))
+            parts.append(_part(_utf8(param_value)))
     if rules.key_headers:
         found: dict[bytes, list[bytes]] = {}
         for name, value in headers:
@@ -381,10 +383,11 @@ def cache_key(
                 found.setdefault(lower, []).append(value.strip(b" \t"))
         for name in rules.key_headers:
             lines = found.get(name)
-            digest.update(_part(name) + _part(None if lines is None else b",".join(lines)))
+            parts.append(_part(name))
+            parts.append(_part(None if lines is None else b",".join(lines)))
     if rules.per_user:
-        digest.update(_part(None if identity is None else _utf8(identity)))
-    return digest.hexdigest().encode("ascii")
+        parts.append(_part(None if identity is None else _utf8(identity)))
+    return hashlib.sha256(b"".join(parts)).hexdigest().encode("ascii")
 
 
 def _vary_names(values: list[bytes]) -> tuple[bytes, ...] | None:

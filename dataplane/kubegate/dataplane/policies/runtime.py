@@ -29,12 +29,13 @@ from kubegate.dataplane.policies.endpoints import EndpointSet
 from kubegate.dataplane.policies.health import HealthCheck
 from kubegate.dataplane.policies.outlier import OutlierDetector
 from kubegate.dataplane.policies.retry import Retrier
+from kubegate.dataplane.upstreamtls import CONTEXTS
 
 
 class PolicyBackend:
     """One backend of a policy-carrying route (the counterpart of ``balancer.BackendPool``)."""
 
-    __slots__ = ("balancer", "breaker", "endpoints", "error", "health", "name", "outlier", "weight")
+    __slots__ = ("balancer", "breaker", "endpoints", "error", "health", "name", "outlier", "tls", "weight")
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class PolicyBackend:
         self.name = backend.name
         self.weight = backend.weight
         self.error = backend.error
+        self.tls = CONTEXTS.get(backend.tls) if backend.tls is not None else None  # None: plain HTTP
         self.endpoints: EndpointSet = EndpointSet(
             ((e.host, e.port) for e in backend.endpoints),
             previous=previous.endpoints if previous is not None else None,
