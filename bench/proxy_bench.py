@@ -585,6 +585,34 @@ CACHE_SPEC = """\
 """
 
 
+#: The `kubegate-ratelimit` variants: a limit so high that every request is admitted (issue 11: a Local
+#: limit keeps 0.9x of the unlimited route; a Global one costs one Redis round trip, aim for 0.5x).
+RATELIMIT_SPEC = """\
+  rateLimit: {{requestsPerSecond: 1000000, burst: 1000000, scope: {scope}}}
+"""
+
+
+def run_kubegate_global_limit(ctx: Ctx) -> Running:
+    """kubegate serve with a Global rate limit: a redis-server of its own (no persistence) on the load
+    core, as issue 11 measures it ("one core with Redis on the other")."""
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise ProxyFailed("kubegate-ratelimit-global needs redis-server on PATH")
+    port = free_ports(1)[0]
+    redis = ctx.pm.start(
+        "redis",
+        [exe, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"],
+        cpu=ctx.args.load_cpu,
+    )
+    wait_port(port, redis)
+    running = run_kubegate(
+        ctx, spec=RATELIMIT_SPEC.format(scope="Global"), extra=("--redis-url", f"redis://127.0.0.1:{port}/0")
+    )
+    return dataclasses.replace(
+        running, procs=[*running.procs, redis], note=running.note + ", Redis on the load core"
+    )
+
+
 def _no_baseline() -> str:
     raise ProxyFailed("kubegate-baseline needs BENCH_BASELINE_SRC=<root of another kubegate checkout>")
 
@@ -937,6 +965,16 @@ PROXIES: list[ProxySpec] = [
         lambda ctx: dataclasses.replace(
             run_kubegate(ctx, spec=APIKEY_SPEC), headers=("X-API-Key: bench-api-key-0123456789",)
         ),
+    ),
+    ProxySpec(
+        "kubegate-ratelimit",
+        "kubegate serve, route with a Local rate limit that admits everything (GCRA in memory)",
+        lambda ctx: run_kubegate(ctx, spec=RATELIMIT_SPEC.format(scope="Local")),
+    ),
+    ProxySpec(
+        "kubegate-ratelimit-global",
+        "kubegate serve, route with a Global rate limit admitting everything (one Redis script per request)",
+        run_kubegate_global_limit,
     ),
     ProxySpec(
         "kubegate-cache",

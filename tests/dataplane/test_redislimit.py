@@ -339,3 +339,10 @@ def test_server_helper_pauses_resumes_kills_and_restarts(server: RedisServer) ->
     assert not ping(server.port) and "stopped" in repr(server)
     server.restart()
     assert ping(server.port)
+
+
+def test_commands_are_packed_as_resp_arrays_of_bulk_strings() -> None:
+    assert redislimit.pack((b"GET", "kubegate:cache:\u00e9", 5)) == (
+        b"*3\r\n$3\r\nGET\r\n$17\r\nkubegate:cache:\xc3\xa9\r\n$1\r\n5\r\n"
+    )
+    assert redislimit.pack((b"SET", b"k", b"a\r\nb")) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$4\r\na\r\nb\r\n"
