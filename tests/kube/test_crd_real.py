@@ -2,11 +2,15 @@
 
 Aspects: ``kubectl apply -f crds/`` installs the CRD and it becomes Established with its names accepted;
 ``kubectl explain`` shows the models' field documentation; every example in ``examples/`` is accepted
-as it is; ``kubectl get gwr`` prints the printer columns, filled from a status the compiler computed and
-written through the status subresource; a corpus of invalid GatewayRoutes where each case states its
-outcome: **rejected** by the API server at apply time (OpenAPI schema, CEL rule, list type or strict
-field validation) with the field named in the error, or **accepted** by it (the schema cannot say it)
-and then refused by the compiler (``Accepted=False``) with the same field named in the condition.
+as it is; ``kubectl get gwr`` prints the printer columns (what the route matches, filled from its spec,
+and its conditions, from a status the compiler computed and written through the status subresource;
+ResolvedRefs with ``-o wide``), and ``kubectl get kubegate`` lists routes; a status condition without a
+message is refused; a corpus of invalid GatewayRoutes where each case states its outcome: **rejected** by
+the API server at apply time (OpenAPI schema, CEL rule, list type or strict field validation) with the
+field named in the error, or **accepted** by it (the schema cannot say it) and then refused by the
+compiler (``Accepted=False``) with the same field named in the condition; the API server refuses exactly
+the paths and the duplicates the models refuse; server-side apply merges the items of a map list from
+two managers and replaces an atomic one whole.
 """
 
 from __future__ import annotations
@@ -162,7 +166,8 @@ def test_get_gwr_prints_the_columns_of_a_status(kube: controlplane.ControlPlane)
     columns = [c["name"].upper() for c in version["additionalPrinterColumns"] if not c.get("priority")]
     [row] = _table(kube.kubectl("get", "gwr", "prefix", "-n", NAMESPACE).stdout)
     assert list(row) == ["NAME", *columns]
-    assert (row["NAME"], row["ACCEPTED"], row["PROGRAMMED"]) == ("prefix", "", "")  # no status yet
+    assert (row["NAME"], row["HOSTS"], row["PATH"]) == ("prefix", "", "/echo")  # no hosts: any host
+    assert (row["ACCEPTED"], row["PROGRAMMED"]) == ("", "")  # no status yet
 
     # No operator runs here: write the status it would (the compiler's conditions and Programmed 3/3)
     # through the status subresource, as it does.
@@ -177,9 +182,12 @@ def test_get_gwr_prints_the_columns_of_a_status(kube: controlplane.ControlPlane)
     assert after["metadata"]["generation"] == 1, "a status write must not bump the generation"
     assert after["status"] == status
     [row] = _table(kube.kubectl("get", "gwr", "prefix", "-n", NAMESPACE).stdout)
-    # No Service "echo" exists in the compiled bundle: accepted, its backend unresolved (not a column).
+    # No Service "echo" exists in the compiled bundle: accepted, its backend unresolved (a wide column).
     assert (row["NAME"], row["ACCEPTED"], row["PROGRAMMED"]) == ("prefix", "True", "True")
     assert re.fullmatch(r"\d+s", row["AGE"]), row
+    [wide] = _table(kube.kubectl("get", "gwr", "prefix", "-n", NAMESPACE, "-o", "wide").stdout)
+    assert list(wide) == ["NAME", *[c["name"].upper() for c in version["additionalPrinterColumns"]]]
+    assert (wide["ACCEPTED"], wide["PROGRAMMED"], wide["RESOLVEDREFS"]) == ("True", "True", "False")
 
     # The status subresource ignores a spec, and a spec write bumps the generation.
     kube.kubectl(
@@ -191,6 +199,77 @@ def test_get_gwr_prints_the_columns_of_a_status(kube: controlplane.ControlPlane)
         "patch", "gwr", "prefix", "-n", NAMESPACE, "--type=merge", "-p", '{"spec": {"timeout": "5s"}}'
     )
     assert _stored(kube, "prefix")["metadata"]["generation"] == 2
+
+
+def test_columns_show_what_a_route_matches(kube: controlplane.ControlPlane) -> None:
+    """Hosts (the list) and Path; a route without a match gets the default path stored (match and
+    match.path default to {}), so its Path column says / rather than nothing."""
+    kube.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLES / "route-hosts.yaml"))
+    [row] = _table(kube.kubectl("get", "gwr", "hosts", "-n", NAMESPACE).stdout)
+    assert (row["HOSTS"], row["PATH"]) == ('["echo.example.com","*.demo.example.com"]', "/")
+    body = {**BASE, "metadata": {"name": "everything", "namespace": NAMESPACE}, "spec": {
+        "backends": [{"service": "shop", "port": 8080}]}}  # fmt: skip
+    kube.kubectl("apply", "-f", "-", stdin=json.dumps(body))
+    assert _stored(kube, "everything")["spec"]["match"] == {"path": {"type": "Prefix", "value": "/"}}
+    [row] = _table(kube.kubectl("get", "gwr", "everything", "-n", NAMESPACE).stdout)
+    assert (row["HOSTS"], row["PATH"]) == ("", "/")
+
+
+def test_get_kubegate_lists_routes(kube: controlplane.ControlPlane) -> None:
+    """The category: ``kubectl get kubegate`` lists the GatewayRoutes (and whatever kubegate adds later)."""
+    kube.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLES / "route-exact.yaml"))
+    deadline = time.monotonic() + 20  # discovery lags the CRD's Established a little
+    while True:
+        result = kube.kubectl("get", "kubegate", "-n", NAMESPACE, "-o", "name", check=False)
+        if result.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert result.returncode == 0, result.stderr
+    assert f"{crd.SINGULAR}.{models.GROUP}/exact" in result.stdout.split()
+
+
+def test_a_condition_without_a_message_is_refused(kube: controlplane.ControlPlane) -> None:
+    """metav1.Condition's required fields, message included, through the status subresource."""
+    kube.kubectl("apply", "-n", NAMESPACE, "-f", str(EXAMPLES / "route-methods.yaml"))
+    name = yaml.safe_load((EXAMPLES / "route-methods.yaml").read_text(encoding="utf-8"))["metadata"]["name"]
+    condition = {"type": "Accepted", "status": "True", "reason": "Accepted",
+                 "lastTransitionTime": "2024-06-01T00:00:00Z"}  # fmt: skip
+    result = kube.kubectl(
+        "patch", "gwr", name, "-n", NAMESPACE, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"conditions": [condition]}}), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "status.conditions[0].message: Required value" in result.stderr, result.stderr
+    # As in metav1.Condition, an empty message is a message.
+    kube.kubectl(
+        "patch", "gwr", name, "-n", NAMESPACE, "--subresource=status", "--type=merge",
+        "-p", json.dumps({"status": {"conditions": [{**condition, "message": ""}]}}),
+    )  # fmt: skip
+
+
+def test_server_side_apply_merges_map_lists_and_replaces_atomic_ones(kube: controlplane.ControlPlane) -> None:
+    """Two managers: each one's header condition (a map keyed by name) and host (a set) stay side by side;
+    backends (atomic) are the last applier's whole list."""
+    base = {**BASE, "metadata": {"name": "merged", "namespace": NAMESPACE}}
+    first = {**base, "spec": {
+        "match": {"hosts": ["a.example.com"], "headers": [{"name": "X-A", "value": "1"}]},
+        "backends": [{"service": "a", "port": 80}, {"service": "b", "port": 80}],
+    }}  # fmt: skip
+    second = {**base, "spec": {
+        "match": {"hosts": ["b.example.com"], "headers": [{"name": "X-B", "value": "2"}]},
+        "backends": [{"service": "c", "port": 80, "weight": 1}],
+    }}  # fmt: skip
+    apply = ("apply", "--server-side", "-f", "-")
+    kube.kubectl(*apply, "--field-manager=team-a", stdin=json.dumps(first))
+    result = kube.kubectl(*apply, "--field-manager=team-b", stdin=json.dumps(second), check=False)
+    assert result.returncode != 0 and "conflict" in result.stderr.lower(), result  # backends: team-a's
+    kube.kubectl(*apply, "--field-manager=team-b", "--force-conflicts", stdin=json.dumps(second))
+    spec = _stored(kube, "merged")["spec"]
+    assert sorted(spec["match"]["hosts"]) == ["a.example.com", "b.example.com"]
+    assert sorted(h["name"] for h in spec["match"]["headers"]) == ["X-A", "X-B"]
+    assert spec["backends"] == [{"service": "c", "port": 80, "weight": 1}]
+    # the merged route is valid for the compiler too
+    assert _accepted_condition(_stored(kube, "merged"))["status"] == "True"
 
 
 # --- the corpus of invalid routes --------------------------------------------------------------------
@@ -344,7 +423,7 @@ CASES = [
     Case("rewrite-dot-segment", {"spec.rewrite": {"pathPrefix": "/a/../b"}}, "rejected",
          "spec.rewrite.pathPrefix", "must not contain '.' or '..' segments or '//'"),
     Case("rewrite-encoded-slash", {"spec.rewrite": {"fullPath": "/a%2Fb"}}, "rejected",
-         "spec.rewrite.fullPath", "must not contain an encoded slash"),
+         "spec.rewrite.fullPath", "must not contain a backslash, or an encoded dot, slash or backslash"),
     Case("redirect-double-slash",
          {"spec.backends": _DELETE, "spec.redirect": {"path": "/a//b"}}, "rejected", "spec.redirect.path",
          "must not contain '.' or '..' segments or '//'"),
@@ -354,9 +433,51 @@ CASES = [
          "spec.responseHeaders.remove[0]", "cannot be changed by a transform"),
     Case("cors-credentials-any-origin", {"spec.cors": {"allowOrigins": ["*"], "allowCredentials": True}},
          "rejected", "spec.cors", "allowCredentials cannot be used with the origin '*'"),
-    # -- list types
+    # -- the match path: in normal form (the pattern, and CEL rules with the compiler's messages)
+    Case("path-double-slash", {"spec.match.path.value": "/shop//cart"}, "rejected", "spec.match.path.value",
+         "must not contain '.' or '..' segments or '//'"),
+    Case("path-dot-dot", {"spec.match.path.value": "/public/../shop"}, "rejected", "spec.match.path.value",
+         "must not contain '.' or '..' segments or '//'"),
+    Case("path-encoded-dots", {"spec.match.path.value": "/public/%2e%2e/shop"}, "rejected",
+         "spec.match.path.value", "must not contain a backslash, or an encoded dot, slash or backslash"),
+    Case("path-encoded-slash", {"spec.match.path.value": "/shop%2Fcart"}, "rejected",
+         "spec.match.path.value", "must not contain a backslash, or an encoded dot, slash or backslash"),
+    Case("path-backslash", {"spec.match.path.value": "/shop\\cart"}, "rejected", "spec.match.path.value",
+         "must not contain a backslash, or an encoded dot, slash or backslash"),
+    Case("path-bad-escape", {"spec.match.path.value": "/100%"}, "rejected", "spec.match.path.value",
+         "must not contain a '%' that does not start an escape"),
+    Case("path-non-ascii", {"spec.match.path.value": "/caf\u00e9"}, "rejected", "spec.match.path.value",
+         "must be printable ASCII"),
+    Case("glob-dot-segment", {"spec.match.path": {"type": "Glob", "value": "/a/*/../**"}}, "rejected",
+         "spec.match.path.value", "must not contain '.' or '..' segments or '//'"),
+    # -- list types: a set or map refuses a duplicate, a CEL rule header names of two cases
     Case("retry-on-duplicate", {"spec.retry": {"retryOn": ["reset", "reset"]}}, "rejected",
          "spec.retry.retryOn[1]", "Duplicate value"),
+    Case("method-twice", {"spec.match.methods": ["GET", "POST", "GET"]}, "rejected",
+         "spec.match.methods[2]", "Duplicate value"),
+    Case("host-twice", {"spec.match.hosts": ["a.example.com", "a.example.com"]}, "rejected",
+         "spec.match.hosts[1]", "Duplicate value"),
+    Case("header-match-twice", {"spec.match.headers": [{"name": "X-A", "value": "1"},
+                                                       {"name": "X-A", "value": "2"}]},
+         "rejected", "spec.match.headers[1]", "Duplicate value"),
+    Case("header-match-two-cases", {"spec.match.headers": [{"name": "X-A", "value": "1"},
+                                                           {"name": "x-a", "value": "2"}]},
+         "rejected", "spec.match.headers", "header names must be unique (compared case-insensitively)"),
+    Case("query-param-twice", {"spec.match.queryParams": [{"name": "v", "value": "1"},
+                                                          {"name": "v", "value": "2"}]},
+         "rejected", "spec.match.queryParams[1]", "Duplicate value"),
+    Case("set-header-two-cases", {"spec.requestHeaders": {"set": [{"name": "X-A", "value": "1"},
+                                                                 {"name": "X-a", "value": "2"}]}},
+         "rejected", "spec.requestHeaders.set", "header names must be unique"),
+    Case("remove-header-two-cases", {"spec.responseHeaders": {"remove": ["Server", "server"]}}, "rejected",
+         "spec.responseHeaders.remove", "header names must be unique"),
+    Case("cache-key-header-twice", {"spec.cache": {"keyHeaders": ["Accept", "Accept"]}}, "rejected",
+         "spec.cache.keyHeaders[1]", "Duplicate value"),
+    Case("cors-origin-twice", {"spec.cors": {"allowOrigins": ["https://a.example.com"] * 2}}, "rejected",
+         "spec.cors.allowOrigins[1]", "Duplicate value"),
+    Case("certificate-twice", {"spec.match.hosts": ["a.example.com"],
+                               "spec.tls": {"certificateRefs": [{"name": "a"}, {"name": "a"}]}},
+         "rejected", "spec.tls.certificateRefs", "each name must be unique"),
     # -- accepted by the API server, refused by the compiler (what a schema cannot say)
     Case("url-port-out-of-range", {"spec.backends.0": {"url": "http://example.com:70000"}}, "accepted",
          "spec.backends[0].url", "65535"),
@@ -498,3 +619,79 @@ def test_hash_on_rule_agrees_with_the_models(kube: controlplane.ControlPlane) ->
             rule = "set exactly one of header, cookie, sourceIP, queryParam"
             assert expected.startswith(rule), expected
             assert _refused_at("spec.loadBalancer.hashOn", rule, error), (combo, error)
+
+
+_PATHS = [
+    "/", "/shop/", "/a/*/b/**", "/files/.../x", "/.well-known/x", "/caf%C3%A9", "/a%25b", "/~u", "/a..b",
+    "/a b", "/a?x", "/a#x", "/caf\u00e9", "/a\tb",
+    "shop", "//", "/a//b", "/.", "/..", "/a/.", "/a/..", "/./a", "/a/../b",
+    "/a%2Fb", "/a%2fb", "/a%5Cb", "/a%5cb", "/a\\b", "/a%2eb", "/%2E%2E/x",
+    "/100%", "/a%2", "/a%zz", "/a%2g", "/a%%41",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("field", ["spec.match.path.value", "spec.rewrite.fullPath", "spec.redirect.path"])
+def test_path_rules_agree_with_the_models(kube: controlplane.ControlPlane, field: str) -> None:
+    """Each path, in a match, a rewrite and a redirect: the API server refuses exactly what the models
+    refuse, and its error has the models' message (one of its CEL rules) at that field."""
+    edits: dict[str, object] = {}
+    if field.startswith("spec.redirect"):
+        edits["spec.backends"] = _DELETE
+    bodies = [
+        Case(f"{field.split('.')[1].lower()}-{index}", {**edits, field: path}, "rejected", "").body()
+        for index, path in enumerate(_PATHS)
+    ]
+    errors = _dry_run_errors(kube, bodies)
+    for path, body in zip(_PATHS, bodies, strict=True):
+        try:
+            models.check_path(path)
+            expected = None
+        except ValueError as error:
+            expected = str(error).removeprefix(f"path {path!r} ")
+        error = errors.get(body["metadata"]["name"])
+        assert (error is None) == (expected is None), (path, expected, error)
+        if expected is not None and error is not None:
+            # `<field>: Invalid value: "<the path, quoted>": <message>`, on one line
+            said = rf"{re.escape(field)}: Invalid value: [^\n]*: {re.escape(expected)}"
+            assert re.search(said, error), (path, expected, error)
+
+
+def test_list_types_agree_with_the_models(kube: controlplane.ControlPlane) -> None:
+    """A duplicate in every list that refuses one (exact, and header names of two cases): the API server
+    refuses exactly what the models refuse."""
+    lists: dict[str, tuple[object, object]] = {
+        "spec.match.methods": ("GET", "POST"),
+        "spec.match.hosts": ("a.example.com", "b.example.com"),
+        "spec.match.headers": ({"name": "X-A", "value": "1"}, {"name": "X-B", "value": "1"}),
+        "spec.match.queryParams": ({"name": "a", "value": "1"}, {"name": "b", "value": "1"}),
+        "spec.retry.retryOn": ("reset", "503"),
+        "spec.cors.allowHeaders": ("X-A", "X-B"),
+        "spec.cors.exposeHeaders": ("X-A", "X-B"),
+        "spec.cache.keyHeaders": ("X-A", "X-B"),
+        "spec.requestHeaders.set": ({"name": "X-A", "value": "1"}, {"name": "X-B", "value": "1"}),
+        "spec.requestHeaders.add": ({"name": "X-A", "value": "1"}, {"name": "X-B", "value": "1"}),
+        "spec.responseHeaders.remove": ("X-A", "X-B"),
+    }
+    cases: list[tuple[str, list[object]]] = []
+    for path, (one, other) in lists.items():
+        upper = {**one, "name": one["name"].upper()} if isinstance(one, dict) else str(one).upper()
+        lower = {**one, "name": one["name"].lower()} if isinstance(one, dict) else str(one).lower()
+        for items in ([one, other], [one, one], [upper, lower]):
+            cases.append((path, items))
+    bodies = []
+    for index, (path, items) in enumerate(cases):
+        edits: dict[str, object] = {path: items}
+        if path.startswith("spec.cors"):
+            edits["spec.cors.allowOrigins"] = ["https://a.example.com"]
+        bodies.append(Case(f"list-{index}", edits, "rejected", "").body())
+    errors = _dry_run_errors(kube, bodies)
+    for (path, items), body in zip(cases, bodies, strict=True):
+        try:
+            models.GatewayRouteSpec.model_validate(body["spec"])
+            refused = False
+        except pydantic.ValidationError:
+            refused = True
+        error = errors.get(body["metadata"]["name"])
+        assert (error is not None) == refused, (path, items, error)
+        if error is not None:
+            assert path in error, (path, items, error)

@@ -8,6 +8,28 @@ pydantic-only keys dropped, every node typed, and exclusive bounds written the O
 and CEL rules (``x-kubernetes-validations``) are kept, so ``kubectl explain`` and API-server validation
 follow the models.
 
+Every list states its ``x-kubernetes-list-type`` (the generator refuses a list without one): ``set`` or
+``map`` where a duplicate makes no sense (the API server refuses it, server-side apply merges items),
+``atomic`` where order matters or items have no key (see :class:`kubegate.api.models.ListType`, which
+also makes the models refuse the same duplicates).
+
+The CRD carries the category ``kubegate`` (``kubectl get kubegate`` lists the routes) and printer
+columns for what a route matches (Hosts, Path) and its conditions (Accepted, Programmed; ResolvedRefs
+with ``-o wide``).
+
+**Versioning.** ``v1alpha1`` is the only version, served and stored. ``v1beta1`` will be served beside
+it with conversion strategy ``None`` (the API server only rewrites ``apiVersion``), so the two versions
+must have the same fields: v1beta1 may tighten validation and add optional fields (added to v1alpha1
+too), never rename, move or drop one. A conversion webhook would make every read and write of a route
+depend on a running, TLS-serving kubegate pod; the API is kept convertible without one. The release that
+adds v1beta1 keeps v1alpha1 as the storage version (so a rollback finds only objects it can read); the
+next one stores v1beta1 and marks v1alpha1 deprecated, then the stored objects are rewritten (a no-op
+update of each route, or a StorageVersionMigration) and v1alpha1 is dropped from the CRD's
+``status.storedVersions``; only then can v1alpha1 stop being served. During the overlap kubegate reads
+both: the operator watches the storage version, and routes files (:mod:`kubegate.compiler.resources`,
+which knows one apiVersion today) accept either. The route table pushed to the data plane has its own
+version (:data:`kubegate.compiler.table.TABLE_API_VERSION`), independent of this one.
+
 ``python -m kubegate.api.crd`` prints the CRD; ``--write`` refreshes the checked-in
 ``crds/gatewayroutes.kubegate.dev.yaml`` (a test fails when it is stale).
 """
@@ -27,6 +49,9 @@ from kubegate.api import models
 
 PLURAL = "gatewayroutes"
 SINGULAR = "gatewayroute"
+SHORT_NAMES = ["gwr"]
+#: ``kubectl get kubegate`` lists every resource of these categories (only GatewayRoutes, for now).
+CATEGORIES = ["kubegate"]
 CRD_NAME = f"{PLURAL}.{models.GROUP}"
 CRD_FILENAME = f"{CRD_NAME}.yaml"
 HEADER = (
@@ -113,6 +138,10 @@ def _structural(node: dict[str, Any], defs: dict[str, Any], *, in_junctor: bool 
             out[key] = True
         else:
             out[key] = value
+    if out.get("type") == "array" and "x-kubernetes-list-type" not in out:
+        raise ValueError(
+            f"a list without x-kubernetes-list-type (annotate it with models.ListType): {node!r}"
+        )
     if "type" not in out and not in_junctor and not out.get("x-kubernetes-preserve-unknown-fields"):
         if "enum" in out and all(isinstance(v, str) for v in out["enum"]):
             out["type"] = "string"
@@ -147,12 +176,39 @@ def openapi_schema() -> dict[str, Any]:
     }
 
 
-def _condition_column(condition_type: str) -> dict[str, Any]:
-    return {
+def _condition_column(condition_type: str, *, priority: int = 0) -> dict[str, Any]:
+    column: dict[str, Any] = {
         "name": condition_type,
         "type": "string",
+        "description": f"The status of the route's {condition_type} condition.",
         "jsonPath": f'.status.conditions[?(@.type=="{condition_type}")].status',
     }
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+def printer_columns() -> list[dict[str, Any]]:
+    """``kubectl get gwr``: what the route matches and whether it is served; ``-o wide`` (priority 1) adds
+    ResolvedRefs. A list column shows the whole list (as JSON), the only way a column can."""
+    return [
+        {
+            "name": "Hosts",
+            "type": "string",
+            "description": "match.hosts; empty: any host.",
+            "jsonPath": ".spec.match.hosts",
+        },
+        {
+            "name": "Path",
+            "type": "string",
+            "description": "match.path.value (Prefix unless match.path.type says otherwise).",
+            "jsonPath": ".spec.match.path.value",
+        },
+        _condition_column("Accepted"),
+        _condition_column("Programmed"),
+        _condition_column("ResolvedRefs", priority=1),
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
 
 
 def build_crd() -> dict[str, Any]:
@@ -168,7 +224,8 @@ def build_crd() -> dict[str, Any]:
                 "listKind": f"{models.KIND}List",
                 "plural": PLURAL,
                 "singular": SINGULAR,
-                "shortNames": ["gwr"],
+                "shortNames": SHORT_NAMES,
+                "categories": CATEGORIES,
             },
             "scope": "Namespaced",
             "versions": [
@@ -177,11 +234,7 @@ def build_crd() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": [
-                        _condition_column("Accepted"),
-                        _condition_column("Programmed"),
-                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-                    ],
+                    "additionalPrinterColumns": printer_columns(),
                     "schema": {"openAPIV3Schema": openapi_schema()},
                 }
             ],
@@ -189,9 +242,17 @@ def build_crd() -> dict[str, Any]:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Writes a node shared by two fields (requestHeaders and responseHeaders are one model) twice, not
+    as a YAML anchor and alias: the file reads, greps and diffs field by field."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
 def render_crd() -> str:
     """The CRD as YAML text, exactly as checked in."""
-    body = yaml.safe_dump(build_crd(), sort_keys=False, default_flow_style=False, width=100)
+    body = yaml.dump(build_crd(), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
     return HEADER + body
 
 

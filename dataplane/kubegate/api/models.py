@@ -7,8 +7,11 @@ descriptions below are the documentation ``kubectl explain`` shows.
 
 Conventions: unknown fields are rejected (``extra="forbid"``) and types are strict (``port: "80"`` is an
 error, as it is for the API server). Patterns are RE2-compatible because the API server evaluates the
-same ones. Checks that need the whole route (regular expressions, glob syntax, weights, duplicates,
-conflicts) live in the compiler, not here. The limits on RegularExpression matches
+same ones. Every list is annotated with its :class:`ListType` (``x-kubernetes-list-type`` in the CRD),
+which also makes these models refuse the duplicates the API server refuses. Every path is checked by
+:func:`check_path`: the CRD's :data:`PATH_PATTERN`, and :data:`PATH_RULES` as CEL rules with the same
+messages. Checks that need the whole route (regular expressions, glob syntax, weights, duplicate
+backends, conflicts) live in the compiler, not here. The limits on RegularExpression matches
 (:data:`MAX_REGEX_BYTES`, :data:`MAX_REGEX_MATCHES`) are enforced by the compiler too; the CRD also
 states them as CEL rules (``x-kubernetes-validations``) so that the API server refuses such a route at
 ``kubectl apply`` (CEL counts characters, the compiler bytes of UTF-8: a non-ASCII pattern can pass the
@@ -23,10 +26,12 @@ The compiler turns them into :mod:`kubegate.compiler.policy` (milliseconds, defa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import ipaddress
 import re
 import urllib.parse
+from collections.abc import Callable, Hashable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -35,13 +40,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError, core_schema
 
 from kubegate.api import duration
 from kubegate.api.lean import LeanModel
@@ -60,8 +68,20 @@ HOSTNAME_PATTERN = r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z
 TOKEN_PATTERN = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 #: A Service name is an RFC 1035 DNS label.
 SERVICE_NAME_PATTERN = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
-#: An absolute path without query, fragment or whitespace.
-PATH_PATTERN = r"^/[^?#\s]*$"
+#: A path character other than '/', '.', '%', '?', '#' and backslash: printable ASCII (a request path with
+#: raw non-ASCII or control characters is refused with 400 before matching, see
+#: :mod:`kubegate.dataplane.pathnorm`, so a route path holding one could never match).
+_PATH_CHAR = r"[\x21\x22\x24\x26-\x2D\x30-\x3E\x40-\x5B\x5D-\x7E]"
+#: A percent-escape of two hex digits, but not of '.', '/' or backslash (%2E, %2F, %5C in either case).
+_PATH_ESCAPE = r"%([01346-9A-Fa-f][0-9A-Fa-f]|2[0-9A-Da-d]|5[0-9ABD-Fabd-f])"
+#: A segment: not empty, not '.' or '..' (but '...' is a name).
+_PATH_SEGMENT = rf"(\.*({_PATH_CHAR}|{_PATH_ESCAPE})(\.|{_PATH_CHAR}|{_PATH_ESCAPE})*|\.\.\.+)"
+#: An absolute path in normal form, without query or fragment: segments as above (so no '//' and no dot
+#: segment, raw or encoded), an optional trailing slash, no backslash, no encoded slash or backslash (the
+#: empty string matches too: the fields' minLength refuses it). RE2 syntax (the API server evaluates it)
+#: that Python's ``re`` reads the same way; :data:`PATH_RULES` say the same with readable messages, and a
+#: test checks that both refuse the same paths.
+PATH_PATTERN = rf"^(/{_PATH_SEGMENT})*/?$"
 #: A coarse shape check for the CRD; :func:`split_http_url` does the precise one.
 URL_PATTERN = r"^https?://([^/?#@\s:\[\]]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$"
 
@@ -101,6 +121,88 @@ def _pattern_field(pattern: str, *, max_length: int, description: str | None = N
     )
 
 
+def _field_error(field: str | int, message: str, *loc: str | int) -> ValidationError:
+    """An error at ``field`` (by alias; or a list index), then ``loc``, of the model or list whose validator
+    raises it: pydantic prefixes their own location, so the message names the field, not just its parent."""
+    details = InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=(field, *loc), input=None
+    )
+    return ValidationError.from_exception_data("GatewayRouteSpec", [details])
+
+
+@dataclasses.dataclass(frozen=True)
+class ListType:
+    """A list's ``x-kubernetes-list-type``, and the models' check of what it refuses: an annotation of the
+    list's type that both emits the schema keys and validates.
+
+    ``set`` (scalars) and ``map`` (objects keyed by their field ``key``, which must be required) refuse a
+    duplicate item or key at apply time, and let server-side apply merge the items of several managers.
+    ``atomic``: the list is one value, which server-side apply replaces whole (order matters, or the
+    items have no key); with ``key``, its items must still differ in that field, a CEL rule. The models
+    refuse the same duplicates, naming the later item, as the API server's "Duplicate value" does.
+    ``fold``: the values are header names, equal whatever their case: the models compare them
+    case-insensitively, and the CRD says so with a CEL rule (the API server's own check is exact).
+    """
+
+    kind: Literal["atomic", "set", "map"]
+    key: str | None = None
+    fold: bool = False
+
+    def __post_init__(self) -> None:
+        assert self.kind != "map" or self.key is not None, self
+        assert self.kind != "set" or self.key is None, self
+        assert not self.fold or self.kind != "atomic", self
+
+    @property
+    def _checked(self) -> bool:
+        return self.kind != "atomic" or self.key is not None
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        schema = handler(source)
+        if not self._checked:
+            return schema
+        return core_schema.no_info_after_validator_function(self._refuse_duplicates, schema)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema["x-kubernetes-list-type"] = self.kind
+        if self.kind == "map":
+            json_schema["x-kubernetes-list-map-keys"] = [self.key]
+        if self.fold or (self.kind == "atomic" and self.key is not None):
+            item = "{}" if self.key is None else f"{{}}.{self.key}"
+            x, y = item.format("x"), item.format("y")
+            equal = f"{y}.lowerAscii() == {x}.lowerAscii()" if self.fold else f"{y} == {x}"
+            message = (
+                "header names must be unique (compared case-insensitively)"
+                if self.fold
+                else f"each {self.key} must be unique"
+            )
+            json_schema["x-kubernetes-validations"] = [
+                {"rule": f"self.all(x, self.exists_one(y, {equal}))", "message": message}
+            ]
+        return json_schema
+
+    def _refuse_duplicates(self, items: list[Any]) -> list[Any]:
+        first: dict[Hashable, tuple[int, Any]] = {}
+        for index, item in enumerate(items):
+            value = getattr(item, self.key) if self.key is not None else item
+            seen = first.setdefault(value.lower() if self.fold else value, (index, value))
+            if seen[0] != index:
+                message = f"{value!r} is listed twice"
+                if seen[1] != value:
+                    message += f" (as {seen[1]!r} at [{seen[0]}]: names are compared case-insensitively)"
+                raise _field_error(index, message, *(() if self.key is None else (self.key,)))
+        return items
+
+
+#: The list types of the API's lists (see :class:`ListType`; the README lists which list is which, and why).
+SET = ListType("set")
+HEADER_SET = ListType("set", fold=True)
+ATOMIC = ListType("atomic")
+
+
 Hostname = Annotated[
     str,
     _pattern_field(HOSTNAME_PATTERN, max_length=253),
@@ -119,6 +221,72 @@ class _Spec(LeanModel):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class PathRule:
+    """One check of a path field: the CEL rule the CRD states (``self`` is the path), the message both
+    the API server and the models give, and the same check in Python."""
+
+    rule: str
+    message: str
+    refuses: Callable[[str], bool]
+
+
+#: What a path (``match.path.value``, ``rewrite.pathPrefix``/``fullPath``, ``redirect.path``) must be, in
+#: the order the models check it (they report the first broken rule; the API server all of them, beside
+#: the pattern's own error). Together they refuse exactly what :data:`PATH_PATTERN` refuses.
+PATH_RULES = (
+    PathRule("self.startsWith('/')", "must start with '/'", lambda p: not p.startswith("/")),
+    PathRule(
+        "self.matches('^[!-~]*$') && !self.contains('?') && !self.contains('#')",
+        "must be printable ASCII without spaces, '?' or '#' (no query string or fragment; percent-encode "
+        "other characters)",
+        lambda p: re.fullmatch(r"[!-~]*", p) is None or "?" in p or "#" in p,
+    ),
+    PathRule(
+        "!self.contains('//') && !self.matches('/\\\\.\\\\.?(/|$)')",
+        "must not contain '.' or '..' segments or '//'",
+        lambda p: "//" in p or re.search(r"/\.\.?(/|$)", p) is not None,
+    ),
+    PathRule(
+        "!self.matches('%(2[eEfF]|5[cC])') && !self.contains('\\\\')",
+        "must not contain a backslash, or an encoded dot, slash or backslash (%2E, %2F, %5C)",
+        lambda p: re.search(r"%(2[eEfF]|5[cC])", p) is not None or "\\" in p,
+    ),
+    PathRule(
+        "!self.matches('%([^0-9A-Fa-f]|.[^0-9A-Fa-f]|.?$)')",
+        "must not contain a '%' that does not start an escape of two hex digits",
+        lambda p: re.search(r"%([^0-9A-Fa-f]|.[^0-9A-Fa-f]|.?$)", p) is not None,
+    ),
+)
+#: :data:`PATH_RULES` as the CRD's CEL rules of a path field.
+_PATH_CEL_RULES: list[Any] = [{"rule": rule.rule, "message": rule.message} for rule in PATH_RULES]
+_PATH_COMPILED = re.compile(PATH_PATTERN)
+
+
+def check_path(value: str) -> str:
+    """Raise ValueError (the first broken :data:`PATH_RULES` rule, with the path) unless ``value`` is a
+    path the CRD accepts: normal (no '//', '.' or '..' segment, encoded dot or slash, backslash), so that
+    a match can be met by a normalised request path and a rewrite can never climb out of a prefix."""
+    for rule in PATH_RULES:
+        if rule.refuses(value):
+            raise ValueError(f"path {value!r} {rule.message}")
+    if not _PATH_COMPILED.fullmatch(value):  # the rules say it all; this is the pattern's own check
+        raise ValueError(f"path {value!r} is not a normal absolute path")
+    return value
+
+
+def _path_field(*, default: str | None, description: str, alias: str | None = None) -> Any:
+    """A path field: :data:`PATH_PATTERN` and :data:`PATH_RULES` for the API server."""
+    return Field(
+        default=default,
+        min_length=1,
+        max_length=1024,
+        alias=alias,
+        description=description,
+        json_schema_extra={"pattern": PATH_PATTERN, "x-kubernetes-validations": _PATH_CEL_RULES},
+    )
+
+
 class PathMatchSpec(_Spec):
     """How the request path is matched."""
 
@@ -130,25 +298,13 @@ class PathMatchSpec(_Spec):
             "final '**' matches any number of remaining segments (e.g. /api/*/users/**)."
         ),
     )
-    value: str = Field(
+    value: Annotated[str, AfterValidator(check_path)] = _path_field(
         default="/",
-        min_length=1,
-        max_length=1024,
-        description="The path or pattern; starts with '/', without query string or fragment.",
-        json_schema_extra={"pattern": PATH_PATTERN},
+        description="The path or pattern; starts with '/', without query string or fragment (match query "
+        "parameters with queryParams), in the normal form requests are matched in (paths are normalised "
+        "first): printable ASCII, no '//', no '.' or '..' segment, no backslash, no encoded dot, slash or "
+        "backslash (%2E, %2F, %5C).",
     )
-
-    @field_validator("value")
-    @classmethod
-    def _check_value(cls, value: str) -> str:
-        if not value.startswith("/"):
-            raise ValueError(f"path {value!r} must start with '/'")
-        if re.search(r"[?#\s]", value):
-            raise ValueError(
-                f"path {value!r} must not contain '?', '#' or whitespace "
-                "(match query parameters with queryParams)"
-            )
-        return value
 
 
 class HeaderMatch(_Spec):
@@ -205,28 +361,30 @@ class RouteMatchSpec(_Spec):
     path: PathMatchSpec = Field(
         default_factory=PathMatchSpec,
         description="Path condition; defaults to the prefix '/' (every path).",
+        json_schema_extra={"default": {}},  # the API server stores the default path: `kubectl get` shows it
     )
-    methods: list[HttpMethod] = Field(
+    methods: Annotated[list[HttpMethod], SET] = Field(
         default_factory=list,
         max_length=len(HTTP_METHODS),
         description="HTTP methods (upper case); empty means any method.",
     )
-    hosts: list[Hostname] = Field(
+    hosts: Annotated[list[Hostname], SET] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         description="Host names (Host header, without port); '*.example.com' matches one or more "
         "labels before example.com. Empty means any host.",
     )
-    headers: list[HeaderMatch] = Field(
+    headers: Annotated[list[HeaderMatch], ListType("map", key="name", fold=True)] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
-        description="Header conditions; all must hold.",
+        description="Header conditions; all must hold. At most one per header name (names are "
+        "case-insensitive): a request has one value per header to compare.",
     )
-    query_params: list[QueryParamMatch] = Field(
+    query_params: Annotated[list[QueryParamMatch], ListType("map", key="name")] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         alias="queryParams",
-        description="Query-parameter conditions; all must hold.",
+        description="Query-parameter conditions; all must hold. At most one per parameter name.",
     )
 
 
@@ -439,13 +597,6 @@ def _duration_field(default: str | None, minimum: str, description: str, *, alia
     )
 
 
-def _field_error(field: str, message: str) -> ValidationError:
-    """An error at ``field`` (by alias) of the model whose validator raises it: pydantic prefixes the
-    model's own location, so the message names the field, not just its parent."""
-    details = InitErrorDetails(type=PydanticCustomError("value_error", message), loc=(field,), input=None)
-    return ValidationError.from_exception_data("GatewayRouteSpec", [details])
-
-
 def _ms(value: str) -> int:
     return duration.parse_duration(value)
 
@@ -613,7 +764,7 @@ class RetrySpec(_Spec):
     attempts: int = Field(
         default=0, ge=0, le=10, description="Retries after the first try, 0 to 10; default 0 (no retries)."
     )
-    retry_on: list[RetryOn] = Field(
+    retry_on: Annotated[list[RetryOn], SET] = Field(
         default=["connect-failure", "reset", "gateway-error"],
         alias="retryOn",
         min_length=1,
@@ -622,7 +773,6 @@ class RetrySpec(_Spec):
         "broke before a response), timeout (perTryTimeout elapsed), gateway-error (a 502, 503 or 504 from "
         'the upstream), 5xx (any 5xx from the upstream), or a 4xx or 5xx status code as a string ("503", '
         '"429"). Default [connect-failure, reset, gateway-error].',
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     per_try_timeout: Duration1ms | None = _duration_field(
         None,
@@ -648,14 +798,6 @@ class RetrySpec(_Spec):
         description="false (the default): POST and PATCH requests are retried only on connect-failure "
         "(nothing reached the upstream), whatever retryOn lists. true: like other methods.",
     )
-
-    @field_validator("retry_on")
-    @classmethod
-    def _no_duplicates(cls, value: list[str]) -> list[str]:
-        for index, word in enumerate(value):
-            if word in value[:index]:
-                raise ValueError(f"{word!r} is listed twice")
-        return value
 
 
 class CircuitBreakerSpec(_Spec):
@@ -873,36 +1015,32 @@ class CorsSpec(_Spec):
         }
     )
 
-    allow_origins: list[Origin] = Field(
+    allow_origins: Annotated[list[Origin], SET] = Field(
         min_length=1,
         max_length=64,
         alias="allowOrigins",
         description="Origins allowed to call the route: '*' (any), an exact origin such as "
         "'https://app.example.com', or 'https://*.example.com' for any subdomain (never the domain "
         "itself or a lookalike such as 'https://evil-example.com').",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    allow_methods: list[HttpMethod] = Field(
+    allow_methods: Annotated[list[HttpMethod], SET] = Field(
         default_factory=lambda: list[HttpMethod](("GET", "HEAD", "POST")),
         max_length=len(HTTP_METHODS),
         alias="allowMethods",
         description="Methods a cross-origin request may use; default GET, HEAD, POST.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    allow_headers: list[Token] = Field(
+    allow_headers: Annotated[list[Token], HEADER_SET] = Field(
         default_factory=list,
         max_length=64,
         alias="allowHeaders",
         description="Request headers a cross-origin request may send (case-insensitive); default none "
         "beyond the CORS-safelisted ones.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    expose_headers: list[Token] = Field(
+    expose_headers: Annotated[list[Token], HEADER_SET] = Field(
         default_factory=list,
         max_length=64,
         alias="exposeHeaders",
         description="Response headers the browser lets the calling page read.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     allow_credentials: bool = Field(
         default=False,
@@ -977,53 +1115,28 @@ class HeaderValueSpec(_Spec):
     value: HeaderValue = Field(description="Header value.")
 
 
+_HEADER_MAP = ListType("map", key="name", fold=True)
+
+
 class HeaderOpsSpec(_Spec):
     """Header changes, applied in the Gateway API's order: set, then add, then remove. Hop-by-hop headers,
     Host, Content-Length and Transfer-Encoding cannot be changed (the gateway frames every message)."""
 
-    set: list[HeaderValueSpec] = Field(
+    set: Annotated[list[HeaderValueSpec], _HEADER_MAP] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         description="Headers to set, replacing any value the message had.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    add: list[HeaderValueSpec] = Field(
+    add: Annotated[list[HeaderValueSpec], _HEADER_MAP] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         description="Headers to add, beside any the message had.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    remove: list[ChangeableHeader] = Field(
+    remove: Annotated[list[ChangeableHeader], HEADER_SET] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         description="Headers to remove.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-
-
-#: The CEL form of :func:`_clean_path`'s checks, so that the API server refuses such a path at apply time.
-_CLEAN_PATH_RULES: list[Any] = [
-    {
-        "rule": "!self.contains('//') && !self.matches('/\\\\.\\\\.?(/|$)')",
-        "message": "must not contain '.' or '..' segments or '//'",
-    },
-    {
-        "rule": "!self.matches('%(2[fF]|5[cC])') && !self.contains('\\\\')",
-        "message": "must not contain an encoded slash or a backslash",
-    },
-]
-
-
-def _clean_path(value: str) -> str:
-    """A path the gateway sends or redirects to: a path match's rules, and already normal (no empty, '.'
-    or '..' segment, no encoded slash or backslash), so that a rewrite can never climb out of a prefix."""
-    PathMatchSpec(value=value)
-    segments = value.split("/")[1:]
-    if any(seg in (".", "..") for seg in segments) or "//" in value:
-        raise ValueError(f"path {value!r} must not contain '.' or '..' segments or '//'")
-    if re.search(r"%(2[fF]|5[cC])|\\", value):
-        raise ValueError(f"path {value!r} must not contain an encoded slash or a backslash")
-    return value
 
 
 class RewriteSpec(_Spec):
@@ -1041,28 +1154,15 @@ class RewriteSpec(_Spec):
         }
     )
 
-    path_prefix: str | None = Field(
+    path_prefix: Annotated[str, AfterValidator(check_path)] | None = _path_field(
         default=None,
-        min_length=1,
-        max_length=1024,
         alias="pathPrefix",
         description="Replaces the prefix the route matched (the route's path match must be a Prefix): "
         "with match /api and pathPrefix /v2, /api/users goes to the backend as /v2/users.",
-        json_schema_extra={"pattern": PATH_PATTERN, "x-kubernetes-validations": _CLEAN_PATH_RULES},
     )
-    full_path: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=1024,
-        alias="fullPath",
-        description="Replaces the whole path.",
-        json_schema_extra={"pattern": PATH_PATTERN, "x-kubernetes-validations": _CLEAN_PATH_RULES},
+    full_path: Annotated[str, AfterValidator(check_path)] | None = _path_field(
+        default=None, alias="fullPath", description="Replaces the whole path."
     )
-
-    @field_validator("path_prefix", "full_path")
-    @classmethod
-    def _check_path(cls, value: str | None) -> str | None:
-        return _clean_path(value) if value is not None else None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RewriteSpec:
@@ -1088,21 +1188,12 @@ class RedirectSpec(_Spec):
         description="The port of the Location; default the request's, or the new scheme's default port when "
         "scheme changes. A scheme's default port is left out of the Location.",
     )
-    path: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=1024,
-        description="The path of the Location; default the request's.",
-        json_schema_extra={"pattern": PATH_PATTERN, "x-kubernetes-validations": _CLEAN_PATH_RULES},
+    path: Annotated[str, AfterValidator(check_path)] | None = _path_field(
+        default=None, description="The path of the Location; default the request's."
     )
     status_code: Literal[301, 302, 303, 307, 308] = Field(
         default=302, alias="statusCode", description="301, 302 (default), 303, 307 or 308."
     )
-
-    @field_validator("path")
-    @classmethod
-    def _check_path(cls, value: str | None) -> str | None:
-        return _clean_path(value) if value is not None else None
 
 
 # --- authentication ---------------------------------------------------------------------------------------
@@ -1239,20 +1330,18 @@ class JwtSpec(_Spec):
         }
     )
 
-    algorithms: list[JwtAlgorithm] = Field(
+    algorithms: Annotated[list[JwtAlgorithm], SET] = Field(
         min_length=1,
         max_length=len(JWT_ALGORITHMS),
         description="The accepted signature algorithms (required; 'none' is never accepted).",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     issuer: str | None = Field(
         default=None, min_length=1, max_length=1024, description="When set, the iss claim must equal it."
     )
-    audiences: list[Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+    audiences: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]], SET] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         description="When set, the aud claim must contain one of them.",
-        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     jwks_uri: str | None = Field(
         default=None,
@@ -1277,12 +1366,11 @@ class JwtSpec(_Spec):
         description="Tolerance for exp, nbf and iat; default 30s.",
         json_schema_extra={"pattern": duration.DURATION_PATTERN},
     )
-    claims_to_headers: list[ClaimToHeaderSpec] = Field(
+    claims_to_headers: Annotated[list[ClaimToHeaderSpec], ListType("map", key="header", fold=True)] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         alias="claimsToHeaders",
         description="Claims copied to request headers for the backend.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["header"]},
     )
     forward_token: bool = Field(
         default=True,
@@ -1495,7 +1583,7 @@ class CacheSpec(_Spec):
         f"at most {MAX_CACHE_ENTRY_BYTES}, default 1048576.",
     )
     key_query_params: KeyQueryParams = Field(default="all", alias="keyQueryParams")
-    key_headers: list[Token] = Field(
+    key_headers: Annotated[list[Token], HEADER_SET] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         alias="keyHeaders",
@@ -1520,7 +1608,7 @@ MAX_CERTIFICATE_REFS = 8
 class TlsSpec(_Spec):
     """TLS termination for the route's hosts on the HTTPS listener (``kubegate serve --tls-port``)."""
 
-    certificate_refs: list[SecretRef] = Field(
+    certificate_refs: Annotated[list[SecretRef], ListType("atomic", key="name")] = Field(
         min_length=1,
         max_length=MAX_CERTIFICATE_REFS,
         alias="certificateRefs",
@@ -1583,8 +1671,9 @@ class GatewayRouteSpec(_Spec):
     match: RouteMatchSpec = Field(
         default_factory=RouteMatchSpec,
         description="Which requests this route takes; defaults to every request.",
+        json_schema_extra={"default": {}},  # the API server stores the default path: `kubectl get` shows it
     )
-    backends: list[BackendRef] = Field(
+    backends: Annotated[list[BackendRef], ATOMIC] = Field(
         default_factory=list,
         max_length=MAX_LIST_ITEMS,
         description="Weighted backends; each request goes to one of them, chosen by weight. At least one, "
@@ -1705,9 +1794,9 @@ class Condition(LeanModel):
         json_schema_extra={"pattern": CONDITION_REASON_PATTERN},
     )
     message: str = Field(
-        default="",
         max_length=32768,
-        description="Human-readable details, naming the field or object concerned.",
+        description="Human-readable details, naming the field or object concerned (required, as in "
+        "metav1.Condition; kubegate always says something).",
     )
     last_transition_time: datetime = Field(
         alias="lastTransitionTime",
@@ -1732,11 +1821,10 @@ class GatewayRouteStatus(LeanModel):
         alias="observedGeneration",
         description="The metadata.generation the status was computed from.",
     )
-    conditions: list[Condition] = Field(
+    conditions: Annotated[list[Condition], ListType("map", key="type")] = Field(
         default_factory=list,
         max_length=8,
         description="Latest observations of the route's state, one per type.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
     def condition(self, type_: str) -> Condition | None:
