@@ -14,14 +14,28 @@ Service, probes, security context and NetworkPolicy), and --trusted-proxies); th
 (``gatewayClass``, passed as --gateway-class, named in NOTES' first route); and several instances in one
 cluster: two releases (two namespaces, two classes) render no two objects of the same kind, namespace
 and name, counting the Secret and Lease each operator creates (the check is shown to catch a collision).
+
+Then what production users meet (issue 12): PodDisruptionBudgets only where they can be satisfied (more
+than one replica, or the HPA's minimum) and never blocking a drain (unhealthy pods evictable; budgets of
+every pod refused); the operator's budget, spread and readiness probe; the HPA's metrics (CPU optional,
+memory, custom) and behavior; the extension points (extra volumes and mounts, init containers, sidecars,
+envFrom, Deployment annotations, startup probes, lifecycle, extraObjects rendered with tpl, the image
+registry override, the Service's load balancer address and IP families, topology spread constraints with
+tpl and a default selector); the CRD as a release object (crds.install) and how NOTES and README say to
+upgrade it; the monitors with relabelings and the PrometheusRule, whose every metric is checked against
+the real collectors; and the `helm test` Pod, its script run against stand-ins serving real metrics.
 """
 
 from __future__ import annotations
 
 import base64
+import http.server
 import ipaddress
 import os
 import re
+import subprocess
+import sys
+import threading
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -38,7 +52,9 @@ GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name.removesuffix(".values.yaml") for p in GOLDEN.glob("*.values.yaml"))
 CRD_NAME = "gatewayroutes.kubegate.dev.yaml"
 # Kinds that kubernetes-validate has no schema for (custom resources of other projects).
-FOREIGN_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+FOREIGN_KINDS = {
+    ("monitoring.coreos.com/v1", kind) for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+}
 GENERATED = '"<generated: 48 random letters and digits>"'
 
 
@@ -311,6 +327,66 @@ BAD_VALUES = [
         "redis.url=redis://cache:6379/0,redis.existingSecret=cache-url",
         ["redis.url and redis.existingSecret are both set"],
     ),
+    # Disruption budgets that would block every drain (checked where one is rendered: several replicas).
+    (
+        "dataplane.podDisruptionBudget.minAvailable=2",
+        ["minAvailable (2) keeps all 2 pods", "block every drain"],
+    ),
+    ("dataplane.podDisruptionBudget.minAvailable=60%", ["minAvailable (60%) keeps all 2 pods"]),
+    (
+        "dataplane.autoscaling.enabled=true,dataplane.autoscaling.minReplicas=3,"
+        "dataplane.podDisruptionBudget.minAvailable=3",
+        ["keeps all 3 pods (dataplane.autoscaling.minReplicas)"],
+    ),
+    (
+        "dataplane.podDisruptionBudget.minAvailable=null,dataplane.podDisruptionBudget.maxUnavailable=0",
+        ["maxUnavailable (0) lets no pod go"],
+    ),
+    (
+        "dataplane.podDisruptionBudget.minAvailable=null,dataplane.podDisruptionBudget.maxUnavailable=0%",
+        ["maxUnavailable (0%) lets no pod go"],
+    ),
+    (
+        "dataplane.podDisruptionBudget.unhealthyPodEvictionPolicy=Never",
+        ["unhealthyPodEvictionPolicy", "AlwaysAllow"],
+    ),
+    (
+        "dataplane.autoscaling.enabled=true,dataplane.autoscaling.targetCPUUtilizationPercentage=null",
+        ["dataplane.autoscaling has no metric"],
+    ),
+    ("dataplane.autoscaling.customMetrics[0].type=Custom", ["type", "Pods"]),
+    ("dataplane.autoscaling.behavior.scaleSideways.selectPolicy=Max", ["scaleSideways", "not allowed"]),
+    ("operator.podDisruptionBudget.maxUnavailable=2", ["maxUnavailable", "not allowed"]),
+    # Extension points: shapes the schema can check, and what only works together.
+    (
+        "service.type=NodePort,service.loadBalancerIP=203.0.113.1",
+        ["loadBalancerIP is set but service.type is NodePort"],
+    ),
+    ("service.loadBalancerIP=lb.example.com", ["loadBalancerIP", "pattern"]),
+    ("service.ipFamilies={IPv4,IPv6}", ["ipFamilies names two families", "PreferDualStack"]),
+    ("service.ipFamilyPolicy=DualStack", ["ipFamilyPolicy", "PreferDualStack"]),
+    ("service.ipFamilies={IPv5}", ["ipFamilies", "IPv4"]),
+    ("imageRegistry=https://mirror.example.com", ["imageRegistry", "pattern"]),
+    ("dataplane.extraVolumes[0].configMap.name=x", ["extraVolumes", "name"]),
+    ("operator.sidecars[0].image=busybox", ["sidecars", "name"]),
+    ("dataplane.extraVolumeMounts[0].name=x", ["extraVolumeMounts", "mountPath"]),
+    ("dataplane.startupProbe.path=/x", ["path", "not allowed"]),
+    ("dataplane.deploymentAnnotations.replicas=3", ["deploymentAnnotations", "string"]),
+    ("extraObjects[0]=3", ["extraObjects"]),
+    (
+        "dataplane.topologySpreadConstraints[0].maxSkew=1,"
+        "dataplane.topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname,"
+        "dataplane.topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        ["set dataplane.spreadAcrossNodes to false"],
+    ),
+    # Monitoring, the CRD, helm test.
+    ("serviceMonitor.dataplaneKind=Probe", ["dataplaneKind", "PodMonitor"]),
+    ("prometheusRule.disabled={KubegateEverything}", ["disabled", "KubegateNoRouteTable"]),
+    ("prometheusRule.serverErrorRatio=5", ["serverErrorRatio", "1"]),
+    ("prometheusRule.serverErrorRatio=0", ["serverErrorRatio", "0"]),
+    ("crds.install=yes", ["install", "boolean"]),
+    ("crds.upgrade=true", ["upgrade", "not allowed"]),
+    ("tests.timeoutSeconds=0", ["timeoutSeconds", "1"]),
 ]
 
 
@@ -349,6 +425,32 @@ def test_good_values_still_render(helm: helmtools.Helm) -> None:
         "redis.maxMemory=1gb",
         "redis.image.tag=7.4-alpine",
         "gatewayClass=edge.example.com",
+        "dataplane.podDisruptionBudget.unhealthyPodEvictionPolicy=IfHealthyBudget",
+        "dataplane.autoscaling.enabled=true",
+        "dataplane.autoscaling.targetCPUUtilizationPercentage=null",
+        "dataplane.autoscaling.customMetrics[0].type=External",
+        "dataplane.autoscaling.behavior.scaleDown.stabilizationWindowSeconds=600",
+        "service.type=LoadBalancer",
+        "service.loadBalancerIP=2001:db8::10",
+        "service.ipFamilyPolicy=PreferDualStack",
+        "service.ipFamilies={IPv6,IPv4}",
+        "imageRegistry=mirror.example.com:5000/proxy",
+        "dataplane.extraVolumes[0].name=x",
+        "dataplane.extraVolumes[0].emptyDir.medium=Memory",
+        "dataplane.extraVolumeMounts[0].name=x",
+        "dataplane.extraVolumeMounts[0].mountPath=/x",
+        "operator.sidecars[0].name=proxy",
+        "operator.sidecars[0].image=envoyproxy/envoy:v1.31",
+        "operator.startupProbe.enabled=true",
+        "dataplane.spreadAcrossNodes=false",
+        "dataplane.topologySpreadConstraints[0].maxSkew=1",
+        "dataplane.topologySpreadConstraints[0].topologyKey=kubernetes.io/hostname",
+        "dataplane.topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+        "serviceMonitor.dataplaneKind=PodMonitor",
+        "prometheusRule.disabled={KubegateCircuitBreakerOpen}",
+        "prometheusRule.serverErrorRatio=1",
+        "crds.install=true",
+        "tests.enabled=false",
     ]
     result = helm.template(*[arg for setting in good for arg in ("--set", setting)])
     assert result.returncode == 0, result.stderr
@@ -435,6 +537,49 @@ def _check_hardened(pod: dict[str, Any], container: dict[str, Any], writable: st
     assert container["resources"]["requests"] and container["resources"]["limits"]
 
 
+def container_of(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    (found,) = [c for c in pod["containers"] if c["name"] == name]
+    return found
+
+
+def selects(obj: dict[str, Any]) -> dict[str, str]:
+    """The selector labels among an object's labels (those that the chart's selectors use)."""
+    keys = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
+    return {key: obj["metadata"]["labels"][key] for key in keys}
+
+
+STARTUP_PROBES = {
+    "dataplane": {"path": "/health", "port": "admin"},
+    "operator": {"path": "/metrics", "port": "metrics"},
+}
+
+
+def check_extension_points(
+    pod: dict[str, Any], container: dict[str, Any], given: dict[str, Any], name: str
+) -> None:
+    """What a component's values add to its pod (init containers, sidecars, volumes and their mounts,
+    envFrom, a startup probe, lifecycle hooks) is there as given, after the chart's own."""
+    assert pod.get("initContainers", []) == given.get("initContainers", [])
+    assert [c for c in pod["containers"] if c["name"] != name] == given.get("sidecars", [])
+    extra = given.get("extraVolumes", [])
+    assert pod["volumes"][len(pod["volumes"]) - len(extra) :] == extra
+    mounts = given.get("extraVolumeMounts", [])
+    assert container["volumeMounts"][len(container["volumeMounts"]) - len(mounts) :] == mounts
+    volumes = {v["name"] for v in pod["volumes"]}
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        assert {m["name"] for m in c.get("volumeMounts", [])} <= volumes, c["name"]
+    assert container.get("envFrom", []) == given.get("envFrom", [])
+    startup = given.get("startupProbe", {})
+    if startup.get("enabled"):  # what answers as soon as the process serves: /health, or the metrics
+        probe = container["startupProbe"]
+        assert probe["httpGet"] == STARTUP_PROBES[name]
+        assert {k: v for k, v in startup.items() if k != "enabled"}.items() <= probe.items()
+    else:
+        assert "startupProbe" not in container
+    if given.get("lifecycle"):
+        assert container["lifecycle"] == given["lifecycle"]
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     values = values_of(case)
@@ -444,11 +589,12 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     dataplane = r.one("Deployment", "-dataplane")
     dp_pod = dataplane["spec"]["template"]["spec"]
     dp_labels = dataplane["spec"]["selector"]["matchLabels"]
-    (dp,) = dp_pod["containers"]
+    dp = container_of(dp_pod, "dataplane")
     operator = r.one("Deployment", "-operator")
     op_pod = operator["spec"]["template"]["spec"]
     op_labels = operator["spec"]["selector"]["matchLabels"]
-    (op,) = op_pod["containers"]
+    op = container_of(op_pod, "operator")
+    dp_values, op_values = values.get("dataplane", {}), values.get("operator", {})
 
     # The data plane's arguments and environment, parsed by the real `kubegate serve` parser.
     redis = redis_values(values)
@@ -467,9 +613,25 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     sleep = dp["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
     assert dp_pod["terminationGracePeriodSeconds"] > int(sleep[1]) + serve.drain_timeout
+    if "lifecycle" not in dp_values:  # else the user's, checked below
+        assert sleep[1] == str(dp_values.get("preStopSleepSeconds", 5))
     assert dp_pod["automountServiceAccountToken"] is False
     _check_hardened(dp_pod, dp)
     _check_hardened(op_pod, op)
+    check_extension_points(dp_pod, dp, dp_values, "dataplane")
+    check_extension_points(op_pod, op, op_values, "operator")
+    for deployment, given in ((dataplane, dp_values), (operator, op_values)):
+        assert deployment["metadata"].get("annotations", {}) == given.get("deploymentAnnotations", {})
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        for constraint in deployment["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+            selected = constraint["labelSelector"]["matchLabels"]  # every one has a selector
+            assert selected.items() <= pod_labels.items(), constraint
+    # The operator: ready once it serves /metrics, reached through its headless metrics Service.
+    assert op["readinessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    op_service = r.one("Service", "-operator")
+    assert op_service["spec"]["clusterIP"] == "None"
+    assert op_service["spec"]["selector"] == op_labels
+    assert [(p["name"], p["targetPort"]) for p in op_service["spec"]["ports"]] == [("metrics", "metrics")]
 
     # Bootstrap Secret: an optional volume in the data plane, the same name for the operator and RBAC.
     bootstrap = _mount_of(dp_pod, dp, str(serve.bootstrap))
@@ -589,19 +751,36 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
         )
         admin_from = by_port[("admin",)]["from"]
         assert admin_from[0] == {"podSelector": {"matchLabels": op_labels}}
-        assert admin_from[1:] == values.get("networkPolicy", {}).get("adminFrom", [])
+        tests_on = values.get("tests", {}).get("enabled", True)
+        assert admin_from[1 : len(admin_from) - tests_on] == values.get("networkPolicy", {}).get(
+            "adminFrom", []
+        )
+        if tests_on:  # the `helm test` Pod reaches /ready and /metrics
+            (test_pod,) = r.all("Pod")
+            assert admin_from[-1] == {"podSelector": {"matchLabels": selects(test_pod)}}
     else:
         assert policies == []
 
-    # Autoscaling replaces the fixed replica count; the PDB and HPA point at the data plane.
+    # Autoscaling replaces the fixed replica count; the HPA points at the data plane; a PDB selects the
+    # pods of one Deployment, rendered only where there are several.
     hpas = r.all("HorizontalPodAutoscaler")
-    autoscaling = values.get("dataplane", {}).get("autoscaling", {}).get("enabled", False)
+    autoscaling = dp_values.get("autoscaling", {}).get("enabled", False)
     assert len(hpas) == int(autoscaling)
     assert ("replicas" in dataplane["spec"]) == (not autoscaling)
     for hpa in hpas:
         assert hpa["spec"]["scaleTargetRef"]["name"] == dataplane["metadata"]["name"]
-    for pdb in r.all("PodDisruptionBudget"):
-        assert pdb["spec"]["selector"]["matchLabels"] == dp_labels
+    fewest = hpas[0]["spec"]["minReplicas"] if hpas else dataplane["spec"]["replicas"]
+    budgets = {pdb["metadata"]["name"]: pdb for pdb in r.all("PodDisruptionBudget")}
+    for deployment, count in ((dataplane, fewest), (operator, operator["spec"]["replicas"])):
+        pdb = budgets.pop(deployment["metadata"]["name"], None)
+        assert (pdb is not None) == (count > 1), deployment["metadata"]["name"]
+        if pdb is not None:
+            assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+            assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert budgets == {}
+
+    # The `helm test` Pod: checked by test_release_test_pod.
+    assert len(r.all("Pod")) == int(values.get("tests", {}).get("enabled", True))
 
 
 def check_chart_redis(
@@ -613,7 +792,9 @@ def check_chart_redis(
     with `redis-cli ping` and a TCP connection, a ClusterIP Service on 6379, and with the chart's
     NetworkPolicies a policy admitting only the data-plane pods on 6379 and no egress."""
     redis = redis_values(values)
-    labelled = [d for d in r.docs if d["metadata"]["labels"].get("app.kubernetes.io/component") == "redis"]
+    labelled = [
+        d for d in r.docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "redis"
+    ]
     if not redis["enabled"]:
         assert labelled == []
         return None
@@ -829,7 +1010,7 @@ def test_operator_arguments_parse_with_the_real_parser(newest_helm: helmtools.He
     for case in CASES:
         values = values_of(case)
         r = Rendered(render(newest_helm, case))
-        (container,) = r.one("Deployment", "-operator")["spec"]["template"]["spec"]["containers"]
+        container = container_of(r.one("Deployment", "-operator")["spec"]["template"]["spec"], "operator")
         parsed = settings.parse(container["args"], environ={})
         admin = r.one("Service", "-admin")["metadata"]["name"]
         assert str(parsed.dataplane_service) == f"{ns}/{admin}"
@@ -920,3 +1101,666 @@ def test_the_collision_check_catches_a_shared_name(newest_helm: helmtools.Helm) 
         release_objects(newest_helm, "internal", "gateways", "gatewayClass=internal", *shared),
     )
     assert found == [("Lease", "gateways", "leader"), ("Secret", "gateways", "last-table")]
+
+
+# ------------------------------------------------------------------------- disruption and autoscaling
+
+
+def _render(helm: helmtools.Helm, *args: str) -> Rendered:
+    result = helm.template(*args)
+    assert result.returncode == 0, result.stderr
+    return Rendered(result.stdout)
+
+
+def _with_values(tmp_path: Path, values: dict[str, Any]) -> list[str]:
+    """``-f FILE`` for a value set (keeps strings, nulls and lists as written, unlike --set)."""
+    path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return ["-f", str(path)]
+
+
+def _budget(r: Rendered, component: str) -> dict[str, Any] | None:
+    found = [p for p in r.all("PodDisruptionBudget") if p["metadata"]["name"].endswith(f"-{component}")]
+    return found[0]["spec"] if found else None
+
+
+# (values, then the data plane's PDB spec without its selector, or None when none is rendered)
+PDB_CASES: list[tuple[dict[str, Any], dict[str, Any] | None]] = [
+    ({}, {"minAvailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}),
+    ({"replicas": 1}, None),
+    ({"replicas": 1, "podDisruptionBudget": {"minAvailable": 5}}, None),  # never rendered: never checked
+    ({"replicas": 1, "autoscaling": {"enabled": True}}, {"minAvailable": 1}),  # the HPA's minimum, 2
+    ({"autoscaling": {"enabled": True, "minReplicas": 1}}, None),
+    ({"autoscaling": {"enabled": True, "minReplicas": 3}, "podDisruptionBudget": {"minAvailable": 2}}, {}),
+    ({"replicas": 3, "podDisruptionBudget": {"minAvailable": "66%"}}, {"minAvailable": "66%"}),
+    (
+        {"podDisruptionBudget": {"minAvailable": None, "maxUnavailable": "25%"}},
+        {"maxUnavailable": "25%"},
+    ),
+    (
+        {"podDisruptionBudget": {"unhealthyPodEvictionPolicy": "IfHealthyBudget"}},
+        {"unhealthyPodEvictionPolicy": "IfHealthyBudget"},
+    ),
+    ({"podDisruptionBudget": {"enabled": False}}, None),
+]
+
+
+@pytest.mark.parametrize(("dataplane", "expected"), PDB_CASES, ids=[str(v) for v, _ in PDB_CASES])
+def test_pdb_only_when_it_can_be_satisfied(
+    newest_helm: helmtools.Helm, tmp_path: Path, dataplane: dict[str, Any], expected: dict[str, Any] | None
+) -> None:
+    """The data plane's PodDisruptionBudget is rendered only with more than one replica (replicas, or the
+    HPA's minimum), and then lets unhealthy pods go (a pod waiting for its first table is NotReady);
+    budgets that would block every drain are refused (BAD_VALUES)."""
+    r = _render(newest_helm, *_with_values(tmp_path, {"dataplane": dataplane}))
+    spec = _budget(r, "dataplane")
+    if expected is None:
+        assert spec is None
+        return
+    assert spec is not None
+    assert expected.items() <= spec.items()
+    assert spec.get("unhealthyPodEvictionPolicy") in ("AlwaysAllow", "IfHealthyBudget")
+    assert (
+        spec["selector"]["matchLabels"]
+        == r.one("Deployment", "-dataplane")["spec"]["selector"]["matchLabels"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("", {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}),
+        ("operator.replicas=3", {"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}),
+        ("operator.replicas=1", None),
+        ("operator.podDisruptionBudget.enabled=false", None),
+    ],
+)
+def test_operator_pdb_spread_and_readiness(
+    newest_helm: helmtools.Helm, setting: str, expected: dict[str, Any] | None
+) -> None:
+    """The operator's budget lets one replica go at a time (the standby takes the Lease over), and only
+    with more than one; its replicas spread over nodes; each turns ready once it serves /metrics."""
+    r = _render(newest_helm, *(["--set", setting] if setting else []))
+    spec = _budget(r, "operator")
+    operator = r.one("Deployment", "-operator")
+    if expected is None:
+        assert spec is None
+    else:
+        assert spec is not None and expected.items() <= spec.items()
+        assert spec["selector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    pod = operator["spec"]["template"]["spec"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert (
+        spread["topologyKey"] == "kubernetes.io/hostname" and spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    )
+    assert spread["labelSelector"]["matchLabels"] == operator["spec"]["selector"]["matchLabels"]
+    assert container_of(pod, "operator")["readinessProbe"]["httpGet"] == {
+        "path": "/metrics",
+        "port": "metrics",
+    }
+
+
+CPU = {
+    "type": "Resource",
+    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+}
+MEMORY = {
+    "type": "Resource",
+    "resource": {"name": "memory", "target": {"type": "Utilization", "averageUtilization": 80}},
+}
+RPS = {
+    "type": "Pods",
+    "pods": {
+        "metric": {"name": "requests_per_second"},
+        "target": {"type": "AverageValue", "averageValue": "100"},
+    },
+}
+BEHAVIOR = {
+    "scaleDown": {
+        "stabilizationWindowSeconds": 600,
+        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 60}],
+    }
+}
+HPA_CASES: list[tuple[dict[str, Any], list[dict[str, Any]]]] = [
+    ({}, [CPU]),
+    ({"targetMemoryUtilizationPercentage": 80}, [CPU, MEMORY]),
+    ({"targetCPUUtilizationPercentage": None, "targetMemoryUtilizationPercentage": 80}, [MEMORY]),
+    ({"targetCPUUtilizationPercentage": None, "customMetrics": [RPS]}, [RPS]),
+    ({"customMetrics": [RPS], "behavior": BEHAVIOR}, [CPU, RPS]),
+]
+
+
+@pytest.mark.parametrize(("autoscaling", "metrics"), HPA_CASES, ids=[str(a) for a, _ in HPA_CASES])
+def test_hpa_metrics_and_behavior(
+    newest_helm: helmtools.Helm, tmp_path: Path, autoscaling: dict[str, Any], metrics: list[dict[str, Any]]
+) -> None:
+    """The HPA's metrics: CPU unless turned off (null), memory when given, then customMetrics as given;
+    behavior as given, else none (Kubernetes' defaults). An HPA without a metric is refused (BAD_VALUES)."""
+    values = {"dataplane": {"autoscaling": {"enabled": True, **autoscaling}}}
+    r = _render(newest_helm, *_with_values(tmp_path, values))
+    spec = r.one("HorizontalPodAutoscaler")["spec"]
+    assert spec["metrics"] == metrics
+    assert spec.get("behavior") == autoscaling.get("behavior")
+    assert "replicas" not in r.one("Deployment", "-dataplane")["spec"]
+
+
+# ---------------------------------------------------------------------------------- extension points
+
+
+def test_extra_objects_are_rendered_with_tpl(newest_helm: helmtools.Helm, tmp_path: Path) -> None:
+    """extraObjects: maps and strings of YAML, each rendered with tpl (values, release, the chart's own
+    named templates), each a document of its own."""
+    values = {
+        "fullnameOverride": "edge",
+        "extraObjects": [
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": '{{ include "kubegate.fullname" . }}-extra',
+                    "namespace": "{{ .Release.Namespace }}",
+                },
+                "data": {"class": "{{ .Values.gatewayClass }}", "plain": "kept"},
+            },
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-extra\n"
+            "stringData:\n  port: {{ .Values.dataplane.port | quote }}\n",
+        ],
+    }
+    r = _render(newest_helm, *_with_values(tmp_path, values))
+    config_map = r.one("ConfigMap", "edge-extra")
+    assert config_map["metadata"]["namespace"] == helmtools.NAMESPACE
+    assert config_map["data"] == {"class": "kubegate", "plain": "kept"}
+    secret = r.one("Secret", f"{helmtools.RELEASE}-extra")
+    assert secret["stringData"] == {"port": "8080"}
+
+
+# (imageRegistry, then the repository each image is pulled from: operator, data plane and the test Pod,
+# the chart's Redis) with repositories kubegate/operator, registry.example.com:5000/kubegate/dataplane,
+# redis.
+REGISTRY_CASES = [
+    ("", ("kubegate/operator", "registry.example.com:5000/kubegate/dataplane", "redis")),
+    (
+        "mirror.example.com",
+        (
+            "mirror.example.com/kubegate/operator",
+            "mirror.example.com/kubegate/dataplane",
+            "mirror.example.com/redis",
+        ),
+    ),
+    (
+        "localhost:5000/proxy/",
+        (
+            "localhost:5000/proxy/kubegate/operator",
+            "localhost:5000/proxy/kubegate/dataplane",
+            "localhost:5000/proxy/redis",
+        ),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("registry", "expected"), REGISTRY_CASES, ids=[r or "none" for r, _ in REGISTRY_CASES]
+)
+def test_image_registry_override(
+    newest_helm: helmtools.Helm, registry: str, expected: tuple[str, str, str]
+) -> None:
+    """imageRegistry replaces the registry of every image the chart runs (a first part with a dot, a colon
+    or localhost), or goes in front of a repository without one; tags and digests are kept."""
+    digest = "sha256:" + "4" * 64
+    r = _render(
+        newest_helm,
+        "--set", f"imageRegistry={registry}",
+        "--set", "dataplane.image.repository=registry.example.com:5000/kubegate/dataplane",
+        "--set", f"dataplane.image.digest={digest}",
+        "--set", "redis.enabled=true",
+    )  # fmt: skip
+    operator, dataplane, redis = expected
+    images = {
+        name: container_of(r.one("Deployment", f"-{name}")["spec"]["template"]["spec"], name)["image"]
+        for name in ("operator", "dataplane", "redis")
+    }
+    assert images == {
+        "operator": f"{operator}:0.1.0",
+        "dataplane": f"{dataplane}@{digest}",
+        "redis": f"{redis}:7-alpine",
+    }
+    (test_pod,) = r.all("Pod")
+    assert container_of(test_pod["spec"], "test")["image"] == images["dataplane"]
+
+
+def test_topology_spread_tpl_and_default_selector(newest_helm: helmtools.Helm, tmp_path: Path) -> None:
+    """User constraints are rendered with tpl, and one without a labelSelector gets the component's pods;
+    spreadAcrossNodes adds its own after them."""
+    constraints = [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule"},
+        {
+            "maxSkew": 2,
+            "topologyKey": "example.com/rack",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": {"release": "{{ .Release.Name }}"}},
+        },
+    ]
+    values = {
+        "operator": {"topologySpreadConstraints": constraints},
+        "dataplane": {"topologySpreadConstraints": constraints},
+    }
+    r = _render(newest_helm, *_with_values(tmp_path, values))
+    for name in ("operator", "dataplane"):
+        deployment = r.one("Deployment", f"-{name}")
+        pods = deployment["spec"]["selector"]["matchLabels"]
+        zone, rack, nodes = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert zone == constraints[0] | {"labelSelector": {"matchLabels": pods}}
+        assert rack["labelSelector"] == {"matchLabels": {"release": helmtools.RELEASE}}
+        assert (
+            nodes["topologyKey"] == "kubernetes.io/hostname" and nodes["labelSelector"]["matchLabels"] == pods
+        )
+
+
+@pytest.mark.parametrize(
+    ("sets", "expected"),
+    [
+        ((), {}),
+        (
+            (
+                "service.loadBalancerIP=203.0.113.7",
+                "service.ipFamilyPolicy=RequireDualStack",
+                "service.ipFamilies={IPv6,IPv4}",
+            ),
+            {
+                "loadBalancerIP": "203.0.113.7",
+                "ipFamilyPolicy": "RequireDualStack",
+                "ipFamilies": ["IPv6", "IPv4"],
+            },
+        ),
+        (
+            ("service.type=NodePort", "service.ipFamilyPolicy=SingleStack", "service.ipFamilies={IPv6}"),
+            {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv6"]},
+        ),
+    ],
+)
+def test_service_address_fields(
+    newest_helm: helmtools.Helm, sets: tuple[str, ...], expected: dict[str, Any]
+) -> None:
+    """loadBalancerIP (type LoadBalancer only), ipFamilyPolicy and ipFamilies reach the traffic Service and
+    nothing else; mismatched ones are refused (BAD_VALUES)."""
+    r = _render(newest_helm, *[arg for s in sets for arg in ("--set", s)])
+    spec = r.one("Service", helmtools.RELEASE)["spec"]
+    fields = ("loadBalancerIP", "ipFamilyPolicy", "ipFamilies")
+    assert {k: spec[k] for k in fields if k in spec} == expected
+    for service in r.all("Service"):
+        if service["metadata"]["name"] != helmtools.RELEASE:
+            assert not set(fields) & set(service["spec"])
+
+
+# ------------------------------------------------------------------------------------- CRD upgrades
+
+
+def test_crds_install_templates_the_chart_crd(helm: helmtools.Helm) -> None:
+    """crds.install: the CRD becomes a release object (so `helm upgrade` upgrades it), identical to the
+    chart's crds/ file (.Files.Get) but for Helm's keep policy and the chart's labels; without it, none."""
+    assert not [d for d in documents(render(helm, "default")) if d["kind"] == "CustomResourceDefinition"]
+    result = helm.template("--set", "crds.install=true", "--set", "commonLabels.team=platform", "--skip-crds")
+    assert result.returncode == 0, result.stderr
+    (rendered,) = [d for d in documents(result.stdout) if d["kind"] == "CustomResourceDefinition"]
+    source = yaml.safe_load((helmtools.CHART / "crds" / CRD_NAME).read_text())
+    metadata = rendered.pop("metadata")
+    assert rendered == {k: v for k, v in source.items() if k != "metadata"}
+    assert metadata["name"] == source["metadata"]["name"]
+    assert metadata["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert metadata["labels"]["app.kubernetes.io/instance"] == helmtools.RELEASE
+    assert metadata["labels"]["team"] == "platform"
+    kv = _validator()
+    assert (
+        validation_errors(kv, [rendered | {"metadata": metadata}], newest_kubernetes_versions(kv)[-1]) == []
+    )
+
+
+def test_notes_say_how_to_upgrade_the_crd() -> None:
+    """NOTES: the CRD of crds/ is applied by hand (server-side) before an upgrade, and values are passed
+    again rather than reused; with crds.install the release upgrades it."""
+    helm = helmtools.available().get(4)
+    if helm is None:
+        missing("NOTES.txt renders offline only with helm 4 (`helm install --dry-run=client`)")
+    notes = {}
+    for install in ("false", "true"):
+        result = helm.run(
+            "install", helmtools.RELEASE, str(helmtools.CHART), "--namespace", helmtools.NAMESPACE,
+            "--dry-run=client", "--skip-crds", "--set", f"crds.install={install}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        notes[install] = result.stdout.split("\nNOTES:\n", 1)[1]
+    assert "kubectl apply --server-side --force-conflicts -f CHART/crds/" in notes["false"]
+    assert "CHART/crds/" not in notes["true"] and "belongs to this release (crds.install)" in notes["true"]
+    for text in notes.values():
+        assert "not --reuse-values" in text and "-f values.yaml" in text
+        assert f"helm test {helmtools.RELEASE} -n {helmtools.NAMESPACE}" in text
+
+
+def test_readme_does_not_advise_reuse_values() -> None:
+    """README's "Install with Helm": upgrades pass a values file (--reuse-values keeps the old release's
+    values and hides a new chart's new defaults), after the CRD is applied server-side; crds.install is
+    the other way."""
+    readme = (helmtools.ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Install with Helm", 1)[1].split("\n## ", 1)[0]
+    upgrades = [line for line in section.splitlines() if line.startswith("$ helm upgrade")]
+    assert upgrades and all("--reuse-values" not in line and " -f " in line for line in upgrades)
+    assert "$ kubectl apply --server-side --force-conflicts -f charts/kubegate/crds/" in section
+    assert "`crds.install: true`" in section and "$ helm test " in section
+
+
+# ------------------------------------------------------------------------------------------ monitoring
+
+
+def _exported_metric_names() -> set[str]:
+    """Every sample name that the data plane's and the operator's /metrics can show, from their real
+    collectors (a counter family ``x`` shows ``x_total``; a histogram its buckets, sum and count)."""
+    from kubegate.dataplane.admin import table_info
+    from kubegate.dataplane.policymetrics import PolicyCollector
+    from kubegate.dataplane.stats import Stats, StatsCollector
+    from kubegate_operator.metrics import Metrics
+
+    families = [
+        *StatsCollector(Stats(), table_info=lambda: table_info(None)).collect(),
+        *PolicyCollector(lambda: None).collect(),
+        *Metrics().registry.collect(),
+    ]
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    return {f.name + suffix for f in families for suffix in suffixes[f.type]}
+
+
+ALERTS = {
+    "KubegateNoRouteTable",
+    "KubegateOperatorNotLeading",
+    "KubegateTablePushFailures",
+    "KubegateReplicasOutOfSync",
+    "KubegateHighServerErrorRatio",
+    "KubegateCircuitBreakerOpen",
+}
+
+
+def test_prometheus_rule_alerts_name_real_metrics(newest_helm: helmtools.Helm) -> None:
+    """Every metric an alert names is one the data plane or the operator exports, with label values they
+    use: no table is hash "None", 5xx a status class, 2 the open breaker, error and rejected push results.
+    Each alert selects the release's namespace."""
+    from kubegate.dataplane import stats
+    from kubegate.dataplane.admin import table_info
+    from kubegate.dataplane.policies import breaker
+
+    r = _render(
+        newest_helm, "--set", "prometheusRule.enabled=true", "--set", "prometheusRule.alertLabels.team=edge"
+    )
+    (rule,) = r.all("PrometheusRule")
+    (group,) = rule["spec"]["groups"]
+    alerts = {a["alert"]: a for a in group["rules"]}
+    assert set(alerts) == ALERTS
+    exported = _exported_metric_names()
+    for name, alert in alerts.items():
+        named = set(re.findall(r"\bkubegate_[a-z_]+", alert["expr"]))
+        assert named and named <= exported, (name, named - exported)
+        for selector in re.findall(r"kubegate_[a-z_]+\{([^}]*)\}", alert["expr"]):
+            assert f'namespace="{helmtools.NAMESPACE}"' in selector, (name, selector)
+        assert alert["labels"]["severity"] in ("critical", "warning") and alert["labels"]["team"] == "edge"
+        assert alert["annotations"]["summary"] and "{{ $labels." in alert["annotations"]["description"]
+    (no_table,) = [
+        sample
+        for family in stats.StatsCollector(stats.Stats(), table_info=lambda: table_info(None)).collect()
+        for sample in family.samples
+        if sample.name == "kubegate_table_info"
+    ]
+    assert f'hash="{no_table.labels["hash"]}"' in alerts["KubegateNoRouteTable"]["expr"]
+    assert (
+        "5xx" in stats._STATUS_CLASS
+        and 'status_class="5xx"' in alerts["KubegateHighServerErrorRatio"]["expr"]
+    )
+    assert alerts["KubegateCircuitBreakerOpen"]["expr"].endswith(f"== {breaker.OPEN}")
+    publisher = (helmtools.ROOT / "operator" / "kubegate_operator" / "publisher.py").read_text()
+    for result in ("error", "rejected"):
+        assert f'self._count("{result}")' in publisher or f'"{result}"' in publisher
+    assert 'result=~"error|rejected"' in alerts["KubegateTablePushFailures"]["expr"]
+
+
+def test_prometheus_rule_disabled_alerts_and_additional_rules(
+    newest_helm: helmtools.Helm, tmp_path: Path
+) -> None:
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "labels": {"release": "prometheus"},
+            "disabled": ["KubegateCircuitBreakerOpen", "KubegateHighServerErrorRatio"],
+            "additionalRules": [
+                {"record": "kubegate:requests:rate5m", "expr": "sum(rate(kubegate_requests_total[5m]))"}
+            ],
+        }
+    }
+    (rule,) = _render(newest_helm, *_with_values(tmp_path, values)).all("PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    rules = rule["spec"]["groups"][0]["rules"]
+    assert {r["alert"] for r in rules if "alert" in r} == ALERTS - set(values["prometheusRule"]["disabled"])
+    assert rules[-1] == values["prometheusRule"]["additionalRules"][0]
+    assert _render(newest_helm).all("PrometheusRule") == []
+
+
+@pytest.mark.parametrize("kind", ["ServiceMonitor", "PodMonitor"])
+def test_monitors_with_relabelings(newest_helm: helmtools.Helm, tmp_path: Path, kind: str) -> None:
+    """The data plane is scraped through its admin Service (ServiceMonitor) or its pods (PodMonitor), the
+    operator through its metrics Service (which exists without monitoring too); relabelings and
+    metricRelabelings go to every endpoint."""
+    relabel = [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}]
+    drop = [{"sourceLabels": ["__name__"], "regex": "kubegate_panic_picks_total", "action": "drop"}]
+    values = {
+        "serviceMonitor": {
+            "enabled": True,
+            "dataplaneKind": kind,
+            "relabelings": relabel,
+            "metricRelabelings": drop,
+        }
+    }
+    r = _render(newest_helm, *_with_values(tmp_path, values))
+    dataplane = r.one("Deployment", "-dataplane")["spec"]["selector"]["matchLabels"]
+    operator_service = r.one("Service", "-operator")
+    if kind == "PodMonitor":
+        monitor = r.one("PodMonitor")
+        assert monitor["spec"]["selector"]["matchLabels"] == dataplane
+        endpoints = monitor["spec"]["podMetricsEndpoints"]
+        assert [m["metadata"]["name"] for m in r.all("ServiceMonitor")] == [f"{helmtools.RELEASE}-operator"]
+    else:
+        monitor = r.one("ServiceMonitor", "-dataplane")
+        assert monitor["spec"]["selector"]["matchLabels"] == selects(r.one("Service", "-admin"))
+        endpoints = monitor["spec"]["endpoints"]
+        assert r.all("PodMonitor") == []
+    operator_monitor = r.one("ServiceMonitor", "-operator")
+    assert operator_monitor["spec"]["selector"]["matchLabels"] == selects(operator_service)
+    for endpoint in [*endpoints, *operator_monitor["spec"]["endpoints"]]:
+        assert endpoint["relabelings"] == relabel and endpoint["metricRelabelings"] == drop
+        assert endpoint["path"] == "/metrics"
+    assert [e["port"] for e in endpoints] == ["admin"]
+    assert _render(newest_helm).one("Service", "-operator")["spec"]["clusterIP"] == "None"
+
+
+# ----------------------------------------------------------------------------------------- helm test
+
+
+def test_release_test_pod(newest_helm: helmtools.Helm) -> None:
+    """The `helm test` Pod: a test hook (deleted when it passes), the data-plane image (pinned like the
+    release's), hardened like the chart's pods, no token, its script the chart's files/release-test.py,
+    pointed at the two headless Services; the NetworkPolicy admits it to the admin port. Not rendered
+    with tests.enabled false."""
+    r = Rendered(render(newest_helm, "production"))
+    (pod,) = r.all("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert "hook-succeeded" in pod["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+    spec = pod["spec"]
+    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
+    dataplane = r.one("Deployment", "-dataplane")["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == dataplane["serviceAccountName"]
+    assert spec["imagePullSecrets"] == dataplane["imagePullSecrets"]
+    test = container_of(spec, "test")
+    assert test["image"] == container_of(dataplane, "dataplane")["image"]
+    assert "@sha256:" in test["image"]  # production pins digests: so is the test's image
+    _check_hardened(spec, test)
+    assert test["command"] == ["python", "-c"]
+    assert test["args"] == [(helmtools.CHART / "files" / "release-test.py").read_text()]
+    env = {e["name"]: e["value"] for e in test["env"]}
+    ns = helmtools.NAMESPACE
+    for variable, service, port in (
+        ("KUBEGATE_OPERATOR", r.one("Service", "-operator"), "metrics"),
+        ("KUBEGATE_DATAPLANE", r.one("Service", "-admin"), "admin"),
+    ):
+        assert service["spec"]["clusterIP"] == "None"  # DNS answers with every pod's address
+        (service_port,) = [p["port"] for p in service["spec"]["ports"] if p["name"] == port]
+        assert env[variable] == f"{service['metadata']['name']}.{ns}.svc:{service_port}"
+    assert env["KUBEGATE_TEST_TIMEOUT"] == "120"
+    (policy,) = [p for p in r.all("NetworkPolicy") if p["metadata"]["name"].endswith("-dataplane")]
+    admin_from = next(
+        rule["from"] for rule in policy["spec"]["ingress"] if rule["ports"][0]["port"] == "admin"
+    )
+    assert {"podSelector": {"matchLabels": selects(pod)}} in admin_from
+    off = _render(newest_helm, "--set", "tests.enabled=false")
+    assert off.all("Pod") == []
+    assert len(off.one("NetworkPolicy")["spec"]["ingress"][1]["from"]) == 1  # the operator's pods only
+
+
+class _Fake:
+    """HTTP servers standing for an operator pod and a data-plane pod: each path's (status, body)."""
+
+    def __init__(self, routes: dict[str, tuple[int, str]]) -> None:
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status, body = fake.routes.get(self.path, (404, "not found"))
+                data = body.encode()
+                self.send_response(status)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.routes = routes
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _operator_metrics(*, leader: bool, replicas: int, in_sync: int) -> str:
+    from prometheus_client import generate_latest
+
+    from kubegate_operator.metrics import Metrics
+
+    metrics = Metrics()
+    metrics.leader.set(int(leader))
+    metrics.replicas.set(replicas)
+    metrics.replicas_in_sync.set(in_sync)
+    return generate_latest(metrics.registry).decode()
+
+
+def _dataplane_metrics(table: dict[str, Any] | None) -> str:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from kubegate.dataplane.admin import table_info
+    from kubegate.dataplane.stats import Stats, StatsCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    info = table or table_info(None)
+    registry.register(StatsCollector(Stats(), table_info=lambda: info))
+    return generate_latest(registry).decode()
+
+
+TABLE = {"version": 7, "hash": "3f2a9c", "routes": 4, "loadedAt": 0.0}
+READY = (200, '{"ready": true, "version": 7}')
+NOT_READY = '{"ready": false, "reason": "no route table loaded"}'
+# (the operator's figures, the data plane's /ready and table; then the exit status and what it prints)
+RELEASE_TESTS = [
+    (
+        (True, 1, 1),
+        READY,
+        TABLE,
+        0,
+        "ok: operator 127.0.0.1 leads (1 operator pods); 1 data-plane pods ready, all serving table 3f2a9c",
+    ),
+    ((False, 1, 1), READY, TABLE, 1, "FAILED: 0 of the 1 operator pods (127.0.0.1) lead, not exactly one"),
+    ((True, 2, 2), READY, TABLE, 1, "FAILED: the leader (127.0.0.1) counts 2 data-plane replicas, DNS has 1"),
+    ((True, 1, 0), READY, TABLE, 1, "FAILED: 0 of 1 data-plane replicas serve the leader's current table"),
+    (
+        (True, 1, 1),
+        (503, NOT_READY),
+        None,
+        1,
+        "FAILED: data-plane pod 127.0.0.1: /ready answered 503 " + NOT_READY,
+    ),
+    (
+        (True, 1, 1),
+        READY,
+        None,
+        1,
+        "FAILED: data-plane pod 127.0.0.1: no kubegate_table_info with a table's hash",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("operator", "ready", "table", "status", "output"),
+    RELEASE_TESTS,
+    ids=[o.split(":")[0] + str(i) for i, (*_, o) in enumerate(RELEASE_TESTS)],
+)
+def test_release_test_script(
+    newest_helm: helmtools.Helm,
+    operator: tuple[bool, int, int],
+    ready: tuple[int, str],
+    table: dict[str, Any] | None,
+    status: int,
+    output: str,
+) -> None:
+    """The script the test Pod runs, as rendered, against stand-ins for an operator pod and a data-plane
+    pod serving the real collectors' /metrics: it passes only when one operator leads and every replica
+    is counted, in sync, ready and serving the same table, and says which check failed."""
+    (pod,) = Rendered(render(newest_helm, "default")).all("Pod")
+    script = container_of(pod["spec"], "test")["args"][0]
+    leader, replicas, in_sync = operator
+    fakes = [
+        _Fake({"/metrics": (200, _operator_metrics(leader=leader, replicas=replicas, in_sync=in_sync))}),
+        _Fake({"/ready": ready, "/metrics": (200, _dataplane_metrics(table))}),
+    ]
+    try:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "KUBEGATE_OPERATOR": f"127.0.0.1:{fakes[0].port}",
+            "KUBEGATE_DATAPLANE": f"127.0.0.1:{fakes[1].port}",
+            "KUBEGATE_TEST_TIMEOUT": "0",  # the first answer is final
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+    finally:
+        for fake in fakes:
+            fake.close()
+    assert (result.returncode, result.stderr) == (status, "")
+    assert result.stdout.startswith(output), result.stdout
+
+
+def test_release_test_script_retries_until_its_timeout() -> None:
+    """Nothing answering yet (a refused connection, a name without an address) is retried every 2 seconds
+    until the timeout, then reported."""
+    script = (helmtools.CHART / "files" / "release-test.py").read_text()
+    for operator, timeout, error in (
+        ("127.0.0.1:9", "1", "ConnectionRefusedError"),
+        ("no-such-service.invalid:8000", "0", "gaierror"),
+    ):
+        env = {
+            "KUBEGATE_OPERATOR": operator,
+            "KUBEGATE_DATAPLANE": "127.0.0.1:9",
+            "KUBEGATE_TEST_TIMEOUT": timeout,
+        }
+        result = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        lines = result.stdout.splitlines()
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert lines[-1].startswith(f"FAILED: {error}: ")
+        assert [line.split(":")[0] for line in lines[:-1]] == (["waiting"] if timeout == "1" else [])

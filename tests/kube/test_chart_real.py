@@ -2,13 +2,18 @@
 
 For each helm major found (4 and 3, ``tests/delivery/helm.py``) and each value set of the chart's golden
 tests (``tests/delivery/golden/*.values.yaml``: the defaults, which are the HA set with two operators
-electing a leader, NetworkPolicy and PDB; ``minimal``; ``namespaced``, with a bootstrap Secret name, an
-existing token Secret and RoleBindings in two watched namespaces; ``production``, with the HPA,
-ServiceMonitors and a PDB by ``maxUnavailable``), one release in a namespace of its own:
+electing a leader, NetworkPolicy and PDBs; ``minimal``; ``namespaced``, with a bootstrap Secret name, an
+existing token Secret and RoleBindings in two watched namespaces; ``production``, with the HPA (and its
+behavior), ServiceMonitors with relabelings, the PrometheusRule and a PDB by ``maxUnavailable``;
+``extensions``, with init containers, sidecars, extra volumes, extraObjects, a PodMonitor, an HPA on
+memory and a custom metric, a load balancer address and dual-stack fields), one release in a namespace of
+its own:
 
 - ``helm install --wait=false`` (``hookOnly``, its equivalent, for helm 4) succeeds: the API server
   accepts every object the chart renders (schema, defaulting, admission, Service port allocation), and
-  the release renders the same kinds as the golden render of that value set;
+  the release renders the same kinds as the golden render of that value set (but its test hook);
+- the ``helm test`` Pod (``helm get hooks``) is accepted too: created with kubectl, stored with every
+  field rendered, then deleted (``helm test`` itself would wait for a Pod that never runs here);
 - every object of the release's manifest exists on the server, under helm's ownership annotations, and
   holds every field the chart rendered, with the value rendered (the server adds defaults, but drops
   and rewrites nothing);
@@ -23,11 +28,17 @@ Then two releases of the same name in two namespaces, of two gateway classes and
 namespace, coexist (the ClusterRole, its binding and the RoleBindings in watched namespaces carry the
 release's namespace in their name), and uninstalling one leaves the other whole.
 
+And ``crds.install``: over the CRD that ``crds/`` installed, the chart stops with the commands that adopt
+it; once adopted (those commands), ``helm install --skip-crds`` and ``helm upgrade`` apply it as a release
+object, and ``helm uninstall`` keeps it (``helm.sh/resource-policy: keep``). The CRD's metadata is then
+restored for the tests that follow.
+
 What it cannot check: there is no kubelet, scheduler or controller-manager, so no Pod is ever created
 (no ReplicaSet either) or runs: the test checks the objects, not the pods; ``helm install`` does not
-wait for readiness. The ServiceMonitor CRD (Prometheus Operator's) is not installed here: a stand-in
-CRD that accepts any spec is applied, so ServiceMonitors are checked for their names and mapping only,
-not their schema. Namespaces are left behind (this server has no namespace controller to finalise them).
+wait for readiness. Prometheus Operator's CRDs (ServiceMonitor, PodMonitor, PrometheusRule) are not
+installed here: stand-in CRDs that accept any spec are applied, so those objects are checked for their
+names and mapping only, not their schema. Namespaces are left behind (this server has no namespace
+controller to finalise them).
 
 Releases that cannot coexist in one cluster: two of the ``minimal`` value set (its fixed nodePort 30080
 is allocated once per cluster). So the cases run one after another, each uninstalled before the next.
@@ -54,16 +65,16 @@ CASES = sorted(p.name.removesuffix(".values.yaml") for p in GOLDEN.glob("*.value
 NO_WAIT = {4: "--wait=hookOnly", 3: "--wait=false"}
 WATCHED = ("team-a", "team-b")  # the namespaced value set's watchNamespaces: they must exist
 
-# A stand-in for Prometheus Operator's ServiceMonitor CRD (the production value set renders two).
-SERVICE_MONITOR_CRD = """
+# Stand-ins for Prometheus Operator's CRDs (the production and extensions value sets render them).
+MONITORING_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
+MONITORING_CRD = """
 apiVersion: apiextensions.k8s.io/v1
 kind: CustomResourceDefinition
-metadata: {name: servicemonitors.monitoring.coreos.com}
+metadata: {{name: {plural}.monitoring.coreos.com}}
 spec:
   group: monitoring.coreos.com
   scope: Namespaced
-  names:
-    {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  names: {{kind: {kind}, listKind: {kind}List, plural: {plural}, singular: {singular}}}
   versions:
     - name: v1
       served: true
@@ -72,8 +83,9 @@ spec:
         openAPIV3Schema:
           type: object
           properties:
-            spec: {type: object, x-kubernetes-preserve-unknown-fields: true}
+            spec: {{type: object, x-kubernetes-preserve-unknown-fields: true}}
 """
+HOOK = "helm.sh/hook"
 
 
 def values_of(case: str) -> dict[str, Any]:
@@ -86,12 +98,15 @@ def documents(text: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def kube(control_plane: controlplane.ControlPlane) -> controlplane.ControlPlane:
-    """The session's control plane with the ServiceMonitor stand-in and the namespaces the namespaced
-    value set watches."""
-    control_plane.kubectl("apply", "-f", "-", stdin=SERVICE_MONITOR_CRD)
-    control_plane.kubectl(
-        "wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com", "--timeout=30s"
-    )
+    """The session's control plane with the monitoring stand-ins and the namespaces the namespaced value
+    set watches."""
+    for kind in MONITORING_KINDS:
+        singular = kind.lower()
+        crd_text = MONITORING_CRD.format(kind=kind, singular=singular, plural=f"{singular}s")
+        control_plane.kubectl("apply", "-f", "-", stdin=crd_text)
+        control_plane.kubectl(
+            "wait", "--for=condition=Established", f"crd/{singular}s.monitoring.coreos.com", "--timeout=30s"
+        )
     for namespace in WATCHED:
         if control_plane.kubectl("get", "namespace", namespace, check=False).returncode != 0:
             control_plane.kubectl("create", "namespace", namespace)
@@ -137,6 +152,10 @@ class Release:
     def manifest(self) -> list[dict[str, Any]]:
         """The objects of the release's current revision, as helm sent them."""
         return documents(self.run("get", "manifest", self.name))
+
+    def hooks(self) -> list[dict[str, Any]]:
+        """The release's hooks (the `helm test` Pod), which helm creates only when they run."""
+        return documents(self.run("get", "hooks", self.name))
 
     def status(self) -> tuple[int, str]:
         body = json.loads(self.run("status", self.name, "-o", "json"))
@@ -253,7 +272,9 @@ def _one(live: dict[Key, dict[str, Any]], kind: str, suffix: str) -> dict[str, A
 
 
 def _log_level(deployment: dict[str, Any]) -> str:
-    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    [container] = [
+        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "dataplane"
+    ]
     levels: list[str] = [
         arg.removeprefix("--log-level=") for arg in container["args"] if arg.startswith("--log-level=")
     ]
@@ -269,6 +290,29 @@ def _push_token(live: dict[Key, dict[str, Any]]) -> str | None:
 def _crd_established(kube: controlplane.ControlPlane) -> bool:
     body = json.loads(kube.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout)
     return {c["type"]: c["status"] for c in body["status"]["conditions"]}.get("Established") == "True"
+
+
+def check_hooks_accepted(release: Release, hooks: list[dict[str, Any]]) -> None:
+    """The API server accepts the hooks (the test Pod: admission included, so its ServiceAccount must
+    exist) and stores every field rendered; they are deleted again (no kubelet would ever run them)."""
+    for hook in hooks:
+        account = hook["spec"].get("serviceAccountName")
+        if (
+            account
+            and release.kube.kubectl(
+                "get", "serviceaccount", account, "-n", release.namespace, check=False
+            ).returncode
+        ):
+            # What the controller-manager does for "default" in a real cluster (the minimal value set
+            # runs the data plane, and so its test, as "default").
+            release.kube.kubectl("create", "serviceaccount", account, "-n", release.namespace)
+        text = yaml.safe_dump(hook)
+        release.kube.kubectl("create", "-n", release.namespace, "-f", "-", stdin=text)
+        try:
+            [stored] = live_objects(release.kube, [hook], release.namespace).values()
+            assert dropped_fields(hook, stored) == [], f"{_resource(hook)}: {dropped_fields(hook, stored)}"
+        finally:
+            release.kube.kubectl("delete", "-n", release.namespace, "-f", "-", "--wait=false", stdin=text)
 
 
 # --- the lifecycle, per helm major and value set -------------------------------------------------------
@@ -298,16 +342,23 @@ def test_install_upgrade_rollback_uninstall(release: Release) -> None:
     values_file = ["-f", str(GOLDEN / f"{case}.values.yaml")]
     values = values_of(case)
 
-    # Install: the server accepts every object; the release renders what the golden test renders.
+    # Install: the server accepts every object; the release renders what the golden test renders (the
+    # test hook aside: helm keeps it apart, and creates it on `helm test` only).
     release.install(*values_file)
     assert release.status() == (1, "deployed")
     docs = release.manifest()
+    golden = documents((GOLDEN / f"{case}.out.yaml").read_text())
     golden_kinds = collections.Counter(
-        d["kind"] for d in documents((GOLDEN / f"{case}.out.yaml").read_text())
+        d["kind"] for d in golden if HOOK not in d["metadata"].get("annotations", {})
     )
     assert collections.Counter(d["kind"] for d in docs) == golden_kinds
     assert "CustomResourceDefinition" not in golden_kinds  # it comes from crds/, outside the release
     live = check_on_server(release, docs)
+    hooks = release.hooks()
+    assert [(d["kind"], d["metadata"]["annotations"][HOOK]) for d in hooks] == [
+        (d["kind"], "test") for d in golden if HOOK in d["metadata"].get("annotations", {})
+    ]
+    check_hooks_accepted(release, hooks)
     assert _crd_established(release.kube)
     token = _push_token(live)
     assert (token is not None) == (not values.get("pushToken", {}).get("existingSecret"))
@@ -375,3 +426,86 @@ def test_two_releases_of_the_same_name_coexist(kube: controlplane.ControlPlane) 
         for release in (first, second):
             if release.exists():
                 release.uninstall()
+
+
+# --- crds.install: the CRD as a release object ---------------------------------------------------------
+
+
+def _crd_metadata(kube: controlplane.ControlPlane) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(kube.kubectl("get", f"crd/{crd.CRD_NAME}", "-o", "json").stdout)
+    return body["metadata"]
+
+
+def _restore_crd_metadata(kube: controlplane.ControlPlane, before: dict[str, Any]) -> None:
+    """Remove the labels and annotations that adoption and the release added to the shared CRD."""
+    now = _crd_metadata(kube)
+    for what, verb in (("labels", "label"), ("annotations", "annotate")):
+        added = sorted(set(now.get(what, {})) - set(before.get(what, {})))
+        if added:
+            kube.kubectl(verb, f"crd/{crd.CRD_NAME}", *(f"{key}-" for key in added))
+    assert {k: _crd_metadata(kube).get(k, {}) for k in ("labels", "annotations")} == {
+        k: before.get(k, {}) for k in ("labels", "annotations")
+    }
+
+
+@pytest.mark.parametrize("major", MAJORS, ids=[f"helm{m}" for m in MAJORS])
+def test_crds_install_adopts_upgrades_and_keeps_the_crd(kube: controlplane.ControlPlane, major: int) -> None:
+    """Over the CRD that crds/ installed (no release owns it), crds.install stops with the commands that
+    adopt it; after them the release applies the CRD on install (--skip-crds) and upgrade, and uninstall
+    keeps it, Established, with the users' routes."""
+    helm = _helm(major)
+    release = Release(kube, helm, "kubegate", f"chart-h{major}-crds")
+    kube.kubectl("create", "namespace", release.namespace)
+    values = ("--skip-crds", "--set", "crds.install=true")
+    if kube.kubectl("get", f"crd/{crd.CRD_NAME}", check=False).returncode != 0:  # as `helm install` does
+        kube.kubectl("create", "-f", str(helmtools.CHART / "crds"))
+        kube.kubectl("wait", "--for=condition=Established", f"crd/{crd.CRD_NAME}", "--timeout=30s")
+    before = _crd_metadata(kube)
+    assert "meta.helm.sh/release-name" not in before.get("annotations", {})
+    try:
+        # Not owned: helm's generic ownership error would come later; the chart names the way out.
+        args = ("install", release.name, str(helmtools.CHART), NO_WAIT[major], *values)
+        refused = helm.run(*args, "--namespace", release.namespace, "--kubeconfig", str(kube.kubeconfig))
+        assert refused.returncode != 0
+        message = " ".join(refused.stderr.split())
+        for words in (
+            "no Helm release owns it",
+            "install with --skip-crds",
+            f"kubectl annotate crd {crd.CRD_NAME} meta.helm.sh/release-name={release.name} "
+            f"meta.helm.sh/release-namespace={release.namespace}",
+            f"kubectl label crd {crd.CRD_NAME} app.kubernetes.io/managed-by=Helm",
+        ):
+            assert words in message, message
+        assert not release.exists()
+
+        # Adopted with exactly those commands: install and upgrade apply it as one of the release's objects.
+        owner = (
+            f"meta.helm.sh/release-name={release.name}",
+            f"meta.helm.sh/release-namespace={release.namespace}",
+        )
+        kube.kubectl("annotate", f"crd/{crd.CRD_NAME}", *owner)
+        kube.kubectl("label", f"crd/{crd.CRD_NAME}", "app.kubernetes.io/managed-by=Helm")
+        release.install(*values)
+        docs = release.manifest()
+        [rendered] = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+        check_on_server(release, docs)
+        assert _crd_metadata(kube)["annotations"]["helm.sh/resource-policy"] == "keep"
+        release.upgrade(*values, "--set", "commonLabels.upgraded=yes")
+        assert _crd_metadata(kube)["labels"]["upgraded"] == "yes"
+        assert _crd_established(kube)
+
+        # Another release may not take it over.
+        other = Release(kube, helm, "other", release.namespace)
+        args = ("install", other.name, str(helmtools.CHART), NO_WAIT[major], *values)
+        taken = helm.run(*args, "--namespace", other.namespace, "--kubeconfig", str(kube.kubeconfig))
+        assert taken.returncode != 0
+        assert f"belongs to release {release.name} in namespace {release.namespace}" in taken.stderr
+
+        # Uninstall keeps it (and so every route).
+        release.uninstall()
+        assert _crd_established(kube)
+        assert live_objects(kube, [rendered], release.namespace) != {}
+    finally:
+        if release.exists():
+            release.uninstall()
+        _restore_crd_metadata(kube, before)

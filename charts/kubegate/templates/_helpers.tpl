@@ -46,13 +46,63 @@ app.kubernetes.io/component: {{ .component }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/*
+An image reference: (dict "ctx" $ "image" .Values.dataplane.image). With imageRegistry, that registry
+replaces the repository's (its first part, when that part is a host: a dot, a colon, or localhost) or is
+put in front of a repository without one.
+*/}}
 {{- define "kubegate.image" -}}
+{{- $repository := .image.repository -}}
+{{- $registry := trimSuffix "/" .ctx.Values.imageRegistry -}}
+{{- if $registry -}}
+{{- $parts := splitList "/" $repository -}}
+{{- $first := first $parts -}}
+{{- if and (gt (len $parts) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- $repository = rest $parts | join "/" -}}
+{{- end -}}
+{{- $repository = printf "%s/%s" $registry $repository -}}
+{{- end -}}
 {{- $tag := default .ctx.Chart.AppVersion .image.tag -}}
 {{- if .image.digest -}}
-{{- printf "%s@%s" .image.repository .image.digest -}}
+{{- printf "%s@%s" $repository .image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" .image.repository $tag -}}
+{{- printf "%s:%s" $repository $tag -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The topologySpreadConstraints items of a component's pods: (dict "ctx" $ "component" "dataplane"
+"constraints" LIST "spread" BOOL). The user's first, each rendered with tpl, one without a labelSelector
+given the component's pods; then, with spread, a soft one over nodes. Empty when there is none.
+*/}}
+{{- define "kubegate.topologySpreadConstraints" -}}
+{{- $selector := include "kubegate.selectorLabels" (dict "ctx" .ctx "component" .component) | fromYaml -}}
+{{- range .constraints }}
+{{- $constraint := tpl (toYaml .) $.ctx | fromYaml }}
+{{- if not (hasKey $constraint "labelSelector") }}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $selector) }}
+{{- end }}
+- {{ toYaml $constraint | indent 2 | trim }}
+{{- end }}
+{{- if .spread }}
+- maxSkew: 1
+  topologyKey: kubernetes.io/hostname
+  whenUnsatisfiable: ScheduleAnyway
+  labelSelector:
+    matchLabels:
+      {{- include "kubegate.selectorLabels" (dict "ctx" .ctx "component" .component) | nindent 6 }}
+{{- end }}
+{{- end -}}
+
+{{/* The fewest data-plane replicas there are: autoscaling.minReplicas with autoscaling, else replicas. */}}
+{{- define "kubegate.dataplaneMinReplicas" -}}
+{{- $dp := .Values.dataplane -}}
+{{- ternary $dp.autoscaling.minReplicas $dp.replicas $dp.autoscaling.enabled | int -}}
+{{- end -}}
+
+{{/* The operator's headless metrics Service: Prometheus and `helm test` reach each replica through it. */}}
+{{- define "kubegate.operatorService" -}}
+{{- printf "%s-operator" (include "kubegate.fullname" .) -}}
 {{- end -}}
 
 {{- define "kubegate.operatorServiceAccount" -}}
@@ -154,11 +204,52 @@ so that `helm install/upgrade/template` stops with one clear message.
 {{- if and $pdb.enabled (eq (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable)) -}}
 {{- fail "dataplane.podDisruptionBudget: set exactly one of minAvailable and maxUnavailable (the other null)" -}}
 {{- end -}}
-{{- if and $dp.autoscaling.enabled (gt (int $dp.autoscaling.minReplicas) (int $dp.autoscaling.maxReplicas)) -}}
-{{- fail (printf "dataplane.autoscaling.minReplicas (%d) is greater than maxReplicas (%d)" (int $dp.autoscaling.minReplicas) (int $dp.autoscaling.maxReplicas)) -}}
+{{- $fewest := include "kubegate.dataplaneMinReplicas" . | int -}}
+{{- if and $pdb.enabled (gt $fewest 1) -}}
+{{- /* Rendered (more than one replica): it must let at least one pod go at the fewest replicas. */ -}}
+{{- $counted := ternary "autoscaling.minReplicas" "replicas" $dp.autoscaling.enabled -}}
+{{- if not (kindIs "invalid" $pdb.minAvailable) -}}
+{{- $min := toString $pdb.minAvailable -}}
+{{- $needed := int $min -}}
+{{- if hasSuffix "%" $min -}}
+{{- $percent := trimSuffix "%" $min | int -}}
+{{- $needed = div (add (mul $percent $fewest) 99) 100 | int -}}
 {{- end -}}
-{{- if and (eq .Values.service.type "ClusterIP") (not (kindIs "invalid" .Values.service.nodePort)) -}}
+{{- if ge $needed $fewest -}}
+{{- fail (printf "dataplane.podDisruptionBudget.minAvailable (%s) keeps all %d pods (dataplane.%s) available: it would block every drain; lower it, or raise dataplane.%s" $min $fewest $counted $counted) -}}
+{{- end -}}
+{{- else if eq (toString $pdb.maxUnavailable | trimSuffix "%" | int) 0 -}}
+{{- fail (printf "dataplane.podDisruptionBudget.maxUnavailable (%v) lets no pod go: it would block every drain" $pdb.maxUnavailable) -}}
+{{- end -}}
+{{- end -}}
+{{- $as := $dp.autoscaling -}}
+{{- if $as.enabled -}}
+{{- if gt (int $as.minReplicas) (int $as.maxReplicas) -}}
+{{- fail (printf "dataplane.autoscaling.minReplicas (%d) is greater than maxReplicas (%d)" (int $as.minReplicas) (int $as.maxReplicas)) -}}
+{{- end -}}
+{{- if and (kindIs "invalid" $as.targetCPUUtilizationPercentage) (kindIs "invalid" $as.targetMemoryUtilizationPercentage) (not $as.customMetrics) -}}
+{{- fail "dataplane.autoscaling has no metric: set targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage or customMetrics" -}}
+{{- end -}}
+{{- end -}}
+{{- $svc := .Values.service -}}
+{{- if and (eq $svc.type "ClusterIP") (not (kindIs "invalid" $svc.nodePort)) -}}
 {{- fail "service.nodePort is set but service.type is ClusterIP: use NodePort or LoadBalancer" -}}
+{{- end -}}
+{{- if and $svc.loadBalancerIP (ne $svc.type "LoadBalancer") -}}
+{{- fail (printf "service.loadBalancerIP is set but service.type is %s: use LoadBalancer" $svc.type) -}}
+{{- end -}}
+{{- if and (eq (len $svc.ipFamilies) 2) (not (has $svc.ipFamilyPolicy (list "PreferDualStack" "RequireDualStack"))) -}}
+{{- fail "service.ipFamilies names two families: set service.ipFamilyPolicy to PreferDualStack or RequireDualStack" -}}
+{{- end -}}
+{{- range $component := list "operator" "dataplane" -}}
+{{- $values := index $.Values $component -}}
+{{- if $values.spreadAcrossNodes -}}
+{{- range $values.topologySpreadConstraints -}}
+{{- if and (eq (toString .topologyKey) "kubernetes.io/hostname") (eq (toString .whenUnsatisfiable) "ScheduleAnyway") -}}
+{{- fail (printf "%s.topologySpreadConstraints has a ScheduleAnyway constraint on kubernetes.io/hostname, like the one of %s.spreadAcrossNodes (Kubernetes refuses two): set %s.spreadAcrossNodes to false" $component $component $component) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- $token := .Values.pushToken.value -}}
 {{- if and $token (lt (len $token) 16) -}}
