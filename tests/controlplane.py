@@ -15,7 +15,10 @@ kube-apiserver on free loopback ports with a data directory of its own, with:
   (``kubectl create token``) and verified;
 - a self-signed serving certificate written by the API server into ``--cert-dir``, whose issuing CA the
   kubeconfig trusts;
-- a kubeconfig for the admin (:attr:`ControlPlane.kubeconfig`).
+- a kubeconfig for the admin (:attr:`ControlPlane.kubeconfig`);
+- an audit log of every request made by a ServiceAccount (:meth:`ControlPlane.audit_events`: one JSON
+  line per request, with its verb, resource and answer code), so that a test can show what a component
+  running with a minted token asked for and what RBAC refused it. Nobody else's requests are logged.
 
 Start-up is bounded: :meth:`ControlPlane.start` waits for ``/readyz`` until a deadline and otherwise
 raises :class:`ControlPlaneError` with the tail of each server's log; a server that exits early fails at
@@ -34,6 +37,7 @@ import contextlib
 import ctypes
 import dataclasses
 import datetime
+import json
 import os
 import re
 import secrets
@@ -49,7 +53,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -62,6 +66,16 @@ CONTROL_PLANE_TOOLS = ("etcd", "kube-apiserver", "kubectl")
 ADMIN_USER = "kubegate-test-admin"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CIDR = "10.96.0.0/16"
+# Metadata (who, what, answer code) of the requests of ServiceAccounts only: one event per request (a watch
+# has two, when it starts and when it ends).
+AUDIT_POLICY = """apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts"]
+  - level: None
+"""
 
 
 class ControlPlaneError(RuntimeError):
@@ -194,6 +208,24 @@ class ControlPlane:
         """The log file of ``etcd`` or ``kube-apiserver``."""
         return self.workdir / f"{name}.log"
 
+    @property
+    def audit_log(self) -> Path:
+        """The API server's audit log: the requests of ServiceAccounts (see :data:`AUDIT_POLICY`)."""
+        return self.workdir / "audit.log"
+
+    def audit_events(self, user: str | None = None) -> list[dict[str, Any]]:
+        """The audit events written so far (each a finished request, or a watch that started or ended), of
+        ``user`` (``system:serviceaccount:NS:NAME``) or of every ServiceAccount. The log backend blocks:
+        each event is written as its request ends (or its watch starts), not in batches; a line still
+        being written is left out."""
+        try:
+            text = self.audit_log.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        complete = text[: text.rfind("\n") + 1]
+        events = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        return [e for e in events if user is None or e.get("user", {}).get("username") == user]
+
     def log_tails(self, lines: int = 30) -> str:
         return "\n".join(
             f"--- {s.name} log ({s.log}), last lines:\n{_tail(s.log, lines)}" for s in self._servers
@@ -270,6 +302,8 @@ class ControlPlane:
             f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n', encoding="utf-8"
         )
         tokens.chmod(0o600)
+        audit_policy = pki / "audit-policy.yaml"
+        audit_policy.write_text(AUDIT_POLICY, encoding="utf-8")
         server = _Server(
             name="kube-apiserver",
             argv=[
@@ -285,6 +319,9 @@ class ControlPlane:
                 f"--service-account-key-file={sa_public}",
                 f"--service-account-signing-key-file={sa_private}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=blocking",
                 "--profiling=false",
                 "--v=1",
                 *self.apiserver_args,

@@ -1,4 +1,4 @@
-"""Real ``kubegate serve`` processes for end-to-end tests, on free ports of 127.0.0.1."""
+"""Real ``kubegate serve`` processes for end-to-end tests, on free ports of 127.0.0.1 (or ``host``)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from tests.upstreams import wait_for
 TOKEN = "test-push-token-0123456789"
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -32,9 +32,11 @@ class GatewayProcess:
         extra: list[str] | None = None,
         token: str | None = TOKEN,
         bootstrap: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
-        self.port = free_port()
-        self.admin_port = free_port()
+        self.host = host
+        self.port = free_port(host)
+        self.admin_port = free_port(host)
         self.token = token
         args = [
             sys.executable,
@@ -42,7 +44,7 @@ class GatewayProcess:
             "kubegate.cli",
             "serve",
             "--host",
-            "127.0.0.1",
+            host,
             "--port",
             str(self.port),
             "--admin-port",
@@ -63,8 +65,8 @@ class GatewayProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         env = {k: v for k, v in os.environ.items() if k != "KUBEGATE_PUSH_TOKEN"}
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.admin = f"http://127.0.0.1:{self.admin_port}"
+        self.url = f"http://{host}:{self.port}"
+        self.admin = f"http://{host}:{self.admin_port}"
         wait_for(self._healthy, timeout=20)
 
     def _healthy(self) -> bool:
@@ -76,7 +78,7 @@ class GatewayProcess:
         except httpx.HTTPError:
             return False
         try:  # the admin port opens first: wait for the traffic port too
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            socket.create_connection((self.host, self.port), timeout=1).close()
         except OSError:
             return False
         return True

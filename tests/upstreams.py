@@ -1,4 +1,4 @@
-"""Real upstream HTTP servers on 127.0.0.1 for the proxy tests, well-behaved and misbehaving.
+"""Real upstream HTTP servers on 127.0.0.1 (or ``host``) for the proxy tests, well-behaved and misbehaving.
 
 A threaded socket server that speaks just enough HTTP/1.1 (keep-alive, Content-Length and chunked request
 bodies) and whose behaviour is chosen by the request path:
@@ -210,9 +210,10 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, name: str = "up") -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, name: str = "up", *, host: str = "127.0.0.1") -> None:
+        super().__init__((host, 0), _Handler)
         self.name = name
+        self.host = host
         self.requests: list[tuple[str, str, dict[str, str], int]] = []
         # (target, every header line in order, duplicates kept): what ``requests``' dict collapses
         self.header_lines: list[tuple[str, list[tuple[str, str]]]] = []
@@ -243,7 +244,7 @@ class UpstreamServer(socketserver.ThreadingTCPServer):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> UpstreamServer:
         self._thread.start()

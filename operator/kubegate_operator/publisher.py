@@ -9,7 +9,8 @@ one-route change at 10,000 routes sends a kilobyte instead of 3.4 MB, and the re
 re-indexes only that route. A replica that answers 409 (it serves something else) gets the whole table
 with ``PUT /table`` right away. A periodic check (``GET /table`` on every replica) catches restarted
 pods, bootstrap tables and missed pushes, and wakes the worker of any replica whose version or hash
-differs.
+differs (an answer is ignored when a push to that replica was acknowledged while it was on its way: it
+may predate the push).
 
 For the ``Programmed`` condition the publisher remembers, for every table version still served or
 wanted, which route generations it contains: :meth:`Publisher.programmed` counts the current replicas
@@ -436,11 +437,16 @@ class Publisher:
         if not self.syncs:
             return
         syncs = list(self.syncs.values())
+        known = [sync.ack for sync in syncs]
         results = await asyncio.gather(*(self._observe(s) for s in syncs), return_exceptions=True)
         changed = False
-        for sync, observed in zip(syncs, results, strict=True):
+        for sync, ack, observed in zip(syncs, known, results, strict=True):
             if not isinstance(observed, Ack):
                 continue  # unreachable: keep what it acknowledged; its worker retries if it must
+            if sync.ack is not ack:
+                # A push was acknowledged while the GET was under way: the answer may predate it, and
+                # would take the replica back to the table it served before (and push it all again).
+                continue
             before = sync.ack
             if before is None or (before.version, before.hash) != (observed.version, observed.hash):
                 logger.info(

@@ -7,6 +7,13 @@ written (or, after a restart, the one found on the object), so a steady state wr
 the ``status`` subresource with bounded concurrency. An ``Accepted`` transition also produces a
 Kubernetes Event on the route.
 
+What was written is remembered per object, not per name: a route deleted and created again under the
+same name (``kubectl replace --force``, or a delete and an apply within one debounce) is a new object with
+no status, while its name, generation and spec, and so its desired status, are the old one's. Compared
+with the status written to the old object, it would never be written at all; so a status written to
+another ``metadata.uid`` is not taken for the object's, and the new route is compared with what it
+carries (nothing).
+
 Several instances (gateway classes) share the cluster's routes, and each writes the status of its own
 routes only. The status stays one flat list of conditions rather than Gateway API's per-controller
 ``status.parents[]``: a route names at most one class, so exactly one instance is responsible for it at
@@ -138,9 +145,15 @@ class StatusWriter:
         self._metrics = metrics
         self._limit = asyncio.Semaphore(concurrency)
         self.written: dict[str, WireStatus] = {}  # "ns/name" → the status as last written
+        self._written_to: dict[str, str | None] = {}  # "ns/name" → the uid of the object written to
 
     def previous(self, key: str, observed: Mapping[str, Mapping[str, Any]]) -> Mapping[str, Any] | None:
-        return self.written.get(key) or observed.get(key)
+        """The status the route carries, as far as we know: the one last written to this very object,
+        else the one its last watch event brought."""
+        written = self.written.get(key)
+        if written is not None and self._written_to.get(key) == self._uid(key):
+            return written
+        return observed.get(key)
 
     def diff(
         self, desired: Mapping[str, WireStatus], observed: Mapping[str, Mapping[str, Any]]
@@ -156,6 +169,8 @@ class StatusWriter:
     def forget(self, keys: set[str]) -> None:
         for key in set(self.written) - keys:
             del self.written[key]
+        for key in set(self._written_to) - set(self.written):
+            del self._written_to[key]
 
     async def write(
         self, desired: Mapping[str, WireStatus], observed: Mapping[str, Mapping[str, Any]]
@@ -174,8 +189,9 @@ class StatusWriter:
         async with self._limit:
             # Recorded before the patch: its watch event can arrive before its answer, and the cluster
             # state then keeps this object instead of a second, equal copy (see ClusterState.upsert).
-            last = self.written.get(key)
+            last = self.written.get(key), self._written_to.get(key)
             self.written[key] = status
+            self._written_to[key] = self._uid(key)
             try:
                 result = await self._patch(namespace, name, status)
             except Exception as error:
@@ -210,16 +226,20 @@ class StatusWriter:
                 self._count("error")
                 return False
         self.written.pop(key, None)
+        self._written_to.pop(key, None)
         self._count("cleared" if result == "ok" else result)
         if result == "ok":
             logger.info("%s belongs to another gateway class now: its status is removed", key)
         return True
 
-    def _restore(self, key: str, last: WireStatus | None) -> None:
-        if last is None:
+    def _restore(self, key: str, last: tuple[WireStatus | None, str | None]) -> None:
+        status, uid = last
+        if status is None:
             self.written.pop(key, None)
+            self._written_to.pop(key, None)
         else:
-            self.written[key] = last
+            self.written[key] = status
+            self._written_to[key] = uid
 
     async def _accepted_event(
         self, namespace: str, name: str, before: Mapping[str, Any] | None, after: Mapping[str, Any]

@@ -53,6 +53,7 @@ class ServeProcess(GatewayProcess):
     differs from :class:`GatewayProcess`: health, logs, pushes and stopping are its."""
 
     def __init__(self, tmp: Path, *, nofile: int | None = None, **options: Any) -> None:
+        self.host = "127.0.0.1"
         self.port = free_port()
         self.admin_port = free_port()
         self.token = TOKEN

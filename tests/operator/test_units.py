@@ -406,7 +406,9 @@ class FakeReplicas:
     """Data-plane admin APIs in-process, as an httpx transport: ``GET /table`` says what a replica
     serves; ``PUT /table`` is acknowledged once the replica's gate is open (``hold``), or refused
     (``refuse``); ``PATCH`` gets 409, so the publisher sends whole tables; an ``unreachable`` replica
-    refuses connections. ``arrived[host]`` is set when a push reached it; replicas are told apart by host."""
+    refuses connections. ``arrived[host]`` is set when a push reached it; replicas are told apart by host.
+    A ``GET /table`` is answered with what the replica serves when it arrives, sent once its
+    ``answer_gates`` gate is open (``asked[host]`` is set when it arrived); ``puts`` counts the pushes."""
 
     def __init__(self) -> None:
         self.serving: dict[str, tuple[str, str]] = {}
@@ -415,6 +417,9 @@ class FakeReplicas:
         self.unreachable: set[str] = set()
         self.attempts: dict[str, int] = {}
         self.refuse = False
+        self.answer_gates: dict[str, asyncio.Event] = {}
+        self.asked: dict[str, asyncio.Event] = {}
+        self.puts: dict[str, int] = {}
 
     def hold(self, *hosts: str) -> None:
         for host in hosts:
@@ -434,9 +439,14 @@ class FakeReplicas:
             raise httpx.ConnectError("connection refused", request=request)
         if request.method == "GET":
             version, hash_ = self.serving.get(host, (None, None))
+            self.asked.setdefault(host, asyncio.Event()).set()
+            gate = self.answer_gates.get(host)
+            if gate is not None:
+                await gate.wait()
             return httpx.Response(200, json={"version": version, "hash": hash_})
         if request.method == "PATCH":
             return httpx.Response(409, json={"error": "not the base table"})
+        self.puts[host] = self.puts.get(host, 0) + 1
         self.arrived.setdefault(host, asyncio.Event()).set()
         gate = self.gates.get(host)
         if gate is not None:
@@ -453,6 +463,38 @@ class FakeReplicas:
 
 
 REPLICA_HOSTS = ("10.0.0.1", "10.0.0.2", "10.0.0.3")
+
+
+async def test_publisher_check_ignores_an_answer_that_a_push_overtook() -> None:
+    """The periodic ``GET /table`` is answered (v1) while a push of v2 is on its way, and its answer
+    arrives after v2's acknowledgement: it is ignored, rather than taking the replica back to v1, out of
+    sync, and pushing it the whole table again (found on the real API server's run, where the check
+    runs every 0.5 s: tests/kube/test_operator_real.py)."""
+    fake = FakeReplicas()
+    host = REPLICA_HOSTS[0]
+    replica = state.Replica(host, 9090)
+    async with fake.client() as client:
+        pub = publisher.Publisher(client=client, token=lambda: TOKEN, timeout=GUARD)
+        pub.set_replicas([replica])
+        pub.publish(_table("v1"))
+        await _until(lambda: pub.in_sync() == 1)
+        fake.answer_gates[host] = asyncio.Event()
+        check = asyncio.create_task(pub.check())
+        await asyncio.wait_for(fake.asked.setdefault(host, asyncio.Event()).wait(), GUARD)
+        pub.publish(_table("v2", generation=2))
+        await _until(lambda: pub.in_sync() == 1)
+        assert fake.puts[host] == 2
+        fake.answer_gates[host].set()  # the check's answer: v1
+        await asyncio.wait_for(check, GUARD)
+        ack = pub.syncs[replica].ack
+        assert ack is not None and ack.version == "v2"
+        assert pub.in_sync() == 1 and pub.programmed("default/r1", 2) == (1, 1)
+        await _spin()
+        assert fake.puts[host] == 2, "the replica was pushed v2 again"
+        del fake.answer_gates[host]
+        await pub.check()  # a check answered after the push sees v2: nothing to do
+        assert pub.syncs[replica].ack is ack and fake.puts[host] == 2
+        await pub.close()
 
 
 async def test_publisher_a_slow_replica_never_holds_back_the_others() -> None:
@@ -588,6 +630,29 @@ async def test_status_writer_writes_only_changes() -> None:
     calls.clear()
     assert await writer.write(desired, observed) == 0
     assert calls == [("default", "gone")]  # a deleted route is retried (it may come back); r1 is not
+
+
+async def test_a_route_created_again_under_its_name_gets_its_status_written() -> None:
+    """Deleted and created again at once (``kubectl replace --force``): the same name, generation and spec,
+    so the desired status of the new object equals the one written to the old object, but the new object
+    carries none, and it must be written (found on the real API server, tests/kube/test_operator_real.py)."""
+    uids = {"default/r": "uid-1"}
+    written_to: list[str] = []
+
+    async def patch(ns: str, name: str, st: dict[str, Any]) -> status.PatchResult:
+        written_to.append(uids[f"{ns}/{name}"])
+        return "ok"
+
+    writer = status.StatusWriter(patch=patch, uid=uids.get)
+    now = datetime(2024, 2, 1, tzinfo=UTC)
+    st = status.desired_status(_compiled(), acked=2, replicas=2, previous=None, now=now)
+    assert await writer.write({"default/r": st}, {}) == 1
+    assert await writer.write({"default/r": st}, {}) == 0  # a steady state writes nothing
+    uids["default/r"] = "uid-2"  # created again; no watch event has brought a status for it
+    assert writer.previous("default/r", {}) is None
+    assert await writer.write({"default/r": st}, {}) == 1
+    assert await writer.write({"default/r": st}, {}) == 0
+    assert written_to == ["uid-1", "uid-2"]
 
 
 # --- the reconciler's status loop ----------------------------------------------------------------
