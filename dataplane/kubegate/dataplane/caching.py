@@ -25,8 +25,9 @@ each on their own (they do not queue behind one another); a waiter never waits l
 :data:`FLIGHT_WAIT` seconds. Across replicas there is no lock: each replica fills a cold Redis key once.
 
 **Stores**: ``Memory`` is the replica's :class:`~kubegate.dataplane.policies.cachestore.MemoryStore`
-(``--cache-memory-bytes``), shared by every route; ``Redis`` keeps entries under ``kubegate:cache:`` with
-a TTL of their freshness lifetime, through the same :class:`~kubegate.dataplane.redislimit.RedisBackend`
+(``--cache-memory-bytes``), shared by every route, keyed by the key's material itself (no hash to compute
+on a hit); ``Redis`` keeps entries under ``kubegate:cache:`` + the material's SHA-256, with a TTL of
+their freshness lifetime, through the same :class:`~kubegate.dataplane.redislimit.RedisBackend`
 as the Global rate limits (one budget of 50 ms, one backoff, one log line per outage). While Redis does not
 answer, requests bypass the cache (``X-Cache: BYPASS``, counted with reason ``redis``): never a 5xx.
 
@@ -53,9 +54,10 @@ from kubegate.dataplane.policies.cachecontrol import (
     REFRESH,
     CacheRules,
     StoreDecision,
-    cache_key,
     classify_request,
     decide_store,
+    digest,
+    key_material,
     vary_values,
 )
 from kubegate.dataplane.policies.cachestore import CachedResponse, MemoryStore
@@ -306,7 +308,7 @@ class RouteCache:
         state = visit.state
         if state == REDIS_AWAY:
             return self._bypass(visit, "redis")
-        key = cache_key(
+        key = key_material(
             rules, self.route_id, host, path, query, headers, ex.identity if rules.per_user else None
         )
         head_only = ex.method == b"HEAD"
@@ -328,7 +330,7 @@ class RouteCache:
                 if redis.skipping:
                     return self._bypass(visit, "redis")
                 visit.state = ASKED_REDIS
-                redis.command((b"GET", REDIS_PREFIX + key), _redis_reply(ex, visit))
+                redis.command((b"GET", REDIS_PREFIX + digest(key)), _redis_reply(ex, visit))
                 return False
             entry = ctx.memory.get(key, now)
         else:  # ASKED_REDIS or WAITED: what the wait brought
@@ -372,7 +374,7 @@ class RouteCache:
                 self._stored()
             return
         ttl_ms = max(1, int(lifetime * 1000))
-        redis.command((b"SET", REDIS_PREFIX + key, entry.encode(), b"PX", ttl_ms), self._redis_stored)
+        redis.command((b"SET", REDIS_PREFIX + digest(key), entry.encode(), b"PX", ttl_ms), self._redis_stored)
 
     def _redis_stored(self, reply: Any) -> None:
         if reply is not NO_REPLY:

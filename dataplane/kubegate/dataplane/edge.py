@@ -186,7 +186,7 @@ class EdgeRuntime:
         auth = self.auth
         origin = acr_method = acr_headers = authorization = api_key = xff = limit_header = None
         wanted = self.wanted
-        for name, value in ex.raw_headers:
+        for name, value in ex.raw_headers if wanted else ():  # (a route with only a cache reads none)
             which = wanted.get(name.lower())
             if which is None:
                 continue

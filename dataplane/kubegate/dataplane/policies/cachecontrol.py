@@ -359,9 +359,41 @@ def cache_key(
     headers: Headers,
     identity: str | None,
 ) -> bytes:
-    """The key of a request's entry: 64 lower-case hex ASCII bytes (see the module docstring). The parts
-    are gathered into one byte string and hashed once (on a cache hit this is the largest cost)."""
-    parts = [_KEY_VERSION, _part(_utf8(route_id)), _part(_utf8(host.lower())), _part(_utf8(path))]
+    """The key of a request's entry: 64 lower-case hex ASCII bytes (see the module docstring), the
+    SHA-256 of :func:`key_material`."""
+    return digest(key_material(rules, route_id, host, path, query, headers, identity))
+
+
+def digest(material: bytes) -> bytes:
+    """The fixed-length key (lower-case hex SHA-256) of a key's material, for Redis."""
+    return hashlib.sha256(material).hexdigest().encode("ascii")
+
+
+def key_material(
+    rules: CacheRules,
+    route_id: str,
+    host: str,
+    path: str,
+    query: str,
+    headers: Headers,
+    identity: str | None,
+) -> bytes:
+    """The unambiguous encoding of everything a key depends on (see the module docstring). The memory
+    store keys on it as it is (no hash to compute on a hit; its length counts against the store's
+    bound); Redis on its :func:`digest`."""
+    r, h, p = _utf8(route_id), _utf8(host.lower()), _utf8(path)
+    parts = [
+        b"%s\x01%s%s\x01%s%s\x01%s%s"
+        % (
+            _KEY_VERSION,
+            len(r).to_bytes(8, "big"),
+            r,
+            len(h).to_bytes(8, "big"),
+            h,
+            len(p).to_bytes(8, "big"),
+            p,
+        )
+    ]
     wanted = rules.key_query_params
     if wanted == "none" or not query:
         parts.append(_NO_PAIRS)
@@ -387,7 +419,7 @@ def cache_key(
             parts.append(_part(None if lines is None else b",".join(lines)))
     if rules.per_user:
         parts.append(_part(None if identity is None else _utf8(identity)))
-    return hashlib.sha256(b"".join(parts)).hexdigest().encode("ascii")
+    return b"".join(parts)
 
 
 def _vary_names(values: list[bytes]) -> tuple[bytes, ...] | None:
