@@ -266,6 +266,35 @@ class ControlPlane:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver (SIGTERM), leaving etcd and its data as they are: an API server outage."""
+        self._apiserver().stop()
+
+    def start_apiserver(self) -> None:
+        """Start the stopped kube-apiserver again with the same flags: the same port, etcd, keys, token file
+        and serving certificate (``--cert-dir`` keeps it), so that clients and minted tokens stay valid;
+        return once ``/readyz`` answers ok (or raise with the log tails, never hang)."""
+        server = self._apiserver()
+        if server.exited() is None:
+            raise ControlPlaneError("kube-apiserver is running: stop_apiserver() first")
+        server.start()  # appends to the same log
+        try:
+            self._wait_ready(time.monotonic() + self.startup_timeout)
+        except BaseException:
+            server.stop()
+            raise
+
+    def _apiserver(self) -> _Server:
+        found = [server for server in self._servers if server.name == "kube-apiserver"]
+        if not found:
+            raise ControlPlaneError("kube-apiserver was never started")
+        return found[-1]
+
+    @property
+    def etcd_url(self) -> str:
+        """etcd's client URL (plain HTTP on loopback; its JSON gateway answers ``POST /v3/...``)."""
+        return f"http://127.0.0.1:{self.etcd_port}"
+
     def _start_etcd(self) -> None:
         peer = f"http://127.0.0.1:{self.etcd_peer_port}"
         client = f"http://127.0.0.1:{self.etcd_port}"
