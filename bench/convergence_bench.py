@@ -7,11 +7,22 @@ prints p50/p99 of the convergence time over the repeats, the compile duration (f
 metrics) and the operator's RSS. Prints figures; asserts nothing.
 
     /work/venv/bin/python bench/convergence_bench.py --sizes 1 1000 10000 --repeats 10
+
+``--api real`` runs the same scenarios against a real etcd + kube-apiserver (``tests/controlplane.py``,
+binaries from ``bash hack/tools.sh``; one control plane per size) with the CRD from ``crds/`` applied and
+the operator using the admin's kubeconfig. The routes present are created through the API (8 concurrent
+POSTs) before the operator starts. The real API server refuses loopback EndpointSlice addresses, so the
+data planes and the upstreams bind a non-loopback address of this machine (``local_address()`` of
+``tests/kube/test_operator_real.py``); the route ``/svc`` also gets the Service ``svc`` that its slice
+belongs to, as in a real cluster. ``--api both`` runs the emulator, then the real server, for each size.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import shutil
+import ssl
 import sys
 import tempfile
 import time
@@ -25,9 +36,11 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests import controlplane  # noqa: E402
 from tests.gateway import GatewayProcess, free_port  # noqa: E402
-from tests.operator.conftest import Cluster, endpoint_slice  # noqa: E402
-from tests.operator.kube import ROUTES, SLICES, KubeAPI  # noqa: E402
+from tests.kube.test_operator_real import local_address  # noqa: E402
+from tests.operator.conftest import DP_NS, DP_SERVICE, Cluster, endpoint_slice, service  # noqa: E402
+from tests.operator.kube import ROUTES, SERVICES, SLICES, KubeAPI  # noqa: E402
 from tests.upstreams import UpstreamServer  # noqa: E402
 
 
@@ -50,6 +63,125 @@ def preload(api: KubeAPI, count: int, url: str) -> None:
             uid=str(uuid.uuid4()), resourceVersion=str(i + 1), generation=1, creationTimestamp=stamp
         )
         api.emulator.objects[ROUTES, "bench", f"pre-{i}"] = body
+
+
+class RealAPI:
+    """A real etcd + kube-apiserver with the CRD applied, behind the few calls of :class:`KubeAPI` that the
+    benchmark and :class:`Cluster` make (create, patch, delete, get, list, kubeconfig, close)."""
+
+    _base = staticmethod(KubeAPI._base)
+    _check = KubeAPI._check
+
+    def __init__(self, workdir: Path) -> None:
+        missing = controlplane.missing_tools()
+        if missing:
+            raise SystemExit(f"{', '.join(missing)} not built: run `{controlplane.BUILD_COMMAND}`")
+        self.plane = controlplane.ControlPlane(workdir=workdir)
+        self.plane.start()
+        try:
+            self.plane.kubectl("apply", "-f", str(ROOT / "crds"))
+            self.plane.kubectl(
+                "wait", "--for=condition=Established", "crd/gatewayroutes.kubegate.dev", "--timeout=60s"
+            )
+            self.client = self._client()
+            for ns in ("bench", DP_NS):
+                self._check(
+                    self.client.post(
+                        "/api/v1/namespaces",
+                        json={"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                    )
+                )
+            # a freshly established CRD may 404 for a moment: wait until its list answers
+            wait_until(lambda: self.client.get(self._base(ROUTES, "bench")).status_code == 200, 30, 0.1)
+        except BaseException:
+            self.plane.stop()
+            raise
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.plane.url,
+            verify=ssl.create_default_context(cafile=str(self.plane.ca_file)),
+            headers={"Authorization": f"Bearer {self.plane.admin_token}"},
+            trust_env=False,
+            timeout=30,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+        self.plane.stop()
+
+    def kubeconfig(self, path: Path) -> Path:
+        shutil.copyfile(self.plane.kubeconfig, path)
+        path.chmod(0o600)
+        return path
+
+    def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"].get("namespace", "default")
+        return self._check(self.client.post(self._base(resource, namespace), json=body))
+
+    def patch(self, resource: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return self._check(
+            self.client.patch(
+                f"{self._base(resource, namespace)}/{name}",
+                json=patch,
+                headers={"content-type": "application/merge-patch+json"},
+            )
+        )
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        self._check(self.client.delete(f"{self._base(resource, namespace)}/{name}"))
+
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        response = self.client.get(f"{self._base(resource, namespace)}/{name}")
+        return None if response.status_code == 404 else self._check(response)
+
+    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return list(self._check(self.client.get(self._base(resource, namespace)))["items"])
+
+    def preload(self, count: int, url: str, workers: int = 8) -> None:
+        """Create ``count`` routes through the API server (``workers`` clients in parallel)."""
+
+        def create_range(start: int) -> None:
+            with self._client() as client:
+                for i in range(start, count, workers):
+                    response = client.post(
+                        self._base(ROUTES, "bench"), json=route_body(f"pre-{i}", f"/pre/{i}", url)
+                    )
+                    self._check(response)
+
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for future in [pool.submit(create_range, w) for w in range(workers)]:
+                future.result()
+
+
+class RealCluster(Cluster):
+    """:class:`Cluster` with the data planes on ``host`` (not loopback: the real API server refuses
+    127.0.0.0/8 in an EndpointSlice), each listed by a slice of its own."""
+
+    def __init__(self, tmp: Path, api: RealAPI, host: str) -> None:
+        super().__init__(tmp, api)  # type: ignore[arg-type]
+        self.host = host
+
+    def start_gateways(self, count: int) -> None:
+        with concurrent.futures.ThreadPoolExecutor(count) as pool:
+            starting = [pool.submit(GatewayProcess, self.tmp, host=self.host) for _ in range(count)]
+            self.gateways += [future.result() for future in starting]
+        self.publish_dataplane()
+
+    def publish_dataplane(self) -> None:
+        for gw in self.gateways:
+            self.api.create(
+                SLICES,
+                endpoint_slice(
+                    f"{DP_SERVICE}-{gw.admin_port}",
+                    DP_SERVICE,
+                    [self.host],
+                    gw.admin_port,
+                    DP_NS,
+                    port_name="admin",
+                    ready=False,
+                ),
+            )
 
 
 def scrape(url: str) -> str:
@@ -97,19 +229,33 @@ def served(gws: list[GatewayProcess], client: httpx.Client, path: str, pending: 
     return not pending
 
 
-def run_size(size: int, repeats: int, upstream: UpstreamServer) -> dict[str, Any]:
+def run_size(size: int, repeats: int, upstream: UpstreamServer, mode: str = "emulator") -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="kg-bench-"))
-    api = KubeAPI()
-    cluster = Cluster(tmp, api)
-    out: dict[str, Any] = {"size": size}
+    api: KubeAPI | RealAPI
+    cluster: Cluster
+    out: dict[str, Any] = {"size": size, "api": mode}
+    t = time.monotonic()
+    if mode == "real":
+        api = RealAPI(tmp / "controlplane")
+        out["plane_s"] = time.monotonic() - t
+        cluster = RealCluster(tmp, api, upstream.host)
+    else:
+        api = KubeAPI()
+        out["plane_s"] = time.monotonic() - t
+        cluster = Cluster(tmp, api)
     try:
-        preload(api, size, upstream.url)
+        t = time.monotonic()
+        if isinstance(api, RealAPI):
+            api.preload(size, upstream.url)
+        else:
+            preload(api, size, upstream.url)
+        out["preload_s"] = time.monotonic() - t
         cluster.start_gateways(3)
         port = free_port()
         started = time.monotonic()
         cluster.start_operator("--metrics-port", str(port), "--log-level", "warning")
         assert cluster.operator is not None
-        client = httpx.Client(timeout=2)
+        client = httpx.Client(timeout=2, trust_env=False)
         # Waits that are not measured poll every 0.1 s, with one client: the benchmark shares the
         # machine's two cores with what it measures.
         ok = wait_until(
@@ -146,8 +292,10 @@ def run_size(size: int, repeats: int, upstream: UpstreamServer) -> dict[str, Any
                 times.append(time.monotonic() - t0)
         # EndpointSlice change → traffic moves
         moves = []
-        other = UpstreamServer("moved").start()
+        other = UpstreamServer("moved", host=upstream.host).start()
         try:
+            if mode == "real":
+                api.create(SERVICES, service("svc", 80, "bench"))
             api.create(
                 ROUTES,
                 {
@@ -158,7 +306,7 @@ def run_size(size: int, repeats: int, upstream: UpstreamServer) -> dict[str, Any
                     },
                 },
             )
-            api.create(SLICES, endpoint_slice("svc-1", "svc", ["127.0.0.1"], upstream.port, "bench"))
+            api.create(SLICES, endpoint_slice("svc-1", "svc", [upstream.host], upstream.port, "bench"))
             wait_until(lambda: served(cluster.gateways, client, "/svc", {0, 1, 2}), 60)
             for r in range(max(1, repeats // 2)):
                 target = other if r % 2 == 0 else upstream
@@ -209,29 +357,49 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 1000, 10000])
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument(
+        "--api",
+        choices=["emulator", "real", "both"],
+        default="emulator",
+        help="the kmock emulator, a real etcd + kube-apiserver, or both in turn for each size",
+    )
     args = p.parse_args()
-    upstream = UpstreamServer("bench").start()
+    modes = ["emulator", "real"] if args.api == "both" else [args.api]
+    host = "127.0.0.1"
+    if "real" in modes:
+        found = local_address()
+        if found is None:
+            print("no non-loopback IPv4 address (EndpointSlices refuse 127.0.0.0/8)", file=sys.stderr)
+            return 1
+        host = found  # both modes then use it, so that they differ by the API server only
+    upstream = UpstreamServer("bench", host=host).start()
     try:
         for size in args.sizes:
-            r = run_size(size, args.repeats, upstream)
-            conv, moves = r["converge"], r["moves"]
-            move_max = max(moves, default=float("nan"))
-            print(
-                f"routes={size:>6}  initial sync {r['initial_s']:.2f} s "
-                f"({r['initial_writes']:.0f} statuses written by {r['status_s']:.1f} s)  "
-                f"converge p50 {pct(conv, 0.5) * 1000:.0f} ms p99 {pct(conv, 0.99) * 1000:.0f} ms "
-                f"(n={len(conv)})  endpoint move p50 {pct(moves, 0.5) * 1000:.0f} ms "
-                f"max {move_max * 1000:.0f} ms  "
-                f"compile avg {r['compile_avg_s'] * 1000:.0f} ms ({r['compiles']:.0f} compiles)  "
-                f"table {r['table_bytes'] / 1024:.0f} KiB, "
-                f"bootstrap gzip {r['bootstrap_gzip_bytes'] / 1024:.0f} KiB  "
-                f"operator RSS {r['rss_mb']:.0f} MB (after the initial sync {r['rss_initial_mb']:.0f} MB, "
-                f"after its status writes {r['rss_status_mb']:.0f} MB)",
-                flush=True,
-            )
+            for mode in modes:
+                report(run_size(size, args.repeats, upstream, mode))
     finally:
         upstream.stop()
     return 0
+
+
+def report(r: dict[str, Any]) -> None:
+    size = r["size"]
+    conv, moves = r["converge"], r["moves"]
+    move_max = max(moves, default=float("nan"))
+    print(
+        f"api={r['api']:<8} routes={size:>6}  (start {r['plane_s']:.1f} s, preload {r['preload_s']:.1f} s)  "
+        f"initial sync {r['initial_s']:.2f} s "
+        f"({r['initial_writes']:.0f} statuses written by {r['status_s']:.1f} s)  "
+        f"converge p50 {pct(conv, 0.5) * 1000:.0f} ms p99 {pct(conv, 0.99) * 1000:.0f} ms "
+        f"(n={len(conv)})  endpoint move p50 {pct(moves, 0.5) * 1000:.0f} ms "
+        f"max {move_max * 1000:.0f} ms  "
+        f"compile avg {r['compile_avg_s'] * 1000:.0f} ms ({r['compiles']:.0f} compiles)  "
+        f"table {r['table_bytes'] / 1024:.0f} KiB, "
+        f"bootstrap gzip {r['bootstrap_gzip_bytes'] / 1024:.0f} KiB  "
+        f"operator RSS {r['rss_mb']:.0f} MB (after the initial sync {r['rss_initial_mb']:.0f} MB, "
+        f"after its status writes {r['rss_status_mb']:.0f} MB)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
