@@ -40,7 +40,7 @@ from tests import controlplane  # noqa: E402
 from tests.gateway import GatewayProcess, free_port  # noqa: E402
 from tests.kube.test_operator_real import local_address  # noqa: E402
 from tests.operator.conftest import DP_NS, DP_SERVICE, Cluster, endpoint_slice, service  # noqa: E402
-from tests.operator.kube import ROUTES, SERVICES, SLICES, KubeAPI  # noqa: E402
+from tests.operator.kube import ROUTES, SERVICES, SLICES, KubeAPI, KubeClient  # noqa: E402
 from tests.upstreams import UpstreamServer  # noqa: E402
 
 
@@ -65,12 +65,9 @@ def preload(api: KubeAPI, count: int, url: str) -> None:
         api.emulator.objects[ROUTES, "bench", f"pre-{i}"] = body
 
 
-class RealAPI:
-    """A real etcd + kube-apiserver with the CRD applied, behind the few calls of :class:`KubeAPI` that the
-    benchmark and :class:`Cluster` make (create, patch, delete, get, list, kubeconfig, close)."""
-
-    _base = staticmethod(KubeAPI._base)
-    _check = KubeAPI._check
+class RealAPI(KubeClient):
+    """A real etcd + kube-apiserver with the CRD applied, behind the calls of :class:`KubeAPI` that the
+    benchmark and :class:`Cluster` make (the tiny kubectl of :class:`KubeClient`, kubeconfig, close)."""
 
     def __init__(self, workdir: Path) -> None:
         missing = controlplane.missing_tools()
@@ -114,29 +111,6 @@ class RealAPI:
         shutil.copyfile(self.plane.kubeconfig, path)
         path.chmod(0o600)
         return path
-
-    def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
-        namespace = body["metadata"].get("namespace", "default")
-        return self._check(self.client.post(self._base(resource, namespace), json=body))
-
-    def patch(self, resource: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        return self._check(
-            self.client.patch(
-                f"{self._base(resource, namespace)}/{name}",
-                json=patch,
-                headers={"content-type": "application/merge-patch+json"},
-            )
-        )
-
-    def delete(self, resource: str, namespace: str, name: str) -> None:
-        self._check(self.client.delete(f"{self._base(resource, namespace)}/{name}"))
-
-    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        response = self.client.get(f"{self._base(resource, namespace)}/{name}")
-        return None if response.status_code == 404 else self._check(response)
-
-    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        return list(self._check(self.client.get(self._base(resource, namespace)))["items"])
 
     def preload(self, count: int, url: str, workers: int = 8) -> None:
         """Create ``count`` routes through the API server (``workers`` clients in parallel)."""

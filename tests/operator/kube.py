@@ -239,7 +239,51 @@ GATEWAYROUTE_INFO = kmock.ResourceInfo(
 )
 
 
-class KubeAPI:
+class KubeClient:
+    """A tiny kubectl over ``self.client`` (an ``httpx.Client`` whose base URL is an API server): the calls
+    the tests and ``bench/convergence_bench.py`` make, against the emulator or a real API server."""
+
+    client: httpx.Client
+
+    @staticmethod
+    def _base(resource: str, namespace: str | None) -> str:
+        group_version, plural = resource.rsplit("/", 1)
+        prefix = "/api/" + group_version if "/" not in group_version else "/apis/" + group_version
+        return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
+
+    def _check(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            raise RuntimeError(
+                f"{response.request.method} {response.request.url}: {response.status_code} "
+                f"{response.text[:300]}"
+            )
+        return dict(response.json())
+
+    def create(self, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        namespace = body["metadata"].get("namespace", "default")
+        return self._check(self.client.post(self._base(resource, namespace), json=dict(body)))
+
+    def patch(self, resource: str, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return self._check(
+            self.client.patch(
+                f"{self._base(resource, namespace)}/{name}",
+                json=dict(patch),
+                headers={"content-type": "application/merge-patch+json"},
+            )
+        )
+
+    def delete(self, resource: str, namespace: str, name: str) -> None:
+        self._check(self.client.delete(f"{self._base(resource, namespace)}/{name}"))
+
+    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
+        response = self.client.get(f"{self._base(resource, namespace)}/{name}")
+        return None if response.status_code == 404 else self._check(response)
+
+    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        return list(self._check(self.client.get(self._base(resource, namespace)))["items"])
+
+
+class KubeAPI(KubeClient):
     """The emulator on a background thread, plus a synchronous client for the test itself."""
 
     def __init__(self) -> None:
@@ -286,45 +330,6 @@ class KubeAPI:
         }
         path.write_text(yaml.safe_dump(config))
         return path
-
-    # --- a tiny kubectl ------------------------------------------------------------------------
-
-    @staticmethod
-    def _base(resource: str, namespace: str | None) -> str:
-        group_version, plural = resource.rsplit("/", 1)
-        prefix = "/api/" + group_version if "/" not in group_version else "/apis/" + group_version
-        return f"{prefix}/namespaces/{namespace}/{plural}" if namespace else f"{prefix}/{plural}"
-
-    def _check(self, response: httpx.Response) -> dict[str, Any]:
-        if response.status_code >= 400:
-            raise RuntimeError(
-                f"{response.request.method} {response.request.url}: {response.status_code} "
-                f"{response.text[:300]}"
-            )
-        return dict(response.json())
-
-    def create(self, resource: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        namespace = body["metadata"].get("namespace", "default")
-        return self._check(self.client.post(self._base(resource, namespace), json=dict(body)))
-
-    def patch(self, resource: str, namespace: str, name: str, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return self._check(
-            self.client.patch(
-                f"{self._base(resource, namespace)}/{name}",
-                json=dict(patch),
-                headers={"content-type": "application/merge-patch+json"},
-            )
-        )
-
-    def delete(self, resource: str, namespace: str, name: str) -> None:
-        self._check(self.client.delete(f"{self._base(resource, namespace)}/{name}"))
-
-    def get(self, resource: str, namespace: str, name: str) -> dict[str, Any] | None:
-        response = self.client.get(f"{self._base(resource, namespace)}/{name}")
-        return None if response.status_code == 404 else self._check(response)
-
-    def list(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
-        return list(self._check(self.client.get(self._base(resource, namespace)))["items"])
 
     def history(self, resource: str, namespace: str, name: str) -> list[dict[str, Any]]:
         """Every version the object has had, oldest first (kmock keeps them; None marks a deletion and

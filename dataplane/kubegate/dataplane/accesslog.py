@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from kubegate.dataplane.upstreamtls import PoolKey
+
 #: Lines held before a write; the sweeper also writes whatever is held once a second.
 BATCH = 256
 
@@ -62,7 +64,7 @@ class AccessLog:
         status: int,
         seconds: float,
         client: bytes,
-        upstream: tuple[str, int] | tuple[str, int, object] | None,  # a pool key: the endpoint first
+        upstream: PoolKey | None,  # the endpoint first (a TLS backend's key also holds its settings)
         attempts: int,
         sent: int,
     ) -> None:

@@ -257,7 +257,7 @@ class Flight:
 class RouteCache:
     """One route's ``cache`` policy, built once per table."""
 
-    __slots__ = ("api_key_header", "api_key_query", "context", "redis", "route_id", "rules", "store")
+    __slots__ = ("authenticated", "context", "redis", "route_id", "rules", "store")
 
     def __init__(
         self,
@@ -265,8 +265,7 @@ class RouteCache:
         route_id: str,
         context: CacheContext,
         *,
-        api_key_header: bytes | None = None,
-        api_key_query: str | None = None,
+        authenticated: bool = False,
     ) -> None:
         self.route_id = route_id
         self.context = context
@@ -281,9 +280,9 @@ class RouteCache:
         #: The Redis backend when entries live in Redis (None: the memory store).
         self.redis = context.redis if wanted == "Redis" else None
         self.store = "Redis" if self.redis is not None else "Memory"
-        #: The route's API-key credential (a request that carries it has credentials, as with Authorization).
-        self.api_key_header = api_key_header
-        self.api_key_query = api_key_query
+        #: The route has auth: every request that reaches the lookup point was admitted on a credential (a
+        #: JWT or an API key, in a header or the query), so it counts as one without looking for it again.
+        self.authenticated = authenticated
 
     # --- the lookup point --------------------------------------------------------------------------------
     def lookup(self, ex: Exchange, host: str, path: str, query: str) -> bool:
@@ -297,7 +296,7 @@ class RouteCache:
             ex.method,
             headers,
             has_body=ex.chunked or bool(ex.content_length),
-            credentials=self._credentials(headers, query),
+            credentials=self.authenticated,
             identity=ex.identity,
         )
         visit = ex.cache
@@ -353,13 +352,6 @@ class RouteCache:
             flight = ctx.flights[key] = Flight(ctx, key)
         visit.fill = Fill(self, key, flight)
         return True
-
-    def _credentials(self, headers: list[tuple[bytes, bytes]], query: str) -> bool:
-        name = self.api_key_header
-        if name is not None and any(n.lower() == name for n, _ in headers):
-            return True
-        q = self.api_key_query
-        return q is not None and bool(query) and any(p.partition("=")[0] == q for p in query.split("&"))
 
     def _bypass(self, visit: Visit, reason: str) -> bool:
         self.context.bypass(self.route_id, reason)

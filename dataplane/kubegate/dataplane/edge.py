@@ -23,6 +23,7 @@ added after the transforms, so a transform can never change them; the compiler r
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -113,8 +114,7 @@ class EdgeRuntime:
                 cache,
                 route_id,
                 ctx.cache if ctx.cache is not None else _default_cache_context(),
-                api_key_header=self.auth.api_key_header if self.auth is not None else None,
-                api_key_query=a.api_key.query if a is not None and a.api_key is not None else None,
+                authenticated=self.auth is not None,
             )
             if cache is not None
             else None
@@ -265,14 +265,10 @@ class EdgeRuntime:
         return lines
 
 
-_DEFAULT_CACHE: list[CacheContext] = []
-
-
+@functools.cache
 def _default_cache_context() -> CacheContext:
     """The cache context of routes built without one (tests, tools): one per process."""
-    if not _DEFAULT_CACHE:
-        _DEFAULT_CACHE.append(CacheContext())
-    return _DEFAULT_CACHE[0]
+    return CacheContext()
 
 
 def _transform(ops: HeaderOps | None) -> HeaderTransform | None:

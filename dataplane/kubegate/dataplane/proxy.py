@@ -54,8 +54,8 @@ from kubegate.dataplane.ratelimiting import Network, is_trusted
 from kubegate.dataplane.snapshot import RuntimeRoute, SnapshotStore
 from kubegate.dataplane.stats import Stats
 from kubegate.dataplane.tunnel import Tunnel
-from kubegate.dataplane.upstream import PoolKey, UpstreamConnection, UpstreamPool, head_size
-from kubegate.dataplane.upstreamtls import UpstreamTls, tls_failure
+from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool, head_size
+from kubegate.dataplane.upstreamtls import PoolKey, UpstreamTls, tls_failure
 
 logger = logging.getLogger("kubegate.proxy")
 

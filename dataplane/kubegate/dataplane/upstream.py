@@ -20,11 +20,7 @@ from typing import Protocol, cast
 
 import httptools
 
-from kubegate.dataplane.upstreamtls import UpstreamTls
-
-#: An upstream connection's key in the pool: the endpoint, and for a backend that speaks TLS its settings
-#: (dataplane/upstreamtls.py), so that a connection is reused only for the same endpoint and verification.
-PoolKey = tuple[str, int] | tuple[str, int, UpstreamTls]
+from kubegate.dataplane.upstreamtls import PoolKey
 
 MAX_RESPONSE_HEAD = 64 * 1024  # an upstream response head larger than this is a protocol error (502)
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from kubegate.compiler.table import BackendTls
 
-__all__ = ["TlsContexts", "UpstreamTls", "tls_failure"]
+__all__ = ["PoolKey", "TlsContexts", "UpstreamTls", "tls_failure"]
 
 logger = logging.getLogger("kubegate.upstream")
 
@@ -43,6 +43,11 @@ class UpstreamTls:
     verify: bool
     ca_digest: str  # "" for the system CAs
     context: ssl.SSLContext = field(compare=False, repr=False)
+
+
+#: An upstream connection's key in the pool: the endpoint, and for a backend that speaks TLS its settings,
+#: so that a connection is reused only for the same endpoint and verification.
+PoolKey = tuple[str, int] | tuple[str, int, UpstreamTls]
 
 
 class TlsContexts:
@@ -83,8 +88,8 @@ class _FailureLog:
         self._clock = clock
         self._last: dict[tuple[str, str, int], float] = {}
 
-    def __call__(self, route: str, key: tuple[object, ...], exc: BaseException) -> bool:
-        endpoint = (str(key[0]), int(str(key[1])))
+    def __call__(self, route: str, key: PoolKey, exc: BaseException) -> bool:
+        endpoint = (key[0], key[1])
         now = self._clock()
         which = (route, *endpoint)
         last = self._last.get(which)
@@ -93,7 +98,7 @@ class _FailureLog:
         if len(self._last) > 10_000:  # an endpoint churn must not grow this without bound
             self._last.clear()
         self._last[which] = now
-        name = key[2].server_name if len(key) > 2 and isinstance(key[2], UpstreamTls) else endpoint[0]
+        name = key[2].server_name if len(key) == 3 else endpoint[0]
         logger.warning(
             "TLS handshake with %s:%d (server name %s) for route %s failed: %s",
             endpoint[0],
