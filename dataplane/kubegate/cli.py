@@ -134,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _seconds_flag(
         s,
+        "--push-token-grace",
+        "PUSH_TOKEN_GRACE",
+        "600",
+        zero=True,
+        help="seconds the push token before a change of --push-token-file is still admitted (600)",
+    )
+    _seconds_flag(
+        s,
         "--drain-timeout",
         "DRAIN_TIMEOUT",
         "25",
@@ -291,6 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             demo=args.demo,
             bootstrap=args.bootstrap,
             push_token_file=args.push_token_file,
+            push_token_grace=args.push_token_grace,
             drain_timeout=args.drain_timeout,
             access_log=args.access_log,
             header_timeout=args.header_timeout,

@@ -21,10 +21,11 @@ from typing import Any
 import httpx
 import kopf
 
-from kubegate_operator import bootstrap, leader, publisher, reconciler, state, status
+from kubegate import pushtoken
+from kubegate_operator import bootstrap, leader, publisher, reconciler, state, status, tokensecret
 from kubegate_operator import metrics as metrics_mod
 from kubegate_operator.kube import Kube, field_manager
-from kubegate_operator.settings import Settings
+from kubegate_operator.settings import ObjectRef, Settings
 
 logger = logging.getLogger("kubegate.operator")
 
@@ -47,16 +48,18 @@ class App:
         self.metrics = metrics_mod.Metrics()
         dp = settings.dataplane_service
         boot = settings.bootstrap_secret
+        own = [ref for ref in (boot, settings.push_token_secret) if ref is not None]
         self.state = state.ClusterState(
             namespaces=settings.namespaces,
             dataplane_service=(dp.namespace, dp.name) if dp else None,
-            reserved=[(boot.namespace, boot.name)] if boot else [],
+            reserved=[(ref.namespace, ref.name) for ref in own],
             gateway_class=settings.gateway_class,
         )
         self.kube: Kube | None = None
         self.http: httpx.AsyncClient | None = None
         self.reconciler: reconciler.Reconciler | None = None
         self.elector: leader.LeaderElector | None = None
+        self.token_secret: tokensecret.PushTokenSecret | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -66,9 +69,14 @@ class App:
         logger.info("serving the routes of gateway class %r", s.gateway_class)
         self.kube = await Kube.connect(manager=field_manager(s.gateway_class))
         self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200), trust_env=False)
+        if s.push_token_secret is not None:
+            await self._ensure_push_token(s.push_token_secret, s.push_token_key)
         pusher = publisher.Publisher(
             client=self.http,
-            token=publisher.token_reader(s.push_token_file),
+            token=pushtoken.RotatingToken(
+                publisher.token_reader(s.push_token_file, self._push_token_of_secret),
+                grace=s.push_token_grace,
+            ),
             backoff_initial=s.backoff_initial,
             backoff_max=s.backoff_max,
             timeout=s.push_timeout,
@@ -114,6 +122,23 @@ class App:
             self.reconciler.set_active(True)
         await self._expect_listed()
         self.reconciler.start(s.resync_interval)
+
+    async def _ensure_push_token(self, ref: ObjectRef, key: str) -> None:
+        """Read or create the push token's Secret before anything is pushed; when the API server does not
+        answer, go on (the token file may have it) and keep trying in the background."""
+        assert self.kube is not None
+        self.token_secret = tokensecret.PushTokenSecret(
+            ref=ref, key=key, read=self.kube.read_secret, create=self.kube.create_secret
+        )
+        try:
+            await self.token_secret.ensure()
+        except Exception as error:
+            logger.warning("push token Secret %s not read or created yet: %s", ref, error)
+            task = asyncio.create_task(self.token_secret.ensure_forever(), name="push-token")
+            self._tasks.append(task)
+
+    def _push_token_of_secret(self) -> str | None:
+        return self.token_secret.token if self.token_secret is not None else None
 
     async def _expect_listed(self) -> None:
         """List the names of every watched object before kopf starts watching: the reconciler compiles

@@ -11,7 +11,8 @@ resourceVersion, and a route's ``metadata.generation`` for its status (or the st
 without ``details.causes`` when such a test fails (a status it refuses carries causes naming the fields).
 Status patches carry a field manager naming the gateway class (``kubegate/<class>``), so that the
 object's ``managedFields`` say which instance wrote its status. RBAC this needs:
-``patch`` on ``gatewayroutes/status``; ``get``, ``create``, ``patch`` on the bootstrap Secret;
+``patch`` on ``gatewayroutes/status``; ``get``, ``create``, ``patch`` on the bootstrap Secret; ``get``,
+``create`` on the push token's Secret (:mod:`kubegate_operator.tokensecret`, never written once it exists);
 ``create`` on ``events``; ``get``, ``create``, ``patch`` on the leader Lease; ``list`` on what kopf
 watches anyway (GatewayRoutes, EndpointSlices, Services, Secrets); ``get`` on Secrets, to read one that a
 route starts to name after its watch event was dropped (:meth:`Kube.read_secret`).
@@ -223,6 +224,20 @@ class Kube:
             return dict(await response.json())
         finally:
             response.release()
+
+    async def create_secret(self, ref: ObjectRef, body: Mapping[str, Any]) -> bool:
+        """Create a Secret; False when one of that name exists (409). The answer, which holds the data,
+        is not parsed."""
+        try:
+            await self._unread(
+                self.core.create_namespaced_secret(ref.namespace, dict(body), _preload_content=False)
+            )
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            error.body = None  # a Status, but never let a body near a log line
+            raise
+        return True
 
     async def put_secret(self, ref: ObjectRef, body: Mapping[str, Any], exists: bool) -> None:
         if not exists:

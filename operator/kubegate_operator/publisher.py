@@ -2,7 +2,9 @@
 
 Each replica has its own worker task, so a replica that is slow or unreachable never holds back the
 others: the worker pushes the desired table (bearer token re-read from the token file on every push,
-so a rotated Secret takes effect), retries with exponential backoff, and records the acknowledged
+so a rotated Secret takes effect; for a grace period after a change, the previous token rides along in
+``kubegate-previous-token``, so that a replica whose copy of the Secret has not changed yet still admits
+the push: see :mod:`kubegate.pushtoken`), retries with exponential backoff, and records the acknowledged
 ``(version, hash)``. When the replica acknowledged a table the publisher still knows, the push is a
 ``PATCH /table`` with the routes that changed (:class:`~kubegate.compiler.table.TableDelta`): a
 one-route change at 10,000 routes sends a kilobyte instead of 3.4 MB, and the replica validates and
@@ -45,8 +47,10 @@ from pathlib import Path
 
 import httpx
 
+from kubegate import pushtoken
 from kubegate.compiler import table as tables
 from kubegate_operator import metrics as metrics_mod
+from kubegate_operator import tokensecret
 from kubegate_operator.state import Replica
 
 logger = logging.getLogger("kubegate.operator.publisher")
@@ -113,17 +117,12 @@ class ReplicaSync:
         return self.ack is not None and (self.ack.version, self.ack.hash) == (desired.version, desired.hash)
 
 
-def token_reader(path: Path | None) -> Callable[[], str | None]:
-    def read() -> str | None:
-        if path is None:
-            return None
-        try:
-            return path.read_text().strip() or None
-        except OSError as error:
-            logger.error("cannot read the push token file %s: %s", path, error)
-            return None
-
-    return read
+def token_reader(
+    path: Path | None, fallback: Callable[[], str | None] = lambda: None
+) -> Callable[[], str | None]:
+    """The push token from ``path``, re-read on every call (``fallback`` while the file has none): see
+    :func:`kubegate_operator.tokensecret.token_source`."""
+    return tokensecret.token_source(path, fallback)
 
 
 class Publisher:
@@ -131,7 +130,7 @@ class Publisher:
         self,
         *,
         client: httpx.AsyncClient,
-        token: Callable[[], str | None],
+        token: Callable[[], str | None] | pushtoken.RotatingToken,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         timeout: float = 10.0,
@@ -140,7 +139,7 @@ class Publisher:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
-        self._token = token
+        self.token = token if isinstance(token, pushtoken.RotatingToken) else pushtoken.RotatingToken(token)
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.timeout = timeout
@@ -323,9 +322,21 @@ class Publisher:
             self._deltas[key] = json.dumps(delta.to_wire(), separators=(",", ":")).encode() if small else None
         return self._deltas[key]
 
-    async def _push(self, sync: ReplicaSync, desired: Desired) -> bool:
-        token = self._token()
+    def _credentials(self) -> dict[str, str] | None:
+        """The push's token headers: the current token, and the previous one during its grace (None: no
+        token)."""
+        token = self.token.current()
         if not token:
+            return None
+        headers = {"authorization": f"Bearer {token}"}
+        previous = self.token.previous()
+        if previous is not None and previous != token:
+            headers[pushtoken.PREVIOUS_HEADER] = previous
+        return headers
+
+    async def _push(self, sync: ReplicaSync, desired: Desired) -> bool:
+        token = self._credentials()
+        if token is None:
             sync.last_error = "no push token"
             self._count("error")
             return False
@@ -340,7 +351,9 @@ class Publisher:
         outcome = await self._send(sync, desired, token, None)
         return outcome == "ok"
 
-    async def _send(self, sync: ReplicaSync, desired: Desired, token: str, delta: bytes | None) -> str:
+    async def _send(
+        self, sync: ReplicaSync, desired: Desired, token: Mapping[str, str], delta: bytes | None
+    ) -> str:
         """One push (``PATCH`` with ``delta``, else ``PUT`` of the whole table): ok, conflict (409 to a
         delta), error (unreachable) or rejected."""
         body = desired.body if delta is None else delta
@@ -351,7 +364,7 @@ class Publisher:
                 sync.replica.url + "/table",
                 content=body,
                 headers={
-                    "authorization": f"Bearer {token}",
+                    **token,
                     "content-type": "application/json",
                     REPLICAS_HEADER: str(count),
                 },
@@ -399,8 +412,8 @@ class Publisher:
         """``PUT /replicas`` with the current count (the table is unchanged); True once acknowledged.
         Failures are logged as a push's are, and counted in :attr:`tells`."""
         count = self.replica_count
-        token = self._token()
-        if not token:
+        token = self._credentials()
+        if token is None:
             sync.last_error = "no push token"
             self._told("error")
             return False
@@ -408,7 +421,7 @@ class Publisher:
             response = await self._client.put(
                 sync.replica.url + "/replicas",
                 json={"replicas": count},
-                headers={"authorization": f"Bearer {token}"},
+                headers=token,
                 timeout=self.timeout,
             )
         except httpx.HTTPError as error:

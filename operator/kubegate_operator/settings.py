@@ -30,7 +30,8 @@ _CLASS_NAME: pydantic.TypeAdapter[str | None] = pydantic.TypeAdapter(
 
 @dataclasses.dataclass(frozen=True)
 class ObjectRef:
-    """``namespace/name`` of one object (the data-plane Service, the bootstrap Secret, the Lease)."""
+    """``namespace/name`` of one object (the data-plane Service, the bootstrap and push-token Secrets, the
+    Lease)."""
 
     namespace: str
     name: str
@@ -52,6 +53,9 @@ class Settings:
     gateway_class: str = DEFAULT_GATEWAY_CLASS  # the routes served: this class (and unset, if default)
     dataplane_service: ObjectRef | None = None
     push_token_file: Path | None = None
+    push_token_secret: ObjectRef | None = None  # created with a random token if it does not exist
+    push_token_key: str = "token"  # the key of the token in push_token_secret
+    push_token_grace: float = 600.0  # seconds the previous token is still sent after a change
     bootstrap_secret: ObjectRef | None = None
     metrics_port: int | None = None
     holdoff: float = 0.05  # seconds of quiet before a compile
@@ -78,6 +82,13 @@ def _float(value: str) -> float:
     if number < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {value}")
     return number
+
+
+def _key(value: str) -> str:
+    """A Secret data key: letters, digits, '-', '_' and '.' (what the API server accepts)."""
+    if not value or len(value) > 253 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in value):
+        raise argparse.ArgumentTypeError(f"not a Secret key: {value!r}")
+    return value
 
 
 def gateway_class(value: str) -> str:
@@ -129,6 +140,25 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     )
     p.add_argument("--push-token-file", type=Path, default=default("PUSH_TOKEN_FILE"))
     p.add_argument(
+        "--push-token-secret",
+        type=ObjectRef.parse,
+        default=default("PUSH_TOKEN_SECRET"),
+        help="NS/NAME of the push token's Secret: created at start with a random token if it does not "
+        "exist (never overwritten); its token is used until --push-token-file exists",
+    )
+    p.add_argument(
+        "--push-token-key",
+        type=_key,
+        default=default("PUSH_TOKEN_KEY", "token"),
+        help="the key of the token in --push-token-secret (default 'token')",
+    )
+    p.add_argument(
+        "--push-token-grace",
+        type=_float,
+        default=default("PUSH_TOKEN_GRACE", "600"),
+        help="seconds the token before a change is still sent along (kubegate-previous-token; 600)",
+    )
+    p.add_argument(
         "--bootstrap-secret",
         type=ObjectRef.parse,
         default=default("BOOTSTRAP_SECRET"),
@@ -165,6 +195,9 @@ def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None =
         gateway_class=str(args.gateway_class),  # argparse applies type= to a string default too
         dataplane_service=ref(args.dataplane_service),
         push_token_file=Path(args.push_token_file) if args.push_token_file else None,
+        push_token_secret=ref(args.push_token_secret),
+        push_token_key=_key(str(args.push_token_key)),
+        push_token_grace=float(args.push_token_grace),
         bootstrap_secret=ref(args.bootstrap_secret),
         metrics_port=int(metrics) if metrics not in (None, "") else None,
         holdoff=float(args.holdoff),

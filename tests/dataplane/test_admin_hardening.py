@@ -279,7 +279,8 @@ def _token_file(gw: GatewayProcess, tmp: Path) -> Path:
 
 
 def test_rotated_token_file_takes_effect_without_restart(tmp_path: Path) -> None:
-    gw = GatewayProcess(tmp_path)
+    # No grace for the previous token here (its grace: tests/operator/test_push_token.py).
+    gw = GatewayProcess(tmp_path, extra=["--push-token-grace", "0"])
     try:
         assert gw.push(table(version="old-token")).status_code == 200
         _token_file(gw, tmp_path).write_text("rotated-token-abcdef\n")

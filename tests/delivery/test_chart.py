@@ -1,8 +1,10 @@
 """The Helm chart ``charts/kubegate``, checked offline with real helm 3 and helm 4 binaries.
 
 Aspects covered: ``helm lint --strict`` for every value set; golden files (``golden/<case>.values.yaml``
-→ ``golden/<case>.out.yaml``, exactly what ``helm template`` prints, the generated push token masked;
-``pytest --regen-golden`` rewrites them and deletes stale ones); the rendered manifests validated with
+→ ``golden/<case>.out.yaml``, exactly what ``helm template`` prints; ``pytest --regen-golden`` rewrites
+them and deletes stale ones); the same render twice with the defaults (no generated token: the GitOps
+property) and the push token's Secret left to the operator (its flags, its optional volume, its RBAC);
+the rendered manifests validated with
 kubernetes-validate (strict) for the two newest Kubernetes versions it bundles; the chart's CRD
 identical to ``crds/``; NOTES.txt (how to reach the gateway, a first route); bad values refused with a
 message naming the value; and the wiring that golden files would not make obvious (the data plane's
@@ -28,7 +30,6 @@ the real collectors; and the `helm test` Pod, its script run against stand-ins s
 
 from __future__ import annotations
 
-import base64
 import http.server
 import ipaddress
 import os
@@ -55,7 +56,6 @@ CRD_NAME = "gatewayroutes.kubegate.dev.yaml"
 FOREIGN_KINDS = {
     ("monitoring.coreos.com/v1", kind) for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 }
-GENERATED = '"<generated: 48 random letters and digits>"'
 
 
 def values_of(case: str) -> dict[str, Any]:
@@ -84,22 +84,6 @@ def documents(text: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
-def mask_generated_token(text: str, values: dict[str, Any]) -> str:
-    """Replace the random push token with a placeholder, after checking that it looks generated."""
-    token_values = values.get("pushToken", {})
-    if token_values.get("value") or token_values.get("existingSecret"):
-        return text
-    pattern = re.compile(
-        r"(# Source: kubegate/templates/push-token-secret\.yaml\n(?:.*\n)*?data:\n  [-._a-zA-Z0-9]+: )"
-        r'"([^"]*)"'
-    )
-    match = pattern.search(text)
-    assert match, "no generated push token found in the push-token Secret"
-    token = base64.b64decode(match.group(2)).decode()
-    assert re.fullmatch(r"[A-Za-z0-9]{48}", token), f"generated token has the wrong shape: {token!r}"
-    return pattern.sub(lambda m: m.group(1) + GENERATED, text)
-
-
 # ---------------------------------------------------------------------------------------------- lint
 
 
@@ -115,7 +99,7 @@ def test_lint_strict(helm: helmtools.Helm, case: str) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_golden(helm: helmtools.Helm, case: str, regen_golden: bool) -> None:
-    actual = mask_generated_token(render(helm, case), values_of(case))
+    actual = render(helm, case)
     out = GOLDEN / f"{case}.out.yaml"
     if regen_golden and helm.major == max(helmtools.available()):  # the newest helm writes; others compare
         out.write_text(actual, encoding="utf-8")
@@ -130,11 +114,63 @@ def test_no_stale_golden_outputs(regen_golden: bool) -> None:
     golden.check_no_stale_outputs(GOLDEN, CASES, regen=regen_golden)
 
 
-def test_generated_token_is_random(newest_helm: helmtools.Helm) -> None:
-    """Without a cluster (no lookup), each render generates a new token: it is not a constant."""
-    first, second = (newest_helm.template().stdout for _ in range(2))
-    assert mask_generated_token(first, {}) == mask_generated_token(second, {})
-    assert first != second
+@pytest.mark.parametrize(
+    "sets", [(), ("pushToken.value=0123456789abcdef",), ("pushToken.existingSecret=mine",)]
+)
+def test_every_render_is_the_same(helm: helmtools.Helm, sets: tuple[str, ...]) -> None:
+    """What GitOps tools need (they render without a cluster, again and again): nothing generated, no
+    lookup of the push token, so two renders are identical and a sync changes nothing."""
+    args = [arg for setting in sets for arg in ("--set", setting)]
+    first, second = (helm.template(*args).stdout for _ in range(2))
+    assert first == second
+    template = (helmtools.CHART / "templates" / "push-token-secret.yaml").read_text()
+    assert re.findall(r"\{\{[^}]*\b(lookup|rand\w*|uuidv4)\b", template) == []
+
+
+def test_the_operator_makes_the_push_token_secret_by_default(newest_helm: helmtools.Helm) -> None:
+    """No token Secret is rendered; the operator is told to make it (same name and key as the chart's
+    would be), its own mount of it is optional (it starts before the Secret exists), the data plane's is
+    not (its pods wait for the Secret), and the Role lets it read that Secret by name and create Secrets
+    in the release namespace, nothing more. With pushToken.value or existingSecret, none of that."""
+    ns = helmtools.NAMESPACE
+    cases: list[tuple[tuple[str, ...], bool]] = [
+        ((), True),
+        (("pushToken.key=tok",), True),
+        (("pushToken.value=0123456789abcdef",), False),
+        (("pushToken.existingSecret=mine",), False),
+    ]
+    for sets, made in cases:
+        args = [arg for setting in sets for arg in ("--set", setting)]
+        r = Rendered(newest_helm.template(*args).stdout)
+        key = "tok" if "pushToken.key=tok" in sets else "token"
+        existing = "pushToken.existingSecret=mine" in sets
+        name = "mine" if existing else f"{helmtools.RELEASE}-push-token"  # the release is called kubegate
+        op_pod = r.one("Deployment", "-operator")["spec"]["template"]["spec"]
+        op = container_of(op_pod, "operator")
+        op_args = _args(op)
+        volume = _mount_of(op_pod, op, op_args["--push-token-file"][0])["volume"]["secret"]
+        dp_pod = r.one("Deployment", "-dataplane")["spec"]["template"]["spec"]
+        dp_volume = next(v for v in dp_pod["volumes"] if v["name"] == "push-token")["secret"]
+        assert volume["secretName"] == dp_volume["secretName"] == name
+        assert dp_volume.get("optional") is not True
+        role = r.one("Role", "-operator-self")["rules"]
+        by_name = [rule for rule in role if rule.get("resourceNames") == [name]]
+        rendered = [s["metadata"]["name"] for s in r.all("Secret")]
+        if made:
+            assert op_args["--push-token-secret"] == [f"{ns}/{name}"]
+            assert op_args["--push-token-key"] == [key]
+            assert volume["optional"] is True
+            assert rendered == []
+            assert by_name == [
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [name], "verbs": ["get"]}
+            ]
+        else:
+            assert "--push-token-secret" not in op_args and "--push-token-key" not in op_args
+            assert volume.get("optional") is not True
+            assert by_name == []
+            assert rendered == ([] if existing else [name])
+        creates = [rule for rule in role if rule["resources"] == ["secrets"] and "resourceNames" not in rule]
+        assert creates == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]}]
 
 
 # ------------------------------------------------------------------------------- kubernetes-validate
@@ -641,7 +677,10 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     op_args = _args(op)
     assert op_args["--bootstrap-secret"] == [f"{ns}/{bootstrap_secret}"]
 
-    # Push token: one Secret mounted as the file each side reads.
+    # Push token: one Secret mounted as the file each side reads; rendered with pushToken.value, else
+    # made by the operator (its mount then optional: it starts before the Secret exists).
+    existing = values.get("pushToken", {}).get("existingSecret")
+    by_operator = not (existing or values.get("pushToken", {}).get("value"))
     token_secrets = set()
     for pod, container, path in [
         (dp_pod, dp, str(serve.push_token_file)),
@@ -649,15 +688,15 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
     ]:
         mount = _mount_of(pod, container, path)
         secret = mount["volume"]["secret"]
-        assert secret.get("optional") is not True
+        assert secret.get("optional") is (True if by_operator and container is op else None)
         assert secret["items"] == [
             {"key": values.get("pushToken", {}).get("key", "token"), "path": mount["relative"]}
         ]
         token_secrets.add(secret["secretName"])
     (token_secret,) = token_secrets
-    existing = values.get("pushToken", {}).get("existingSecret")
     rendered_secrets = [s["metadata"]["name"] for s in r.all("Secret")]
-    assert rendered_secrets == ([] if existing else [token_secret])
+    assert rendered_secrets == ([] if existing or by_operator else [token_secret])
+    assert op_args.get("--push-token-secret") == ([f"{ns}/{token_secret}"] if by_operator else None)
     if existing:
         assert token_secret == existing
 
@@ -713,6 +752,8 @@ def test_wiring(newest_helm: helmtools.Helm, case: str) -> None:
                 continue
             if role["kind"] == "ClusterRole" and "resourceNames" not in rule:
                 assert set(rule["verbs"]) == read, rule  # routes' Secrets: read, never written
+            elif rule["resourceNames"] == [token_secret]:  # made by the operator: only ever read back
+                assert by_operator and rule["verbs"] == ["get"], rule
             else:
                 assert rule["resourceNames"] == [bootstrap_secret], rule
     for rule in rules:
@@ -1032,7 +1073,7 @@ ObjectKey = tuple[str, str, str]  # kind, namespace ("" when cluster-scoped), na
 
 def release_objects(helm: helmtools.Helm, release: str, namespace: str, *sets: str) -> list[ObjectKey]:
     """Every object one release puts in a cluster: those it renders, and those its operator creates (the
-    bootstrap Secret and the leader Lease, named by its arguments)."""
+    bootstrap and push-token Secrets and the leader Lease, named by its arguments)."""
     args = [arg for setting in sets for arg in ("--set", setting)]
     result = helm.run("template", release, str(helmtools.CHART), "--namespace", namespace, *args)
     assert result.returncode == 0, result.stderr
@@ -1045,7 +1086,11 @@ def release_objects(helm: helmtools.Helm, release: str, namespace: str, *sets: s
                    and d["kind"] == "Deployment"]  # fmt: skip
     (container,) = operator["spec"]["template"]["spec"]["containers"]
     op_args = _args(container)
-    for flag, kind in (("--bootstrap-secret", "Secret"), ("--leader-lease", "Lease")):
+    for flag, kind in (
+        ("--bootstrap-secret", "Secret"),
+        ("--push-token-secret", "Secret"),
+        ("--leader-lease", "Lease"),
+    ):
         for ref in op_args.get(flag, []):
             ref_namespace, _, name = ref.partition("/")
             keys.append((kind, ref_namespace, name))

@@ -20,7 +20,8 @@ its own:
 - the GatewayRoute CRD, installed from the chart's ``crds/``, is Established;
 - ``helm upgrade`` with a changed ``dataplane.logLevel`` succeeds and the data-plane Deployment on the
   server then passes the new ``--log-level`` (its generation bumped); ``helm rollback`` to revision 1
-  restores it; a push token generated at install (``lookup``) is the same through upgrade and rollback;
+  restores it; a push token the chart renders (``pushToken.value``) is the same through upgrade and
+  rollback (by default the chart renders none: the operator makes it);
 - ``helm uninstall`` removes every object of the release, and the CRD stays (Helm never deletes
   ``crds/``).
 
@@ -46,9 +47,15 @@ is allocated once per cluster). So the cases run one after another, each uninsta
 
 from __future__ import annotations
 
+import base64
 import collections
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,6 +65,8 @@ from kubegate.api import crd
 from tests import controlplane
 from tests.delivery import helm as helmtools
 from tests.delivery.conftest import HOW_TO_GET, MAJORS, missing
+from tests.operator.conftest import Operator
+from tests.upstreams import wait_for
 
 GOLDEN = helmtools.ROOT / "tests" / "delivery" / "golden"
 CASES = sorted(p.name.removesuffix(".values.yaml") for p in GOLDEN.glob("*.values.yaml"))
@@ -360,10 +369,10 @@ def test_install_upgrade_rollback_uninstall(release: Release) -> None:
     ]
     check_hooks_accepted(release, hooks)
     assert _crd_established(release.kube)
-    token = _push_token(live)
-    assert (token is not None) == (not values.get("pushToken", {}).get("existingSecret"))
+    token = _push_token(live)  # rendered with pushToken.value only (else the operator makes it)
+    assert (token is not None) == bool(values.get("pushToken", {}).get("value"))
 
-    # Upgrade with another log level: the Deployment on the server changes; a generated token stays.
+    # Upgrade with another log level: the Deployment on the server changes; a rendered token stays.
     dataplane = _one(live, "Deployment", "-dataplane")
     before = _log_level(dataplane)
     assert before == values.get("dataplane", {}).get("logLevel", "info")
@@ -509,3 +518,108 @@ def test_crds_install_adopts_upgrades_and_keeps_the_crd(kube: controlplane.Contr
         if release.exists():
             release.uninstall()
         _restore_crd_metadata(kube, before)
+
+
+# --- the push token: made by the operator, and an upgrade from a chart that rendered it -----------------
+
+#: A commit whose chart rendered the push token itself (randAlphaNum, kept with lookup).
+RENDERED_TOKEN_COMMIT = "e1e03eb58e2d9343cd6e5f240a149fe6a7ad1d78"
+
+
+def _old_chart(tmp: Path) -> Path:
+    """The chart of :data:`RENDERED_TOKEN_COMMIT`, from git (skips without git history)."""
+    archive = subprocess.run(
+        ["git", "-C", str(helmtools.ROOT), "archive", RENDERED_TOKEN_COMMIT, "charts/kubegate"],
+        capture_output=True, check=False, timeout=60,
+    )  # fmt: skip
+    if archive.returncode != 0:
+        pytest.skip(f"no git history with {RENDERED_TOKEN_COMMIT[:12]}: {archive.stderr.decode()[:200]}")
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True, timeout=60)
+    chart = tmp / "charts" / "kubegate"
+    assert "randAlphaNum" in (chart / "templates" / "push-token-secret.yaml").read_text()
+    return chart
+
+
+def _run_operator(release: Release, tmp: Path) -> Operator:
+    """The release's operator as a local process, with the arguments of its Deployment and a token minted
+    for its ServiceAccount (no kubelet here: its Pods never run). Its push-token file is never written
+    (the optional volume the kubelet has not filled)."""
+    (deployment,) = [
+        d
+        for d in release.manifest()
+        if d["kind"] == "Deployment" and d["metadata"]["name"].endswith("-operator")
+    ]
+    pod = deployment["spec"]["template"]["spec"]
+    token = release.kube.kubectl(
+        "create", "token", pod["serviceAccountName"], "-n", release.namespace, "--duration=1h"
+    ).stdout.strip()
+    args = [sys.executable, "-m", "kubegate_operator"]
+    for arg in pod["containers"][0]["args"]:
+        if arg.startswith("--push-token-file="):
+            arg = f"--push-token-file={tmp / 'not-mounted-yet'}"
+        elif arg.startswith("--metrics-port="):
+            continue
+        args.append(arg)
+    kubeconfig = tmp / "kubeconfig"
+    ca = base64.b64encode(release.kube.ca_file.read_bytes()).decode()
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1", "kind": "Config", "current-context": "c",
+                "clusters": [
+                    {"name": "c", "cluster": {"server": release.kube.url, "certificate-authority-data": ca}}
+                ],
+                "users": [{"name": "u", "user": {"token": token}}],
+                "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBEGATE_", "KUBERNETES_"))}
+    env = {**env, "KUBECONFIG": str(kubeconfig), "NO_PROXY": "*"}
+    return Operator("operator", [*args, "--identity", "local"], env, tmp / "operator.log")
+
+
+def _secret(release: Release, name: str) -> dict[str, Any] | None:
+    result = release.kube.kubectl("get", "secret", name, "-n", release.namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["deleted-by-helm", "kept-by-annotation"])
+def test_upgrade_from_a_chart_rendered_token(
+    kube: controlplane.ControlPlane, tmp_path: Path, keep: bool
+) -> None:
+    """``helm upgrade`` from a chart that rendered the token: Helm deletes the Secret it no longer renders,
+    and the operator (with the chart's RBAC) creates a new one with a new token; annotated
+    ``helm.sh/resource-policy=keep`` first, the Secret is left by Helm and the operator uses it as it is."""
+    helm = _helm(max(MAJORS))
+    name = "kgtok" + ("keep" if keep else "del")
+    release = Release(kube, helm, name, f"chart-token-{'keep' if keep else 'del'}")
+    kube.kubectl("create", "namespace", release.namespace)
+    secret_name = f"{name}-kubegate-push-token"
+    release.run("install", name, str(_old_chart(tmp_path)), NO_WAIT[helm.major])
+    old = _secret(release, secret_name)
+    assert old is not None
+    if keep:
+        kube.kubectl(
+            "annotate", "secret", secret_name, "-n", release.namespace, "helm.sh/resource-policy=keep"
+        )
+    release.upgrade()
+    assert [d for d in release.manifest() if d["kind"] == "Secret"] == []
+    assert (_secret(release, secret_name) is not None) == keep
+    operator = _run_operator(release, tmp_path)
+    try:
+        made = wait_for(lambda: _secret(release, secret_name), timeout=30, interval=0.1)
+        logged = wait_for(
+            lambda: "push token Secret" in operator.log_path.read_text() and operator.log_path.read_text(),
+            timeout=30, interval=0.1,
+        )  # fmt: skip
+    finally:
+        operator.stop(signal.SIGTERM)
+    if keep:
+        assert made["data"] == old["data"] and "exists: using its token" in logged
+    else:
+        assert made["data"]["token"] != old["data"]["token"] and "created" in logged
+        assert made["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kubegate"
+        assert len(base64.b64decode(made["data"]["token"])) == 43
+    release.uninstall()
+    assert _secret(release, secret_name) is not None, "helm uninstall deletes no Secret it did not make"

@@ -16,9 +16,12 @@ admin Service's EndpointSlices (3/3, 2/2, 3/3); a deleted route gives 404, and o
 again at once gets a status of its own (found here: see ``StatusWriter.previous``).
 
 RBAC, least privilege: the chart is rendered (``operator.watchNamespaces``: one routes namespace; leader
-election on, as by default), its ServiceAccount, ClusterRole, RoleBindings, Role, push-token Secret and
-admin Service are applied, a token is minted for the ServiceAccount (``kubectl create token``) and the
-operator runs with that credential and the arguments of the chart's Deployment. The API server's audit
+election on, as by default), its ServiceAccount, ClusterRole, RoleBindings, Role and admin Service are
+applied, a token is minted for the ServiceAccount (``kubectl create token``) and the operator runs with
+that credential and the arguments of the chart's Deployment. It creates the push token's Secret (the
+chart renders none by default), before its mounted copy exists (the file is never written here: the
+operator sends the token it created), and the data planes start with that token once it exists, as
+pods waiting for the Secret would. The API server's audit
 log (``tests/controlplane.py`` logs the requests of ServiceAccounts) shows that it was refused nothing
 through the whole lifecycle (the Lease released at SIGTERM included), never met a 409, and used every
 grant of the chart but ``get`` on the kinds it lists and watches; with the same token, changing or
@@ -166,17 +169,22 @@ class Rig:
             for ns in (RELEASE_NS, ROUTES_NS, OTHER_NS)
         ]
         self.apply(*namespaces)
-        self.apply(
-            *(d for d in self.rendered if d["kind"] in RBAC_KINDS),
-            self.one("Service", "-admin"),
-            self.one("Secret", "-push-token"),
-        )
+        self.apply(*(d for d in self.rendered if d["kind"] in RBAC_KINDS), self.one("Service", "-admin"))
+        assert [d for d in self.rendered if d["kind"] == "Secret"] == []  # the operator makes the token's
         self.token = kubectl(
             "create", "token", self.service_account, "-n", RELEASE_NS, "--duration=1h"
         ).stdout.strip()
-        push_token = base64.b64decode(self.one("Secret", "-push-token")["data"]["token"]).decode()
         for name in ("alpha", "beta", "gamma"):
             self.upstreams[name] = UpstreamServer(name, host=self.host).start()
+        token_file = self.tmp / "push-token"  # never written: the optional volume the kubelet has not filled
+        self.operator = Operator("operator", self.operator_args(token_file), self.operator_env(), self.log)
+        secret = self.wait(
+            lambda: self.api.get(f"/api/v1/namespaces/{RELEASE_NS}/secrets/{RELEASE}-push-token"),
+            "the operator creates the push token's Secret",
+        )
+        assert secret["metadata"]["labels"]["app.kubernetes.io/part-of"] == "kubegate"
+        push_token = base64.b64decode(secret["data"]["token"]).decode()
+        assert len(push_token) == 43
         with concurrent.futures.ThreadPoolExecutor(REPLICAS) as pool:
             starting = [
                 pool.submit(GatewayProcess, self.tmp, token=push_token, host=self.host)
@@ -184,9 +192,6 @@ class Rig:
             ]
             self.gateways = [future.result() for future in starting]
         self.register(self.gateways)
-        token_file = self.tmp / "push-token"
-        token_file.write_text(push_token + "\n", encoding="utf-8")
-        self.operator = Operator("operator", self.operator_args(token_file), self.operator_env(), self.log)
 
     @property
     def log(self) -> Path:
@@ -588,8 +593,9 @@ def test_the_operator_needs_nothing_the_chart_does_not_grant(rig: Rig) -> None:
     answers = {(*_used(e), e["responseStatus"]["code"]) for e in events}
     refused = sorted(a for a in answers if a[3] in (401, 403))
     assert refused == [], f"the chart's RBAC refused the operator: {refused}"
-    # 404: the Lease and the bootstrap Secret before it created them; 422: a stale status write. Never a
-    # 409: its writes carry no resourceVersion (the Lease's is a JSON patch's test: 422 when lost).
+    # 404: the Lease and the bootstrap and push-token Secrets before it created them; 422: a stale status
+    # write. Never a 409: its writes carry no resourceVersion (the Lease's is a JSON patch's test: 422
+    # when lost), and it alone creates the push token's Secret.
     assert {a[3] for a in answers} <= {200, 201, 404, 422}, sorted(answers)
     used = {_used(e) for e in events if _used(e)[2]}  # discovery (non-resource URLs) aside
     assert used <= _granted(rig)

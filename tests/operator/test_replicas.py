@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 
+from kubegate import pushtoken
 from kubegate.compiler import table as tables
 from kubegate.dataplane import admin
 from kubegate.dataplane.edge import EdgeContext
@@ -51,7 +52,9 @@ class Plane:
         self.context = EdgeContext()
         self.gateway = Gateway(store=SnapshotStore(context=self.context))
         self.token = token
-        self.app = admin.build_admin_app(self.gateway, push_token=lambda: self.token, worker=worker)
+        # No grace for a previous token: a changed token here is a wrong one (rotations: test_push_token.py).
+        tokens = pushtoken.RotatingToken(lambda: self.token, grace=0)
+        self.app = admin.build_admin_app(self.gateway, push_token=tokens, worker=worker)
         self.transport = httpx.ASGITransport(app=self.app)
         self.requests: list[str] = []
 

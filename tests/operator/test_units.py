@@ -6,8 +6,8 @@ Aspects: a burst is one compile and the maximum delay bounds it, by the injected
 status-only updates and finds replicas (not-ready included, terminating excluded); an incremental state
 gives the same table as a full load; one unreachable or slow replica never holds back the others (the
 pushes run concurrently), a restarted replica is re-pushed, and Programmed counts only replicas that
-acknowledged this generation; the push token file is read again for every push (a rotated token takes
-effect without a restart); unchanged statuses are not rewritten, status writes run at most ``concurrency``
+acknowledged this generation; the push token file is read again for every push (a rotation end to end:
+``test_push_token.py``); unchanged statuses are not rewritten, status writes run at most ``concurrency``
 at a time, and a route that is not accepted is never Programmed, even while every replica still serves a
 table holding it; a new table's statuses are written once, after its pushes ended ("3/3", not "0/3"
 first), and a replica whose push failed is not waited for; a table over the limit is refused; flags and
@@ -368,38 +368,6 @@ def test_token_reader_reads_the_file_on_every_call(tmp_path: Path) -> None:
     path.write_text(" \n")
     assert read() is None
     assert publisher.token_reader(None)() is None
-
-
-async def test_publisher_uses_a_rotated_token_without_a_restart(tmp_path: Path) -> None:
-    """The operator's side of a token rotation (the data plane re-reads its file on every push too):
-    a push refused with the old token succeeds, on retry, once the operator's file has the new one."""
-    m = metrics_mod.Metrics()
-    gw = GatewayProcess(tmp_path)
-    ours = tmp_path / "operator-token"
-    ours.write_text(TOKEN + "\n")
-    try:
-        async with httpx.AsyncClient() as client:
-            pub = publisher.Publisher(
-                client=client,
-                token=publisher.token_reader(ours),
-                backoff_initial=0.05,
-                backoff_max=0.2,
-                timeout=GUARD,
-                metrics=m,
-            )
-            pub.set_replicas([state.Replica("127.0.0.1", gw.admin_port)])
-            pub.publish(_table("before"))
-            await _until(lambda: pub.in_sync() == 1)
-            (tmp_path / f"token-{gw.port}").write_text("rotated-token-0123456789\n")  # the data plane's
-            pub.publish(_table("after", generation=2))
-            await _until(lambda: m.value("kubegate_operator_pushes_total", {"result": "rejected"}) >= 1)
-            assert pub.in_sync() == 0 and gw.table()["version"] == "before"
-            ours.write_text("rotated-token-0123456789\n")  # the operator's Secret follows
-            await _until(lambda: pub.in_sync() == 1)
-            assert gw.table()["version"] == "after"
-            await pub.close()
-    finally:
-        gw.stop()
 
 
 class FakeReplicas:

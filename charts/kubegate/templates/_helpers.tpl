@@ -125,6 +125,11 @@ given the component's pods; then, with spread, a soft one over nodes. Empty when
 {{- default (printf "%s-push-token" (include "kubegate.fullname" .)) .Values.pushToken.existingSecret -}}
 {{- end -}}
 
+{{/* Whether the operator makes the push token's Secret (neither pushToken.value nor existingSecret). */}}
+{{- define "kubegate.pushTokenByOperator" -}}
+{{- if not (or .Values.pushToken.value .Values.pushToken.existingSecret) }}true{{ end -}}
+{{- end -}}
+
 {{- define "kubegate.bootstrapSecret" -}}
 {{- default (printf "%s-bootstrap" (include "kubegate.fullname" .)) .Values.bootstrap.secretName -}}
 {{- end -}}
@@ -253,7 +258,7 @@ so that `helm install/upgrade/template` stops with one clear message.
 {{- end -}}
 {{- $token := .Values.pushToken.value -}}
 {{- if and $token (lt (len $token) 16) -}}
-{{- fail (printf "pushToken.value is %d characters long: use at least 16 (or leave it empty to generate one)" (len $token)) -}}
+{{- fail (printf "pushToken.value is %d characters long: use at least 16 (or leave it empty: the operator then generates one)" (len $token)) -}}
 {{- end -}}
 {{- if eq (int $dp.port) (int $dp.adminPort) -}}
 {{- fail "dataplane.port and dataplane.adminPort must differ" -}}

@@ -5,8 +5,11 @@ the operator's way to replace the route table. ``PATCH /table`` takes a
 :class:`~kubegate.compiler.table.TableDelta` instead (the routes that changed, a few kilobytes where the
 whole table of 10,000 routes is 3.4 MB): 409 when it was made for another table than the one served, and
 the operator then pushes the whole table. A push is authenticated with a bearer token (no token
-configured means pushes are refused), validated completely — model, then snapshot build — before the
-atomic swap, and rejected with 400 and the reasons otherwise, while the old table keeps serving.
+configured means pushes are refused; through a rotation of the token, the previous one is admitted for
+a grace period, sent as ``Authorization`` or as ``kubegate-previous-token``: see
+:mod:`kubegate.pushtoken`; refusals are counted in ``kubegate_push_refusals_total``), validated
+completely — model, then snapshot build — before the atomic swap, and rejected with 400 and the reasons
+otherwise, while the old table keeps serving.
 
 ``PUT /replicas`` (``{"replicas": N}``, the same token) is the operator's way to say how many data-plane
 replicas there are: a Global rate limit falls back to ``1/N`` of its rate while Redis is away (and without
@@ -30,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
-import hmac
 import json
 import logging
 import time
@@ -38,6 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.applications import Starlette
@@ -46,7 +49,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from kubegate import gcpause
+from kubegate import gcpause, pushtoken
 from kubegate.compiler.table import (
     WIRE_LIMITS,
     BackendTls,
@@ -285,10 +288,39 @@ def _refuse(status: int, error: str, headers: dict[str, str] | None = None) -> J
     )
 
 
+class PushAuthCollector:
+    """``/metrics`` of push authentication: refusals by reason (``missing``: no bearer token, ``invalid``:
+    no presented token is accepted), rotations of the token seen, and the seconds left of the previous
+    token's grace. Never a token."""
+
+    def __init__(self, tokens: pushtoken.RotatingToken) -> None:
+        self.tokens = tokens
+        self.refusals = {"missing": 0, "invalid": 0}
+
+    def collect(self) -> list[Metric]:
+        refusals = CounterMetricFamily(
+            "kubegate_push_refusals",
+            "Pushes (PUT/PATCH /table, PUT /replicas) refused for their token, by reason",
+            labels=["reason"],
+        )
+        for reason, count in sorted(self.refusals.items()):
+            refusals.add_metric([reason], count)
+        rotations = CounterMetricFamily(
+            "kubegate_push_token_rotations", "Changes of the push token seen since start"
+        )
+        rotations.add_metric([], self.tokens.rotations)
+        grace = GaugeMetricFamily(
+            "kubegate_push_token_grace_seconds",
+            "Seconds the push token before the last rotation is still accepted (0: none)",
+        )
+        grace.add_metric([], self.tokens.grace_left())
+        return [refusals, rotations, grace]
+
+
 def build_admin_app(
     gateway: Gateway,
     *,
-    push_token: Callable[[], str | None],
+    push_token: Callable[[], str | None] | pushtoken.RotatingToken,
     on_table: Callable[[Snapshot], None] | None = None,
     on_traffic_loop: LoopRunner | None = None,
     limits: WireLimits = WIRE_LIMITS,
@@ -304,6 +336,10 @@ def build_admin_app(
     ``replicas`` is the count ``PUT /replicas`` sets (default: the store's ``EdgeContext.replicas``, the
     one the rate limits read; a store without a context gets one of its own)."""
     store = gateway.store
+    tokens = (
+        push_token if isinstance(push_token, pushtoken.RotatingToken) else pushtoken.RotatingToken(push_token)
+    )
+    push_auth = PushAuthCollector(tokens)
     count = replicas if replicas is not None else ReplicaCount()
     if replicas is None and store.context is not None:
         count = store.context.replicas
@@ -318,6 +354,7 @@ def build_admin_app(
         )
     )
     registry.register(PolicyCollector(lambda: store.current))
+    registry.register(push_auth)
     if store.context is not None and store.context.cache is not None:
         registry.register(CacheCollector(store.context.cache))
     registry.register(
@@ -443,12 +480,16 @@ def build_admin_app(
         request: Request, limit: int = max_table_bytes, what: str = "table"
     ) -> bytearray | Response:
         """The authenticated, size-checked body of a push, or the error response. The token is read
-        only for a request that carries one, and a wrong or unset token gets the same answer."""
+        only for a request that carries one, and a wrong or unset token gets the same answer. The bearer
+        token and the sender's previous token (``kubegate-previous-token``, sent during a rotation) are
+        each compared with the current token and, during its grace, the previous one."""
         auth = request.headers.get("authorization", "")
         if not auth.lower().startswith("bearer "):
+            push_auth.refusals["missing"] += 1
             return _refuse(401, "missing bearer token", {"www-authenticate": "Bearer"})
-        token = push_token()
-        if token is None or not hmac.compare_digest(auth[7:].strip().encode(), token.encode()):
+        presented = [auth[7:].strip(), request.headers.get(pushtoken.PREVIOUS_HEADER, "").strip()]
+        if not pushtoken.admits(presented, tokens.accepted()):
+            push_auth.refusals["invalid"] += 1
             return _refuse(403, "invalid bearer token")
         too_large = f"{what} larger than {limit} bytes"
         declared = request.headers.get("content-length")

@@ -28,6 +28,7 @@ from typing import TypeVar
 
 import uvicorn
 
+from kubegate import pushtoken
 from kubegate.dataplane import caching, redislimit, tls
 from kubegate.dataplane.admin import build_admin_app, to_oldest_generation
 from kubegate.dataplane.adminserver import AdminLimits, AdminServer
@@ -64,6 +65,7 @@ class ServeOptions:
     routes: Path | None = None
     bootstrap: Path | None = None
     push_token_file: Path | None = None
+    push_token_grace: float = pushtoken.GRACE_SECONDS  # the previous token is admitted this long
     drain_timeout: float = 25.0
     watch_interval: float = 1.0
     access_log: bool = False
@@ -84,7 +86,8 @@ class ServeOptions:
 
 
 def push_token_source(token_file: Path | None) -> Callable[[], str | None]:
-    """The push token, re-read on every push so that a rotated Secret takes effect without a restart.
+    """The push token, re-read on every push so that a rotated Secret takes effect without a restart
+    (:class:`~kubegate.pushtoken.RotatingToken` keeps the previous one for a grace period).
 
     None when there is none: the file cannot be read, is not UTF-8 text or is empty (or, without a file,
     ``$KUBEGATE_PUSH_TOKEN`` is unset). Such a problem is logged once when it starts and once when it
@@ -232,7 +235,9 @@ async def serve(opts: ServeOptions) -> int:
             )
     admin_app = build_admin_app(
         gateway,
-        push_token=push_token_source(opts.push_token_file),
+        push_token=pushtoken.RotatingToken(
+            push_token_source(opts.push_token_file), grace=opts.push_token_grace
+        ),
         on_traffic_loop=run_on_traffic_loop(loop),
         # what the demo's echo backend calls itself in its answers, as a name for /services/{name}
         service_aliases={DEMO_ECHO_NAME: f"127.0.0.1:{DEMO_ECHO_PORT}"} if opts.demo else None,
