@@ -1197,6 +1197,8 @@ def versions() -> dict[str, str]:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "not installed"
+    # whether kubegate serve runs its hot path compiled (hack/compile.sh) or as plain Python
+    out["kubegate build"] = _first_line([sys.executable, "-m", "kubegate._compiled"])
     out["nginx"] = _first_line(["nginx", "-v"]).replace("nginx version: ", "")
     out["haproxy"] = _first_line(["haproxy", "-v"])
     out["wrk"] = _first_line(["wrk", "-v"])

@@ -5,7 +5,9 @@ stage on ``python:3.11-slim`` and nothing but the virtualenv copied from the bui
 installed in the final stage; a numeric non-root USER; the entry point is the ``kubegate`` console script
 with a subcommand the real CLI has; the operator image installs the operator extra; OCI labels and
 EXPOSEd ports; every file a COPY names exists and is not excluded by ``.dockerignore`` (and the
-package sources pyproject.toml needs are copied); the build context excludes tests, .git and virtualenvs.
+package sources pyproject.toml needs are copied); the build context excludes tests, .git, virtualenvs and
+a checkout's own compiled modules; the data-plane image builds its wheel with the hot path compiled
+(``KUBEGATE_COMPILE=1``, setup.py), without build isolation, in the build stage only.
 """
 
 from __future__ import annotations
@@ -104,6 +106,19 @@ def test_final_stage_is_slim_python_without_compilers(dockerfile: str) -> None:
     assert any(ins == "RUN" and "pip wheel" in rest for ins, rest in stages[0].instructions)
 
 
+def test_dataplane_image_compiles_the_hot_path() -> None:
+    build, final = parse(ROOT / "Dockerfile.dataplane")[0], parse(ROOT / "Dockerfile.dataplane")[-1]
+    runs = [rest for ins, rest in build.instructions if ins == "RUN"]
+    wheel = next(rest for rest in runs if "pip wheel" in rest)
+    assert "KUBEGATE_COMPILE=1" in wheel and "--no-build-isolation" in wheel
+    # mypyc needs the dependencies' types: installed before the wheel is built, in the same stage
+    assert wheel.index("pip install .") < wheel.index("pip wheel") and "mypy" in wheel
+    assert COMPILERS.search(" ".join(runs)), "the build stage needs a C compiler for mypyc"
+    assert "KUBEGATE_COMPILE" not in " ".join(rest for _, rest in final.instructions)
+    copies = " ".join(rest for ins, rest in build.instructions if ins == "COPY")
+    assert "setup.py" in copies.split()
+
+
 @pytest.mark.parametrize("dockerfile", sorted(IMAGES))
 def test_runs_as_numeric_non_root_user(dockerfile: str) -> None:
     final = parse(ROOT / dockerfile)[-1]
@@ -157,7 +172,12 @@ def test_copied_files_exist_and_reach_the_build_context(dockerfile: str) -> None
         path = ROOT / source
         assert path.exists(), f"{dockerfile}: COPY {source}: no such file"
         files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-        files = [p for p in files if "__pycache__" not in p.parts]
+        # (a checkout's own compiled build, hack/compile.sh, stays out: the image compiles its own)
+        files = [
+            p
+            for p in files
+            if "__pycache__" not in p.parts and p.suffix != ".so" and p.name != "_compiled.json"
+        ]
         assert files, f"{dockerfile}: COPY {source}: nothing to copy"
         for file in files:
             relative = file.relative_to(ROOT).as_posix()
@@ -180,10 +200,13 @@ def test_build_context_leaves_out_what_images_do_not_need() -> None:
         "charts/kubegate/Chart.yaml",
         "dataplane/kubegate/__pycache__/cli.cpython-311.pyc",
         "kubegate.egg-info/PKG-INFO",
+        "dataplane/kubegate/dataplane/proxy.cpython-311-x86_64-linux-gnu.so",
+        "dataplane/kubegate/_compiled.json",
     ]:
         assert dockerignore_excludes(path), path
     for path in [
         "pyproject.toml",
+        "setup.py",
         "README.md",
         "dataplane/kubegate/cli.py",
         "operator/kubegate_operator/__init__.py",

@@ -373,6 +373,11 @@ class Matcher(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
+    def __bool__(self) -> bool:
+        # Stated, not left to __len__: compiled by mypyc, "if x" on an "X | None" tests only for None
+        # unless X defines __bool__.
+        return len(self) > 0
+
     def __repr__(self) -> str:
         buckets = len(self._by_host) + len(self._by_suffix) + (self._any is not None)
         return (

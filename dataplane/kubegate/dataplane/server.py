@@ -28,7 +28,7 @@ from typing import TypeVar
 
 import uvicorn
 
-from kubegate import pushtoken
+from kubegate import _compiled, pushtoken
 from kubegate.dataplane import caching, redislimit, tls
 from kubegate.dataplane.admin import build_admin_app, to_oldest_generation
 from kubegate.dataplane.adminserver import AdminLimits, AdminServer
@@ -332,6 +332,11 @@ async def serve(opts: ServeOptions) -> int:
         logger.error("admin port %s:%d could not be opened", opts.admin_host, opts.admin_port)
         return 1
     logger.info("admin port listening on %s", _url(opts.admin_host, opts.admin_port))
+    compiled = _compiled.compiled_modules()
+    logger.info(
+        "hot path %s",
+        f"compiled with mypyc ({len(compiled)} modules)" if compiled else "interpreted (plain Python)",
+    )
     keeper = asyncio.create_task(housekeeping())
     echo: _Server | None = None
     if opts.demo:

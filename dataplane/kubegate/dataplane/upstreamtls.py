@@ -68,6 +68,11 @@ class TlsContexts:
     def __len__(self) -> int:
         return len(self._contexts)
 
+    def __bool__(self) -> bool:
+        # Stated, not left to __len__: compiled by mypyc, "if x" on an "X | None" tests only for None
+        # unless X defines __bool__.
+        return len(self) > 0
+
 
 def _context(ca: str | None, verify: bool) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=ca)

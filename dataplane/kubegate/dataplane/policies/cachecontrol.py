@@ -137,8 +137,10 @@ class CacheRules:
 
     ttl: float
     max_entry_bytes: int
-    key_query_params: str | tuple[str, ...] = "all"
-    key_headers: tuple[bytes, ...] = ()
+    # Sequence, not tuple, so that a list is normalised here rather than refused by the compiled build's
+    # type check (and an element of the wrong type gets the ValueError naming the field)
+    key_query_params: str | Sequence[str] = "all"
+    key_headers: Sequence[bytes] = ()
     per_user: bool = False
 
     def __post_init__(self) -> None:
@@ -147,20 +149,25 @@ class CacheRules:
         if self.max_entry_bytes < 0:
             raise ValueError(f"max_entry_bytes must be >= 0, not {self.max_entry_bytes!r}")
         params = self.key_query_params
+        # the elements are read as objects: what the annotations promise is what is checked here
         if isinstance(params, str):
             if params not in ("all", "none"):
                 raise ValueError(f'key_query_params must be "all", "none" or names, not {params!r}')
-        elif all(isinstance(name, str) for name in params):
+        elif all(isinstance(name, str) for name in _as_objects(params)):
             object.__setattr__(self, "key_query_params", tuple(params))
         else:
             raise ValueError(f"key_query_params must hold parameter names, not {params!r}")
         names: list[bytes] = []
-        for name in self.key_headers:
+        for name in _as_objects(self.key_headers):
             if not (isinstance(name, bytes) and name and _clean_name(name)):
                 raise ValueError(f"key_headers must be header names, not {name!r}")
             if name.lower() not in names:
                 names.append(name.lower())
         object.__setattr__(self, "key_headers", tuple(names))
+
+
+def _as_objects(items: Sequence[object]) -> Sequence[object]:
+    return items
 
 
 def _clean_name(name: bytes) -> bool:

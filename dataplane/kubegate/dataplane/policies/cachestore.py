@@ -121,7 +121,7 @@ class CachedResponse:
         return b"".join(parts)
 
     @classmethod
-    def decode(cls, data: bytes) -> CachedResponse:
+    def decode(cls, data: bytes | bytearray | memoryview) -> CachedResponse:
         """An entry from :meth:`encode`'s output; ``ValueError`` for any other bytes (see the module
         docstring)."""
         reader = _Reader(data)
@@ -165,7 +165,7 @@ class _Reader:
 
     __slots__ = ("data", "left", "offset")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes | bytearray | memoryview) -> None:
         self.data = memoryview(data)
         self.offset = 0
         self.left = self.data.nbytes
@@ -218,6 +218,11 @@ class MemoryStore:
 
     def __len__(self) -> int:
         return len(self._table)
+
+    def __bool__(self) -> bool:
+        # Stated, not left to __len__: compiled by mypyc, "if x" on an "X | None" tests only for None
+        # unless X defines __bool__.
+        return len(self) > 0
 
     def __contains__(self, key: object) -> bool:
         return key in self._table

@@ -92,6 +92,11 @@ class EndpointSet:
     def __len__(self) -> int:
         return len(self.endpoints)
 
+    def __bool__(self) -> bool:
+        # Stated, not left to __len__: compiled by mypyc, "if x" on an "X | None" tests only for None
+        # unless X defines __bool__.
+        return len(self) > 0
+
     def __iter__(self) -> Iterator[EndpointState]:
         return iter(self.endpoints)
 

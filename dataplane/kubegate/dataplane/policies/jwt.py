@@ -276,6 +276,11 @@ class KeySet:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def __bool__(self) -> bool:
+        # Stated, not left to __len__: compiled by mypyc, "if x" on an "X | None" tests only for None
+        # unless X defines __bool__.
+        return len(self) > 0
+
     def __repr__(self) -> str:
         return f"<KeySet keys={len(self.keys)} kids={self.kids} skipped={len(self.skipped)}>"
 

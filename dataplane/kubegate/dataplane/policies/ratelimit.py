@@ -120,8 +120,9 @@ def compact_key(key: Key) -> Key:
     return b"\x00#" + hashlib.blake2b(raw, digest_size=16).digest()
 
 
-def validate(rate: float, burst: int) -> None:
-    """ValueError unless ``rate`` is a positive finite number and ``burst`` a whole number >= 0."""
+def validate(rate: float, burst: float) -> None:
+    """ValueError unless ``rate`` is a positive finite number and ``burst`` a whole number >= 0 (a float
+    that is not whole is refused here, as the compiled build could not refuse it by its type)."""
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate must be a positive number of requests per second, not {rate!r}")
     if burst < 0 or burst != int(burst):
@@ -138,7 +139,7 @@ class Gcra:
 
     __slots__ = ("_interval", "_table", "_tau", "allowed", "burst", "denied", "evicted", "max_keys", "rate")
 
-    def __init__(self, rate: float, burst: int, *, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, rate: float, burst: float, *, max_keys: int = MAX_KEYS) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, not {max_keys!r}")
         self.max_keys = max_keys
@@ -148,7 +149,7 @@ class Gcra:
         self.denied = 0
         self.evicted = 0
 
-    def resize(self, rate: float, burst: int) -> None:
+    def resize(self, rate: float, burst: float) -> None:
         """Enforce ``rate`` and ``burst`` from now on, keeping the table: every key keeps its TAT (see
         "The replicas' share" in the module docstring). ValueError (and nothing changed) for bad values."""
         validate(rate, burst)
@@ -206,6 +207,11 @@ class Gcra:
         """Keys in the table (keys being limited, plus full ones not swept yet)."""
         return len(self._table)
 
+    def __bool__(self) -> bool:
+        # Stated, not left to __len__: compiled by mypyc, "if x" on an "X | None" tests only for None
+        # unless X defines __bool__.
+        return len(self) > 0
+
     def __repr__(self) -> str:
         return (
             f"<Gcra {self.rate:g}/s burst={self.burst} keys={len(self._table)}/{self.max_keys}"
@@ -250,7 +256,9 @@ class ReplicaShare(Gcra):
 
     __slots__ = ("full_burst", "full_rate", "replicas", "share")
 
-    def __init__(self, rate: float, burst: int, replicas: ReplicaCount, *, max_keys: int = MAX_KEYS) -> None:
+    def __init__(
+        self, rate: float, burst: float, replicas: ReplicaCount, *, max_keys: int = MAX_KEYS
+    ) -> None:
         validate(rate, burst)
         self.full_rate = float(rate)
         self.full_burst = int(burst)
