@@ -42,6 +42,8 @@ def variant(name: str) -> tuple[str, bytes]:
         return "", REQUEST
     if name == "policies":
         return proxy_bench.POLICY_SPEC, REQUEST
+    if name == "plain-keyheader":  # the plain route, sent the apikey variant's request (its extra header)
+        return "", REQUEST[:-2] + b"X-API-Key: bench-api-key-0123456789\r\n\r\n"
     if name == "apikey":
         return proxy_bench.APIKEY_SPEC, REQUEST[:-2] + b"X-API-Key: bench-api-key-0123456789\r\n\r\n"
     if name == "ratelimit":  # a Local limit high enough that every request is admitted
@@ -134,7 +136,7 @@ def main() -> int:
     ap.add_argument(
         "--variant",
         action="append",
-        choices=("plain", "policies", "apikey", "jwt", "ratelimit", "cache"),
+        choices=("plain", "plain-keyheader", "policies", "apikey", "jwt", "ratelimit", "cache"),
         help="route variants to measure (repeatable; default plain): proxy_bench.py's kubegate-* routes",
     )
     args = ap.parse_args()

@@ -1338,8 +1338,41 @@ def summarize(outcomes: Sequence[Outcome], rounds: int, keep_noisy: bool = False
                 conns_per_request_median=_median(r.conns_per_request for r in use.values()),
                 handshakes=o.handshakes,
             )
+            plain = by_key.get("kubegate")
+            if o.spec.key.startswith("kubegate-") and plain is not None and plain.results:
+                # a route variant against the plain route of the same round (the issues' "same route
+                # without the policy" targets): medians of per-round ratios, rounds quiet for both
+                same = {k: (r, plain.results[k]) for k, r in res.items() if k in plain.results}
+                quiet_same = {k: p for k, p in same.items() if p[0].others <= NOISE and p[1].others <= NOISE}
+                if quiet_same and not keep_noisy:
+                    same = quiet_same
+                row.update(
+                    plain_ratio_median=_median(_ratio(r.rps, n.rps) for r, n in same.values()),
+                    plain_per_cpu_ratio_median=_median(
+                        _ratio(_per_cpu(r), _per_cpu(n)) for r, n in same.values()
+                    ),
+                    plain_ratios=[round(r.rps / n.rps, 3) for _, (r, n) in sorted(same.items()) if n.rps],
+                )
         summary.append(row)
     return summary
+
+
+def print_variants(summary: Sequence[dict[str, Any]]) -> None:
+    """kubegate's route variants against its plain route, measured in the same rounds."""
+    rows = [
+        [
+            s["proxy"],
+            fmt_ratio(s["plain_ratio_median"]),
+            fmt_ratio(s["plain_per_cpu_ratio_median"]),
+            " ".join(f"{x:.2f}" for x in s["plain_ratios"]),
+        ]
+        for s in summary
+        if "plain_ratio_median" in s
+    ]
+    if rows:
+        print("\n== route variants against the plain route (kubegate) of the same round: median of ratios")
+        headers = ["variant", "req/s vs plain", "per-cpu vs plain", "per round (req/s)"]
+        print_table(headers, rows, right={1, 2})
 
 
 LEGEND = """\
@@ -1865,6 +1898,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in the same round; min-max over all rounds"
     )
     print_summary(summary)
+    print_variants(summary)
     for o in outcomes:
         for rnd, why in sorted(o.round_failures.items()):
             print(f"  {o.spec.key} round {rnd} failed: {why.splitlines()[0]}")

@@ -95,6 +95,7 @@ class EdgeRuntime:
         "rewrite",
         "transforms_response",
         "wanted",
+        "wanted_sizes",
     )
 
     def __init__(self, policy: EdgePolicy, route_id: str = "", context: EdgeContext | None = None) -> None:
@@ -139,6 +140,11 @@ class EdgeRuntime:
                     b"access-control-request-headers": _ACR_HEADERS,
                 }
             )
+        #: ``wanted_sizes[n]``: whether a wanted name is ``n`` bytes long (a header of another length is
+        #: passed over without lower-casing its name and looking it up).
+        self.wanted_sizes = [False] * (max(map(len, self.wanted), default=0) + 1)
+        for name in self.wanted:
+            self.wanted_sizes[len(name)] = True
         c = policy.cors
         self.cors = (
             CorsPolicy(
@@ -186,7 +192,11 @@ class EdgeRuntime:
         auth = self.auth
         origin = acr_method = acr_headers = authorization = api_key = xff = limit_header = None
         wanted = self.wanted
+        sizes = self.wanted_sizes
         for name, value in ex.raw_headers if wanted else ():  # (a route with only a cache reads none)
+            size = len(name)
+            if size >= len(sizes) or not sizes[size]:
+                continue
             which = wanted.get(name.lower())
             if which is None:
                 continue

@@ -64,9 +64,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 __all__ = [
     "EPSILON",
@@ -102,13 +101,33 @@ _SWEEP = 4
 MAX_REPLICAS = 10_000
 
 
-class Decision(NamedTuple):
-    """The answer for one request (see the module docstring); times in seconds."""
+class Decision:
+    """The answer for one request (see the module docstring); times in seconds. A plain class rather than
+    a NamedTuple: compiled by mypyc it is a native object, where a NamedTuple's ``__new__`` would run as
+    interpreted code on every rate-limited request."""
 
-    allowed: bool
-    retry_after: float
-    remaining: int
-    reset: float
+    __slots__ = ("allowed", "remaining", "reset", "retry_after")
+
+    def __init__(self, allowed: bool, retry_after: float, remaining: int, reset: float) -> None:
+        self.allowed = allowed
+        self.retry_after = retry_after
+        self.remaining = remaining
+        self.reset = reset
+
+    def _fields(self) -> tuple[bool, float, int, float]:
+        return (self.allowed, self.retry_after, self.remaining, self.reset)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Decision) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Decision(allowed={self.allowed!r}, retry_after={self.retry_after!r}, "
+            f"remaining={self.remaining!r}, reset={self.reset!r})"
+        )
 
 
 def compact_key(key: Key) -> Key:
@@ -143,7 +162,9 @@ class Gcra:
         if max_keys < 1:
             raise ValueError(f"max_keys must be >= 1, not {max_keys!r}")
         self.max_keys = max_keys
-        self._table: OrderedDict[Key, float] = OrderedDict()  # key -> TAT, least recently used first
+        # key -> TAT, least recently used first (a plain dict keeps insertion order: "move to the end" is
+        # a delete and an insert, which the compiled build does without a method call)
+        self._table: dict[Key, float] = {}
         self.resize(rate, burst)
         self.allowed = 0
         self.denied = 0
@@ -170,13 +191,14 @@ class Gcra:
         tau = self._tau
         if ahead > tau + EPSILON:
             self.denied += 1
-            table.move_to_end(key)  # stored: its TAT is in the future
+            del table[key]  # stored (its TAT is in the future): now the most recently used
+            table[key] = tat
             return Decision(False, ahead - tau, 0, ahead)
         self.allowed += 1
         tat += self._interval
         if key in table:
+            del table[key]
             table[key] = tat
-            table.move_to_end(key)
         else:
             self._insert(key, tat, now)
         ahead = tat - now
@@ -192,7 +214,7 @@ class Gcra:
                 break
             del table[oldest]
         if len(table) >= self.max_keys:
-            table.popitem(last=False)
+            del table[next(iter(table))]
             self.evicted += 1
         table[key] = tat
 
