@@ -42,6 +42,8 @@ def variant(name: str) -> tuple[str, bytes]:
         return "", REQUEST
     if name == "policies":
         return proxy_bench.POLICY_SPEC, REQUEST
+    if name == "accesslog":  # the plain route, kubegate serve --access-log (one JSON line per request)
+        return "", REQUEST
     if name == "plain-keyheader":  # the plain route, sent the apikey variant's request (its extra header)
         return "", REQUEST[:-2] + b"X-API-Key: bench-api-key-0123456789\r\n\r\n"
     if name == "apikey":
@@ -108,6 +110,7 @@ def measure(label: str, src: Path, upstream: int, work: Path, n: int, spec: str,
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, "-m", "kubegate.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--admin-port", str(admin), "--routes", str(routes), "--log-level", "warning",
+        *(["--access-log"] if label == "accesslog" else []),
     ]  # fmt: skip
     with open(work / f"{label}.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -136,7 +139,7 @@ def main() -> int:
     ap.add_argument(
         "--variant",
         action="append",
-        choices=("plain", "plain-keyheader", "policies", "apikey", "jwt", "ratelimit", "cache"),
+        choices=("plain", "plain-keyheader", "accesslog", "policies", "apikey", "jwt", "ratelimit", "cache"),
         help="route variants to measure (repeatable; default plain): proxy_bench.py's kubegate-* routes",
     )
     args = ap.parse_args()
