@@ -278,6 +278,8 @@ def test_with_redis_gone_requests_bypass_the_cache_never_a_5xx(tmp_path: Path, u
         try:
             path = target("/cacheable", case="outage")
             get(gw, path)
+            # the client has the answer before the SET reaches Redis: wait until it is counted stored
+            wait_for(lambda: _route_cache(gw, "default/cached")["stored"] == 1, timeout=5)
             assert get(gw, path).headers["x-cache"] == "HIT"
             server.kill()
             answers = [get(gw, path) for _ in range(5)]
