@@ -55,6 +55,7 @@ async def call(
     chunks: list[bytes],
     *,
     method: str = "PUT",
+    path: str = "/table",
     disconnect: bool = False,
 ) -> Answer:
     """One request straight through ASGI: ``chunks`` are the body's receive events (no Content-Length is
@@ -65,8 +66,8 @@ async def call(
         "http_version": "1.1",
         "method": method,
         "scheme": "http",
-        "path": "/table",
-        "raw_path": b"/table",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": b"",
         "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
@@ -185,29 +186,9 @@ def with_previous(bearer_token: str, previous: str) -> dict[str, str]:
 
 
 async def metrics(app: Any) -> str:
-    status, _, body = await call_get(app, "/metrics")
+    status, _, body = await call(app, {}, [], method="GET", path="/metrics")
     assert status == 200
     return body.decode()
-
-
-async def call_get(app: Any, path: str) -> Answer:
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-        "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": [],
-        "client": ("127.0.0.1", 40000), "server": ("127.0.0.1", 9090),
-    }  # fmt: skip
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
 
 
 @pytest.mark.parametrize("method", ["PUT", "PATCH"])
