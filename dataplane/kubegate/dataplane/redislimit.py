@@ -31,7 +31,8 @@ counted by Redis (the script ran, the answer came late): under a slow Redis the 
 little faster than the decisions the callers saw, never slower.
 
 The backend sends any command (:meth:`RedisBackend.command`), not only the script: the response cache
-(:mod:`kubegate.dataplane.caching`) sends its ``GET`` and ``SET`` through the same backend, so that one
+(:mod:`kubegate.dataplane.caching`) sends its ``GET``, ``SET`` and fill-lock scripts (registered with
+:meth:`RedisBackend.script`, which ``NOSCRIPT`` then sends again) through the same backend, so that one
 outage is noticed, backed off and logged once for both.
 
 What to do without a decision is the caller's: :class:`GlobalLimit` is the one-call wiring of the
@@ -43,6 +44,7 @@ when Redis gives no answer). :func:`connect` makes a client with timeouts that s
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -194,7 +196,9 @@ class RedisBackend:
         self.backoff_max = backoff_max
         self.max_in_flight = max_in_flight
         self._clock = clock
-        self.sha = client.register_script(GCRA_SCRIPT).sha
+        #: Lua scripts that commands call by ``EVALSHA``, by SHA1 (:meth:`script`): the GCRA's, the cache's.
+        self.scripts: dict[str, str] = {}
+        self.sha = self.script(GCRA_SCRIPT)
         self.state = UP
         self.backoff = 0.0
         self.retry_at = 0.0
@@ -215,6 +219,14 @@ class RedisBackend:
     def skipping(self) -> bool:
         """Would a check be skipped now (down within the backoff, or a probe in flight)?"""
         return self.state == PROBING or (self.state == DOWN and self._clock() < self.retry_at)
+
+    def script(self, source: str) -> str:
+        """Register a Lua script for ``EVALSHA`` commands; returns its SHA1. A ``NOSCRIPT`` reply (a restarted
+        or flushed Redis) to an ``EVALSHA`` of a registered script is answered by sending it with ``EVAL``
+        once, which caches it again."""
+        sha = hashlib.sha1(source.encode()).hexdigest()
+        self.scripts[sha] = source
+        return sha
 
     def evaluate(self, key: bytes, argv: Sequence[bytes], done: Done) -> None:
         """Run the GCRA script for ``key``; ``done(reply or NO_REPLY)`` is called once, later, from the
@@ -282,9 +294,16 @@ class RedisBackend:
 
     async def _execute(self, items: list[tuple[Command, Done]]) -> list[Any]:
         replies = await self._round_trip([command for command, _ in items])
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
+        scripts = self.scripts
+        missing = [
+            i
+            for i, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError) and items[i][0][1] in scripts
+        ]
         if missing:  # a restarted or flushed Redis: EVAL sends the script along and caches it again
-            again = await self._round_trip([(b"EVAL", GCRA_SCRIPT, *items[i][0][2:]) for i in missing])
+            again = await self._round_trip(
+                [(b"EVAL", scripts[items[i][0][1]], *items[i][0][2:]) for i in missing]
+            )
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         return replies
