@@ -12,8 +12,12 @@ current object, and the generation test keeps them from landing on a newer spec)
 change moves traffic to the new endpoint only; an invalid route is ``Accepted=False`` naming the field
 while the others keep serving; a missing Service gives ``ResolvedRefs=False`` and 500 until it is
 created; a route whose API-key Secret existed before it admits the key; the replica set follows the
-admin Service's EndpointSlices (3/3, 2/2, 3/3); a deleted route gives 404, and one deleted and created
-again at once gets a status of its own (found here: see ``StatusWriter.previous``).
+admin Service's EndpointSlices (3/3, 2/2, 3/3); a cached route (``cache``, Memory store) answers a MISS
+then a HIT with ``Age`` through every replica, its upstream reached once per replica, and an edit of its
+cache policy is followed by the status (generation 2) and by every replica's answers; a Local rate limit
+keyed by Route admits its burst through one replica, then answers 429 with ``Retry-After`` and the
+RateLimit headers, while another replica still admits; a deleted route gives 404, and one deleted and
+created again at once gets a status of its own (found here: see ``StatusWriter.previous``).
 
 RBAC, least privilege: the chart is rendered (``operator.watchNamespaces``: one routes namespace; leader
 election on, as by default), its ServiceAccount, ClusterRole, RoleBindings, Role and admin Service are
@@ -339,6 +343,10 @@ class Rig:
     def statuses(self, path: str) -> set[int]:
         return {code for code, _ in self.answers(path)}
 
+    def reached(self, upstream: str, target: str) -> int:
+        """How many requests for ``target`` (path and query) the upstream ``upstream`` has received."""
+        return sum(1 for _, seen, _, _ in list(self.upstreams[upstream].requests) if seen == target)
+
     def wait(self, predicate: Callable[[], Any], what: str, timeout: float = 20.0) -> Any:
         try:
             return wait_for(predicate, timeout=timeout, interval=0.05)
@@ -553,6 +561,83 @@ def test_a_deleted_route_gives_404_and_one_created_again_gets_a_status(rig: Rig)
 
     assert rig.api.send("DELETE", f"{ROUTES}/route-d", {}) == 200
     rig.wait(lambda: rig.statuses("/d") == {404}, "route-d gone: 404")
+
+
+# --- edge policies through the operator: the response cache and a Local rate limit ------------------------
+
+
+def cached_route(rig: Rig, **cache: Any) -> dict[str, Any]:
+    """route-cache's spec: /cacheable to beta, whose /cacheable answers say nothing of freshness (no
+    Cache-Control, no Expires), so the route's ``ttl`` is what keeps them; ``cache`` changes the policy."""
+    spec = spec_to("/cacheable", {"url": rig.upstreams["beta"].url})
+    spec["cache"] = {"ttl": "60s", "store": "Memory", **cache}
+    return spec
+
+
+def assert_miss_then_hit(rig: Rig, target: str, again: str) -> None:
+    """Through each replica in turn: ``target`` is a MISS that reaches beta, then ``again`` is a HIT, the
+    stored answer with an ``Age``, that does not: beta sees ``target`` once per replica (each replica's
+    Memory store is its own) and ``again``, when it differs, never."""
+    for replicas, gateway in enumerate(rig.gateways, 1):
+        first = rig.http.get(gateway.url + target)
+        assert (first.status_code, first.headers.get("x-backend")) == (200, "beta"), gateway.url
+        assert first.headers.get("x-cache") == "MISS" and "age" not in first.headers, first.headers
+        assert rig.reached("beta", target) == replicas
+        second = rig.http.get(gateway.url + again)
+        assert (second.status_code, second.headers.get("x-cache")) == (200, "HIT"), second.headers
+        assert int(second.headers["age"]) >= 0
+        assert second.content == first.content, "not the stored answer"  # its "served" count is the MISS's
+        assert rig.reached("beta", target) == replicas, "the HIT reached the upstream"
+    if again != target:
+        assert rig.reached("beta", again) == 0
+
+
+def test_a_cached_route_answers_a_miss_then_a_hit_through_every_replica(rig: Rig) -> None:
+    rig.route("route-cache", cached_route(rig))
+    # Programmed 3/3: every replica acknowledged a table holding the route (no request is sent before the
+    # MISS this test expects).
+    rig.wait(lambda: rig.programmed("route-cache", 1), "route-cache Programmed 3/3")
+    assert_miss_then_hit(rig, "/cacheable/item?case=first", "/cacheable/item?case=first")
+    assert rig.reached("beta", "/cacheable/item?case=first") == REPLICAS
+
+
+def test_a_local_rate_limit_admits_its_burst_then_answers_429(rig: Rig) -> None:
+    """key Route, scope Local: one budget per replica, burst + 1 = 3 requests at once. The rate is one
+    request per 100 s, so that what is tested is the burst, never the refill: at 1/s, a pause of a second
+    between the first request and the fourth on a slow machine would admit the fourth."""
+    spec = spec_to("/limited", {"url": rig.upstreams["gamma"].url})
+    spec["rateLimit"] = {"requestsPerSecond": 0.01, "burst": 2, "scope": "Local", "key": "Route"}
+    rig.route("route-limit", spec)
+    rig.wait(lambda: rig.programmed("route-limit", 1), "route-limit Programmed 3/3")  # nothing sent before
+    one = rig.gateways[0]
+    answers = [rig.http.get(one.url + "/limited/n") for _ in range(4)]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert [a.headers.get("x-backend") for a in answers[:3]] == ["gamma"] * 3
+    name = f'"{ROUTES_NS}/route-limit"'
+    assert [a.headers.get("ratelimit-policy") for a in answers] == [f"{name};q=3;w=100"] * 4
+    limits = [a.headers.get("ratelimit", "") for a in answers]
+    for limit, remaining in zip(limits, (2, 1, 0, 0), strict=True):
+        assert limit.startswith(f"{name};r={remaining};t="), limits
+    refused = answers[3]
+    assert refused.json()["message"] == "rate limit exceeded"
+    assert int(refused.headers["retry-after"]) >= 1
+    assert [a.headers.get("retry-after") for a in answers[:3]] == [None] * 3
+    assert rig.reached("gamma", "/limited/n") == 3, "the refused request reached the upstream"
+    # Local: the budget spent was that replica's own; another one still admits.
+    other = rig.http.get(rig.gateways[1].url + "/limited/n")
+    assert (other.status_code, other.headers.get("x-backend")) == (200, "gamma")
+
+
+def test_a_cache_spec_edit_is_followed_by_the_status_and_by_every_replica(rig: Rig) -> None:
+    rig.route("route-cache", cached_route(rig))  # unchanged when the test above ran: still generation 1
+    rig.wait(lambda: rig.programmed("route-cache", 1), "route-cache Programmed at generation 1")
+    rig.route("route-cache", cached_route(rig, ttl="120s", keyQueryParams="none"))
+    assert rig.get("route-cache")["metadata"]["generation"] == 2
+    rig.wait(lambda: rig.programmed("route-cache", 2), "route-cache Programmed 3/3 at generation 2")
+    assert rig.get("route-cache")["status"]["observedGeneration"] == 2
+    # Served with the new policy by every replica: the query is no longer part of the key, so ?v=2 is
+    # answered with what ?v=1 stored (under generation 1's keyQueryParams "all", a MISS of its own).
+    assert_miss_then_hit(rig, "/cacheable/edited?v=1", "/cacheable/edited?v=2")
 
 
 # --- RBAC: least privilege (last: it stops the operator) -------------------------------------------------
