@@ -46,6 +46,7 @@ COMPILED = [
     "dataplane/upstreamtls.py",
     "dataplane/tunnel.py",
     "dataplane/stats.py",
+    "dataplane/snapshot.py",
     "dataplane/accesslog.py",
     "dataplane/policies/apikey.py",
     "dataplane/policies/balancing.py",

@@ -59,3 +59,31 @@ def test_lines_are_written_in_batches() -> None:
     log.flush()
     log.flush()  # nothing held: nothing written
     assert len(written) == 2 and written[1].count(b"\n") == 3
+
+
+def test_control_characters_and_odd_route_ids_are_escaped_every_time() -> None:
+    log, written = _log()
+    for _ in range(2):  # the second line takes the route's JSON string from the memo
+        log.line(b"r", 'ns/"odd\\id"', b"GET", b"/a\x01b\x7f\x1f", 200, 0.0, b"c", ("::1", 80), 1, 0)
+    log.flush()
+    entries = [json.loads(x) for x in b"".join(written).splitlines()]
+    assert len(entries) == 2
+    for entry in entries:
+        assert entry["route"] == 'ns/"odd\\id"' and entry["path"] == "/a\x01b\x7f\x1f"
+        assert entry["upstream"] == "::1:80"
+
+
+def test_durations_keep_microseconds_and_the_time_its_milliseconds() -> None:
+    for seconds, expected in (
+        (0.0, 0.0),
+        (0.0000004, 0.0),
+        (0.0000006, 0.001),
+        (1.5, 1500.0),
+        (83.000123, 83000.123),
+    ):
+        log, written = _log(clock=1_700_000_000.999)
+        log.line(b"r", "x", b"GET", b"/", 200, seconds, b"c", None, 0, 0)
+        log.flush()
+        entry = json.loads(b"".join(written))
+        assert entry["durationMs"] == expected, seconds
+        assert entry["time"] == "2023-11-14T22:13:20.999Z"

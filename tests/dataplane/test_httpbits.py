@@ -226,7 +226,7 @@ def test_request_ids_have_a_random_prefix_and_count_from_one() -> None:
     assert second == match.group(1) + b"-2"
     for _ in range(14):
         last = ids.next()
-    assert last == match.group(1) + b"-10"  # hexadecimal
+    assert last == match.group(1) + b"-16"  # decimal
     assert httpbits.RequestIds().next() != first  # another process, another prefix
     assert httpbits.valid_request_id(first)
 
@@ -251,3 +251,13 @@ def test_request_ids_have_a_random_prefix_and_count_from_one() -> None:
 )
 def test_client_request_ids(value: bytes, valid: bool) -> None:
     assert httpbits.valid_request_id(value) is valid
+
+
+def test_lower_name_is_bytes_lower_and_its_memo_stays_bounded() -> None:
+    assert httpbits.lower_name(b"Content-Type") == b"content-type"
+    assert httpbits.lower_name(b"content-type") is httpbits.lower_name(b"CONTENT-TYPE")  # one object
+    for i in range(3000):  # a client inventing names: each still lowered, the memo never over its bound
+        name = b"X-Made-Up-%d-AbC" % i
+        assert httpbits.lower_name(name) == name.lower()
+        assert len(httpbits.NAMES) <= 1024
+    assert httpbits.NAMES[b"Host"] == b"host"  # the usual names survive a reset

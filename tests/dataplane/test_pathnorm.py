@@ -155,3 +155,35 @@ def test_fast_path_returns_the_same_object() -> None:
 
 def test_bad_path_is_a_value_error() -> None:
     assert issubclass(pathnorm.BadPath, ValueError)
+
+
+def _fast_path(raw: str) -> bool:
+    """normalize_path's own fast-path test, restated: what is_normal must decide on the bytes."""
+    return (
+        raw[:1] == "/"
+        and "%" not in raw
+        and "//" not in raw
+        and "/." not in raw
+        and "\\" not in raw
+        and raw.isascii()
+        and raw.isprintable()
+    )
+
+
+def test_is_normal_decides_as_the_fast_path_does() -> None:
+    import itertools
+    import random
+
+    alphabet = [0x2F, 0x2E, 0x25, 0x5C, 0x61, 0x20, 0x00, 0x1F, 0x7E, 0x7F, 0x80, 0xFF, 0x3B, 0x3F]
+    cases = [bytes(t) for n in range(5) for t in itertools.product(alphabet, repeat=n)]
+    rng = random.Random(1729)
+    letters = alphabet + [0x61, 0x62, 0x2D, 0x7A] * 6  # mostly path characters: many paths are normal
+    cases += [b"/" + bytes(rng.choice(letters) for _ in range(rng.randrange(4, 40))) for _ in range(20_000)]
+    normal = 0
+    for raw in cases:
+        text = raw.decode("latin-1")
+        assert pathnorm.is_normal(raw) == _fast_path(text), raw
+        if pathnorm.is_normal(raw):
+            normal += 1
+            assert pathnorm.normalize_path(text) == text
+    assert normal > 1000  # the corpus holds plenty of both kinds

@@ -27,14 +27,14 @@ Gateway-made answers (503 for an open circuit or a full bulkhead) never count ag
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Final, Protocol
 
 from kubegate.dataplane.policies.endpoints import Addr, EndpointState
 from kubegate.dataplane.policies.runtime import PolicyBackend, RoutePolicies
 from kubegate.dataplane.upstreamtls import UpstreamTls
 
 #: Request bodies up to this size (framed as sent) are kept so that a failed attempt can be retried.
-REPLAY_LIMIT = 64 * 1024
+REPLAY_LIMIT: Final = 64 * 1024
 
 
 class Exchange(Protocol):

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable
+from typing import Final
 
 from kubegate.compiler.edge import Auth
 from kubegate.dataplane.jwkssources import JwksSources
@@ -31,7 +32,7 @@ from kubegate.dataplane.policies import jwt
 from kubegate.dataplane.policies.apikey import ApiKeyResult, ApiKeyVerifier
 
 #: What :meth:`RouteAuth.check` returns besides a :class:`Verdict`: wait for the keys, then start over.
-WAIT = None
+WAIT: Final = None
 
 
 #: An admitted request's result, as its verifier made it (shared: read only).

@@ -25,38 +25,30 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Final
 
 from kubegate.compiler.edge import EdgePolicy, HeaderOps
 from kubegate.dataplane.auth import RouteAuth, Verdict
 from kubegate.dataplane.caching import CacheContext, RouteCache
+from kubegate.dataplane.httpbits import lower_name
 from kubegate.dataplane.jwkssources import JwksSources
 from kubegate.dataplane.policies.cors import CorsPolicy
-from kubegate.dataplane.policies.ratelimit import Decision, ReplicaCount
+from kubegate.dataplane.policies.ratelimit import ReplicaCount
 from kubegate.dataplane.policies.transforms import HeaderTransform, Redirect, Rewrite
 from kubegate.dataplane.ratelimiting import Network, RouteLimit
 from kubegate.dataplane.redislimit import RedisBackend
 
-
-class Exchange(Protocol):
-    """What the edge policies need of the proxy's exchange."""
-
-    method: bytes
-    raw_headers: list[tuple[bytes, bytes]]
-    path: bytes
-    resp_lines: list[bytes] | None
-    identity: str | None
-    limit_decision: Decision | None
-
-    def limited(self, decision: Decision) -> None: ...
-    def rate_limited(self, lines: list[bytes]) -> None: ...
-
-    def answer(self, status: int, lines: list[bytes]) -> None: ...
-    def refused(self, status: int, message: str, lines: list[bytes], kind: str, reason: str) -> None: ...
-    def restart(self) -> None: ...
+if TYPE_CHECKING:  # the proxy imports this module; the compiled build reads the exchange's fields natively
+    from kubegate.dataplane.proxy import Exchange
 
 
-_AUTHORIZATION, _API_KEY, _ORIGIN, _ACR_METHOD, _ACR_HEADERS, _XFF, _LIMIT_HEADER = range(7)
+_AUTHORIZATION: Final = 0
+_API_KEY: Final = 1
+_ORIGIN: Final = 2
+_ACR_METHOD: Final = 3
+_ACR_HEADERS: Final = 4
+_XFF: Final = 5
+_LIMIT_HEADER: Final = 6
 
 
 @dataclass(frozen=True)
@@ -193,27 +185,28 @@ class EdgeRuntime:
         origin = acr_method = acr_headers = authorization = api_key = xff = limit_header = None
         wanted = self.wanted
         sizes = self.wanted_sizes
-        for name, value in ex.raw_headers if wanted else ():  # (a route with only a cache reads none)
-            size = len(name)
-            if size >= len(sizes) or not sizes[size]:
-                continue
-            which = wanted.get(name.lower())
-            if which is None:
-                continue
-            if which == _AUTHORIZATION:
-                authorization = value
-            elif which == _API_KEY:
-                api_key = value
-            elif which == _ORIGIN:
-                origin = value
-            elif which == _ACR_METHOD:
-                acr_method = value
-            elif which == _ACR_HEADERS:
-                acr_headers = value if acr_headers is None else acr_headers + b"," + value
-            elif which == _XFF:
-                xff = value if xff is None else xff + b"," + value
-            else:
-                limit_header = value
+        if wanted:  # (a route with only a cache, or a limit keyed on the peer or the route, reads none)
+            for name, value in ex.raw_headers:
+                size = len(name)
+                if size >= len(sizes) or not sizes[size]:
+                    continue
+                which = wanted.get(lower_name(name))
+                if which is None:
+                    continue
+                if which == _AUTHORIZATION:
+                    authorization = value
+                elif which == _API_KEY:
+                    api_key = value
+                elif which == _ORIGIN:
+                    origin = value
+                elif which == _ACR_METHOD:
+                    acr_method = value
+                elif which == _ACR_HEADERS:
+                    acr_headers = value if acr_headers is None else acr_headers + b"," + value
+                elif which == _XFF:
+                    xff = value if xff is None else xff + b"," + value
+                else:
+                    limit_header = value
         if cors is not None:
             if (
                 origin is not None
@@ -243,9 +236,13 @@ class EdgeRuntime:
             decision = ex.limit_decision  # set when a Global decision came back and the exchange restarted
             if decision is None:
                 key = limit.key(peer, peer_trusted, xff, limit_header, ex.identity)
-                decision = limit.limiter.decide(key, ex.limited)
-                if decision is None:  # asked Redis: the exchange starts over with its answer
-                    return None
+                local = limit.local
+                if local is not None:  # the Local scope answers at once: no callback to bind
+                    decision = local.check(key)
+                else:
+                    decision = limit.limiter.decide(key, ex.limited)
+                    if decision is None:  # asked Redis: the exchange starts over with its answer
+                        return None
                 ex.limit_decision = decision  # counted once, whatever later makes the exchange start over
             limit_lines = limit.lines(decision)
             if not decision.allowed:

@@ -10,10 +10,10 @@ import json
 import os
 import re
 from http import HTTPStatus
-from itertools import count
+from typing import Final
 
 # RFC 9110 §7.6.1 (and the de-facto Proxy-Connection / Keep-Alive); plus anything named in Connection.
-HOP_BY_HOP: frozenset[bytes] = frozenset(
+HOP_BY_HOP: Final[frozenset[bytes]] = frozenset(
     {
         b"connection",
         b"proxy-connection",
@@ -28,14 +28,14 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 )
 
 # Headers the proxy sets itself on the upstream request (client-supplied copies are replaced or extended).
-PROXY_SET: frozenset[bytes] = frozenset(
+PROXY_SET: Final[frozenset[bytes]] = frozenset(
     {b"x-forwarded-proto", b"x-forwarded-host", b"x-forwarded-for", b"x-request-id", b"expect", b"host"}
 )
 
-_REASONS: dict[int, bytes] = {s.value: s.phrase.encode() for s in HTTPStatus}
+_REASONS: Final[dict[int, bytes]] = {s.value: s.phrase.encode() for s in HTTPStatus}
 
 
-_STATUS_LINES: dict[int, bytes] = {
+_STATUS_LINES: Final[dict[int, bytes]] = {
     code: b"HTTP/1.1 %d %s" % (code, phrase) for code, phrase in _REASONS.items()
 }
 
@@ -49,7 +49,7 @@ def status_line(status: int) -> bytes:
     return line if line is not None else b"HTTP/1.1 %d Unknown" % status
 
 
-_COMMON_CONNECTION: dict[bytes, frozenset[bytes]] = {
+_COMMON_CONNECTION: Final[dict[bytes, frozenset[bytes]]] = {
     v: frozenset({v.lower()}) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close")
 }
 
@@ -65,10 +65,10 @@ def connection_tokens(value: bytes) -> frozenset[bytes]:
 # RFC 9110 §7.2 / RFC 3986 §3.2.2, narrowed to what real hosts use: a DNS-ish name (letters, digits, "-",
 # ".", "_", "~") or a bracketed IP literal, then an optional port. No space, "/", "@", "," or "%": the value
 # is routed on and copied into Host and X-Forwarded-Host, where anything else is ambiguity at best.
-_HOST_RE = re.compile(rb"(?:(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)?")
+_HOST_RE: Final = re.compile(rb"(?:(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?)?")
 #: Hosts seen lately, valid ones decoded (the matcher wants str), invalid ones as "": the proxy looks here
 #: first (one dict lookup per request) and calls :func:`host_str` only for a host it has not seen.
-HOSTS: dict[bytes, str] = {}
+HOSTS: Final[dict[bytes, str]] = {}
 
 
 def host_str(value: bytes) -> str:
@@ -82,6 +82,44 @@ def host_str(value: bytes) -> str:
         HOSTS.clear()
     HOSTS[value] = text
     return text
+
+
+#: Header names as they arrive -> the same in lower case: the proxy's one place to lower-case a name.
+#: Seeded with the usual spellings, it learns the others (bounded like :data:`HOSTS`: clients choose
+#: them), so a name is one dict lookup instead of a ``bytes.lower()`` call, and the lower-case name that
+#: comes back is always the same object, whose hash is computed once for every later lookup.
+NAMES: Final[dict[bytes, bytes]] = {}
+_USUAL_NAMES: Final = (
+    b"Accept", b"Accept-Encoding", b"Accept-Language", b"Accept-Ranges", b"Age", b"Authorization",
+    b"Cache-Control", b"Connection", b"Content-Encoding", b"Content-Length", b"Content-Type", b"Cookie",
+    b"Date", b"ETag", b"Expect", b"Expires", b"Host", b"If-Modified-Since", b"If-None-Match",
+    b"Keep-Alive", b"Last-Modified", b"Location", b"Origin", b"Pragma", b"Referer", b"Server",
+    b"Set-Cookie", b"Transfer-Encoding", b"Upgrade", b"User-Agent", b"Vary", b"Via",
+    b"X-API-Key", b"X-Forwarded-For", b"X-Forwarded-Host", b"X-Forwarded-Proto", b"X-Request-Id",
+    b"X-Request-ID",
+)  # fmt: skip
+
+
+def _seed_names() -> None:
+    NAMES.clear()
+    for name in _USUAL_NAMES:
+        lowered = name.lower()
+        NAMES[name] = NAMES[lowered] = lowered
+
+
+_seed_names()
+
+
+def lower_name(name: bytes) -> bytes:
+    """``name.lower()``, through :data:`NAMES`."""
+    lowered = NAMES.get(name)
+    if lowered is None:
+        if len(NAMES) >= 1022:  # clients choose these: keep the memo bounded (and the usual names in it)
+            _seed_names()
+        computed = name.lower()
+        lowered = NAMES.setdefault(computed, computed)  # one object per lower-case name
+        NAMES[name] = lowered
+    return lowered
 
 
 def only_chunked(transfer_encoding: bytes) -> bool:
@@ -138,14 +176,17 @@ def bodiless_response(status: int, lines: list[bytes], request_id: bytes, *, clo
 
 
 class RequestIds:
-    """Unique, cheap request IDs: a random per-process prefix and a counter (no uuid4 per request)."""
+    """Unique, cheap request IDs: a random per-process prefix and a decimal counter (no uuid4 per
+    request; compiled, ``%s`` and ``%d`` are one concatenation, where ``%x`` went through the generic
+    formatter)."""
 
     def __init__(self) -> None:
         self._prefix = os.urandom(6).hex().encode()
-        self._counter = count(1)
+        self._last = 0
 
     def next(self) -> bytes:
-        return b"%s-%x" % (self._prefix, next(self._counter))
+        self._last += 1
+        return b"%s-%d" % (self._prefix, self._last)
 
 
 def valid_request_id(value: bytes) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Iterable
-from typing import Generic, Protocol, TypeVar
+from typing import Final, Generic, Protocol, TypeVar
 from urllib.parse import parse_qsl
 
 from kubegate.compiler import regex, table
@@ -40,8 +40,8 @@ _Cond = tuple[str, str, "regex.Pattern | None"]
 # (rank, methods or None for any, header conditions, query conditions, value). Tuples, not objects: the hot
 # loop unpacks them, and sorting by rank is an int comparison.
 _Entry = tuple[int, "frozenset[str] | None", tuple[_Cond, ...], tuple[_Cond, ...], T]
-_by_rank = operator.itemgetter(0)
-_by_key = operator.itemgetter(0, 1)  # (precedence key, position in the table)
+_by_rank: Final = operator.itemgetter(0)
+_by_key: Final = operator.itemgetter(0, 1)  # (precedence key, position in the table)
 
 
 def normalize_host(host: str) -> str:

@@ -23,16 +23,16 @@ It runs once per request, so the common case (an already-normal path) is a handf
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Final, Literal
 
-__all__ = ["ESCAPED_SLASH_MODES", "BadPath", "EscapedSlashes", "normalize_path"]
+__all__ = ["ESCAPED_SLASH_MODES", "BadPath", "EscapedSlashes", "is_normal", "normalize_path"]
 
 EscapedSlashes = Literal["reject", "unescape", "keep"]
-ESCAPED_SLASH_MODES: tuple[EscapedSlashes, ...] = ("reject", "unescape", "keep")
+ESCAPED_SLASH_MODES: Final[tuple[EscapedSlashes, ...]] = ("reject", "unescape", "keep")
 
-_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEXDIGITS = frozenset("0123456789abcdefABCDEF")
-_SHOWN = 80  # characters of the offending path quoted in error messages
+_UNRESERVED: Final = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEXDIGITS: Final = frozenset("0123456789abcdefABCDEF")
+_SHOWN: Final = 80  # characters of the offending path quoted in error messages
 
 
 class BadPath(ValueError):
@@ -57,6 +57,23 @@ def normalize_path(raw: str, escaped_slashes: EscapedSlashes = "reject") -> str:
     ):
         return raw
     return _normalize_slow(raw, escaped_slashes)
+
+
+def is_normal(raw: bytes) -> bool:
+    """Whether :func:`normalize_path` returns ``raw`` (as latin-1) as it is by its fast path: the same
+    test, on the request's bytes, in one pass (compiled, a few instructions a byte instead of six calls)."""
+    n = len(raw)
+    if n == 0 or raw[0] != 0x2F:  # "/"
+        return False
+    previous = 0x2F
+    for i in range(1, n):
+        c = raw[i]
+        if c < 0x20 or c > 0x7E or c == 0x25 or c == 0x5C:  # not printable ASCII, "%", "\\"
+            return False
+        if previous == 0x2F and (c == 0x2F or c == 0x2E):  # "//", "/."
+            return False
+        previous = c
+    return True
 
 
 def _normalize_slow(raw: str, escaped_slashes: EscapedSlashes) -> str:

@@ -37,7 +37,7 @@ import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import httptools
 import uvicorn
@@ -46,7 +46,7 @@ from kubegate.dataplane import httpbits
 from kubegate.dataplane.accesslog import AccessLog
 from kubegate.dataplane.attempts import Attempts
 from kubegate.dataplane.caching import Visit
-from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, normalize_path
+from kubegate.dataplane.pathnorm import BadPath, EscapedSlashes, is_normal, normalize_path
 from kubegate.dataplane.policies.balancing import hash_key
 from kubegate.dataplane.policies.cachestore import CachedResponse
 from kubegate.dataplane.policies.ratelimit import Decision
@@ -57,15 +57,25 @@ from kubegate.dataplane.tunnel import Tunnel
 from kubegate.dataplane.upstream import UpstreamConnection, UpstreamPool, head_size
 from kubegate.dataplane.upstreamtls import PoolKey, UpstreamTls, tls_failure
 
-logger = logging.getLogger("kubegate.proxy")
+logger: Final = logging.getLogger("kubegate.proxy")
+#: Read from a C static when compiled (``time.perf_counter`` would be an attribute lookup per call).
+_perf_counter: Final = time.perf_counter
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-BODY_BUFFER_LIMIT = 256 * 1024  # request body held while the upstream connection is being set up
-MAX_PIPELINED = 16
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+BODY_BUFFER_LIMIT: Final = 256 * 1024  # request body held while the upstream connection is being set up
+MAX_PIPELINED: Final = 16
 
 # What the proxy does with a header, by lower-case name (one dict lookup per header on the hot path).
-_DROP, _HOST, _CONTENT_LENGTH, _CONNECTION, _TRANSFER_ENCODING, _XFF, _REQUEST_ID, _EXPECT, _XFP = range(9)
-_REQUEST_SPECIAL: dict[bytes, int] = {
+_DROP: Final = 0
+_HOST: Final = 1
+_CONTENT_LENGTH: Final = 2
+_CONNECTION: Final = 3
+_TRANSFER_ENCODING: Final = 4
+_XFF: Final = 5
+_REQUEST_ID: Final = 6
+_EXPECT: Final = 7
+_XFP: Final = 8
+_REQUEST_SPECIAL: Final[dict[bytes, int]] = {
     **dict.fromkeys(httpbits.HOP_BY_HOP, _DROP),
     **dict.fromkeys(httpbits.PROXY_SET, _DROP),
     b"host": _HOST,
@@ -77,7 +87,7 @@ _REQUEST_SPECIAL: dict[bytes, int] = {
     b"expect": _EXPECT,
     b"x-forwarded-proto": _XFP,  # kept only from a --trusted-proxies peer (a TLS-terminating balancer)
 }
-_RESPONSE_SPECIAL: dict[bytes, int] = {
+_RESPONSE_SPECIAL: Final[dict[bytes, int]] = {
     **dict.fromkeys(httpbits.HOP_BY_HOP, _DROP),
     b"x-request-id": _DROP,
     b"content-length": _CONTENT_LENGTH,
@@ -85,16 +95,26 @@ _RESPONSE_SPECIAL: dict[bytes, int] = {
     b"transfer-encoding": _TRANSFER_ENCODING,
 }
 # Connection header values that name no end-to-end header (the common case: nothing to filter).
-_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close"})
 
 # connection phases for the timeout sweeper
-IDLE, HEADERS, BODY, WAITING, TUNNEL = 0, 1, 2, 3, 4
+IDLE: Final = 0
+HEADERS: Final = 1
+BODY: Final = 2
+WAITING: Final = 3
+TUNNEL: Final = 4
 
 # What llhttp's upgrade flag (Connection: upgrade + Upgrade, or CONNECT) leads to, decided per request.
-_NO_UPGRADE, _TUNNEL, _STRIP, _STRIP_WITH_BODY, _DISCARD = range(5)
-_VERSIONS = frozenset({"1.1", "1.0", "0.9"})  # anything else on this port gets 505
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
-_HOSTS = httpbits.HOSTS
+_NO_UPGRADE: Final = 0
+_TUNNEL: Final = 1
+_STRIP: Final = 2
+_STRIP_WITH_BODY: Final = 3
+_DISCARD: Final = 4
+_VERSIONS: Final = frozenset({"1.1", "1.0", "0.9"})  # anything else on this port gets 505
+_METHODS: Final = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")
+}
+_HOSTS: Final = httpbits.HOSTS
 
 
 @dataclass
@@ -591,7 +611,7 @@ class Exchange:
         self.version = version
         self.keep_alive = keep_alive
         self.request_id = b""
-        self.t0 = time.perf_counter()
+        self.t0 = _perf_counter()
         self.route: RuntimeRoute | None = None
         self.conn: UpstreamConnection | None = None
         self.head = b""
@@ -691,7 +711,7 @@ class Exchange:
         special = _REQUEST_SPECIAL
         proto = client.forwarded_proto
         for name, value in self.raw_headers:
-            lname = name.lower()
+            lname = httpbits.lower_name(name)
             act = special.get(lname)
             if act is None:
                 out.append(lname + b": " + value)
@@ -770,15 +790,16 @@ class Exchange:
             return
         qpos = url.find(b"?")
         raw_path, query = (url, b"") if qpos < 0 else (url[:qpos], url[qpos + 1 :])
-        try:
-            path = normalize_path(raw_path.decode("latin-1"), gw.settings.escaped_slashes)
-        except BadPath as exc:
-            self.fail(400, f"bad request path: {exc}")
-            return
-        except UnicodeDecodeError:
-            self.fail(400, "bad request path")
-            return
-        self.path = path.encode("latin-1")
+        path = raw_path.decode("latin-1")
+        if is_normal(raw_path):  # (the common case, checked on the bytes: nothing to normalise)
+            self.path = raw_path
+        else:
+            try:
+                path = normalize_path(path, gw.settings.escaped_slashes)
+            except BadPath as exc:
+                self.fail(400, f"bad request path: {exc}")
+                return
+            self.path = path.encode("latin-1")
 
         snapshot = gw.store.current
         if snapshot is None:
@@ -1023,7 +1044,7 @@ class Exchange:
         lines = [httpbits.status_line(status)]
         special = _RESPONSE_SPECIAL
         for name, value in headers:
-            lname = name.lower()
+            lname = httpbits.lower_name(name)
             act = special.get(lname)
             if act is None:
                 lines.append(name + b": " + value)
@@ -1338,7 +1359,7 @@ class Exchange:
             self.cache.release()
         client = self.client
         gw = client.gw
-        seconds = time.perf_counter() - self.t0
+        seconds = _perf_counter() - self.t0
         route = self.route.id if self.route is not None else ""
         gw.stats.observe(route, _METHODS.get(self.method) or self.method.decode("latin-1"), status, seconds)
         access = gw.access

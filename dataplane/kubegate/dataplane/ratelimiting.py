@@ -81,7 +81,7 @@ def client_address(
 
 
 class RouteLimit:
-    __slots__ = ("header", "headers", "kind", "limiter", "scope", "trusted")
+    __slots__ = ("header", "headers", "kind", "limiter", "local", "scope", "trusted")
 
     def __init__(
         self,
@@ -100,12 +100,14 @@ class RouteLimit:
         self.scope = scope
         self.headers = RateLimitHeaders(route_id, rate, burst)
         self.limiter: Limiter
+        #: The limiter when it is a :class:`LocalLimiter` (it always answers at once), else None.
+        self.local: LocalLimiter | None = None
         if scope == "Local":
-            self.limiter = LocalLimiter(Gcra(rate, burst), time.monotonic)
+            self.limiter = self.local = LocalLimiter(Gcra(rate, burst), time.monotonic)
         else:
             fallback = ReplicaShare(rate, burst, replicas)  # follows the count, table or not
             if redis is None:  # a Global limit without Redis: each replica its share
-                self.limiter = LocalLimiter(fallback, time.monotonic)
+                self.limiter = self.local = LocalLimiter(fallback, time.monotonic)
             else:
                 limiter = RedisLimiter(
                     redis.client, rate, burst, key_prefix=f"kubegate:rl:{route_id}:", backend=redis

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
 from kubegate.dataplane.upstreamtls import PoolKey
 
-MAX_RESPONSE_HEAD = 64 * 1024  # an upstream response head larger than this is a protocol error (502)
+MAX_RESPONSE_HEAD: Final = 64 * 1024  # an upstream response head larger than this is a protocol error (502)
 
 
 class UpstreamSink(Protocol):

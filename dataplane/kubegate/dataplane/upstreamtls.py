@@ -24,15 +24,16 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from kubegate.compiler.table import BackendTls
 
 __all__ = ["PoolKey", "TlsContexts", "UpstreamTls", "tls_failure"]
 
-logger = logging.getLogger("kubegate.upstream")
+logger: Final = logging.getLogger("kubegate.upstream")
 
 #: Seconds between two log lines about failed handshakes with the same endpoint.
-LOG_EVERY = 30.0
+LOG_EVERY: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +118,7 @@ class _FailureLog:
 
 
 #: Logs a failed handshake (throttled); the proxy answers 502 and counts it.
-tls_failure = _FailureLog()
+tls_failure: Final = _FailureLog()
 
 #: The process's contexts (the snapshot builds runtime backends without a context object of its own).
-CONTEXTS = TlsContexts()
+CONTEXTS: Final = TlsContexts()

@@ -3,7 +3,8 @@
 Aspects: the right key (header and query), a wrong one, a missing one (absent, empty, blank), the
 ``clientHeader`` sent upstream, query parsing (first occurrence, percent-encoding, other parameters,
 look-alike names), oversized keys, configuration errors (both or neither place, keys not SHA-256 hex,
-client names with control characters), and that nothing but hashes is ever held.
+client names with control characters), that nothing but hashes is held from the table, and the memo of
+keys that verified (only those, bounded, never a look-alike admitted through it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import hashlib
 
 import pytest
 
-from kubegate.dataplane.policies.apikey import MAX_KEY_BYTES, ApiKeyResult, ApiKeyVerifier, hash_key
+from kubegate.dataplane.policies.apikey import (
+    MAX_KEY_BYTES,
+    MAX_REMEMBERED,
+    ApiKeyResult,
+    ApiKeyVerifier,
+    hash_key,
+)
 
 KEYS = {hash_key("k-partner-1"): "partner-1", hash_key("k-partner-2/é"): "partner-2"}
 
@@ -102,3 +109,29 @@ def test_no_key_is_held_in_clear() -> None:
     held = repr([getattr(verifier, name) for name in dir(verifier) if not name.startswith("__")])
     assert "_clients" in dir(verifier)
     assert "k-partner-1" not in held and "k-partner-2" not in held
+
+
+def test_a_key_that_verified_is_remembered_and_no_other_key_is() -> None:
+    verifier = _by_header()
+    assert verifier.remembered == 0
+    first = verifier.verify(b"k-partner-1", "")
+    assert first.ok and verifier.remembered == 1
+    assert verifier.verify(b" k-partner-1\t", "") is first  # the same key, found in the memo
+    for i in range(50):  # wrong keys, look-alikes of the remembered one among them
+        _fails(verifier.verify(b"k-partner-1%d" % i, ""), "invalid")
+    _fails(verifier.verify(b"k-partner-", ""), "invalid")
+    _fails(verifier.verify(b"K-PARTNER-1", ""), "invalid")
+    assert verifier.remembered == 1
+    assert verifier.verify(b"k-partner-2/\xc3\xa9", "").client == "partner-2"
+    assert verifier.remembered == 2
+    assert "k-partner" not in repr(verifier)
+
+
+def test_the_memo_is_bounded_and_keys_past_the_bound_still_verify() -> None:
+    count = MAX_REMEMBERED + 5
+    keys = {hash_key(f"key-{i}"): f"client-{i}" for i in range(count)}
+    verifier = ApiKeyVerifier(b"X-API-Key", None, keys, None)
+    for _ in range(2):
+        for i in range(count):
+            assert verifier.verify(b"key-%d" % i, "").client == f"client-{i}"
+    assert verifier.remembered == MAX_REMEMBERED

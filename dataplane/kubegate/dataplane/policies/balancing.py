@@ -32,6 +32,7 @@ import random
 import struct
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from typing import Final
 from urllib.parse import unquote_plus
 from zlib import crc32
 
@@ -40,11 +41,11 @@ from kubegate.dataplane.matcher import HeaderLookup
 from kubegate.dataplane.policies.endpoints import Addr, EndpointSet, EndpointState
 
 #: Virtual nodes per endpoint on the consistent-hash ring ...
-VNODES = 160
+VNODES: Final = 160
 #: ... unless the ring would get bigger than this: a ring of 1000 endpoints gets 65 each (and builds in
 #: tens of milliseconds rather than hundreds). An endpoint's points are a prefix of one SHAKE-128 stream,
 #: so crossing this limit (one endpoint more or less) moves only the keys of the points dropped or added.
-MAX_RING = 1 << 16
+MAX_RING: Final = 1 << 16
 
 
 class Balancer:

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Final
 
 from kubegate.compiler.policy import CircuitBreakerPolicy
 
-CLOSED = 0
-HALF_OPEN = 1
-OPEN = 2
-STATE_NAMES = ("closed", "half-open", "open")
+CLOSED: Final = 0
+HALF_OPEN: Final = 1
+OPEN: Final = 2
+STATE_NAMES: Final = ("closed", "half-open", "open")
 #: Buckets of the rolling window.
-BUCKETS = 10
+BUCKETS: Final = 10
 
 
 class CircuitBreaker:

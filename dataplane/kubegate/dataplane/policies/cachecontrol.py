@@ -85,6 +85,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Final
 from urllib.parse import parse_qsl
 
 __all__ = [
@@ -108,20 +109,20 @@ __all__ = [
 Headers = Sequence[tuple[bytes, bytes]]
 
 #: Request actions of :func:`classify_request`.
-LOOKUP = "lookup"
-REFRESH = "refresh"
-BYPASS = "bypass"
+LOOKUP: Final = "lookup"
+REFRESH: Final = "refresh"
+BYPASS: Final = "bypass"
 
 #: Statuses whose responses may be stored (RFC 9110 §15.1's heuristically cacheable ones, minus 206).
-CACHEABLE_STATUSES: frozenset[int] = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+CACHEABLE_STATUSES: Final[frozenset[int]] = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
 
 #: The largest delta-seconds value (RFC 9111 §1.2.2); larger ones are this.
-MAX_DELTA_SECONDS = 2**31
+MAX_DELTA_SECONDS: Final = 2**31
 
-_CACHEABLE_METHODS = (b"GET", b"HEAD")
-_KEY_VERSION = b"kubegate-cache-key/1\x00"
-_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_CACHEABLE_METHODS: Final = (b"GET", b"HEAD")
+_KEY_VERSION: Final = b"kubegate-cache-key/1\x00"
+_ESCAPE: Final = re.compile(r"\\(.)", re.DOTALL)
+_TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,7 +344,7 @@ def classify_request(
     return LOOKUP, ""
 
 
-_NO_PAIRS = (0).to_bytes(8, "big")
+_NO_PAIRS: Final = (0).to_bytes(8, "big")
 
 
 def _part(data: bytes | None) -> bytes:

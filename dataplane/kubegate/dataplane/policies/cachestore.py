@@ -39,20 +39,20 @@ import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["ENCODING_VERSION", "ENTRY_OVERHEAD", "MAGIC", "CachedResponse", "MemoryStore"]
 
 #: The fixed cost of an entry (the object, its lists and the table slot), in bytes.
-ENTRY_OVERHEAD = 200
+ENTRY_OVERHEAD: Final = 200
 #: The first bytes of :meth:`CachedResponse.encode`'s output, then :data:`ENCODING_VERSION`.
-MAGIC = b"KGC"
-ENCODING_VERSION = 1
+MAGIC: Final = b"KGC"
+ENCODING_VERSION: Final = 1
 
-_HEAD = struct.Struct(">3sBHddd")
-_U32 = struct.Struct(">I")
-_I32 = struct.Struct(">i")
-_FORBIDDEN = (b"\r", b"\n", b"\x00")
+_HEAD: Final = struct.Struct(">3sBHddd")
+_U32: Final = struct.Struct(">I")
+_I32: Final = struct.Struct(">i")
+_FORBIDDEN: Final = (b"\r", b"\n", b"\x00")
 
 
 def _clean(data: bytes) -> bool:

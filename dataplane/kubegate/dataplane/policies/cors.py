@@ -46,37 +46,42 @@ backend cannot widen what the route allows.
 from __future__ import annotations
 
 import re
+from typing import Final
 
 __all__ = ["OWN_HEADERS", "SAFELISTED_METHODS", "CorsPolicy", "Headers"]
 
 Headers = list[tuple[bytes, bytes]]
 
 #: Fetch's CORS-safelisted methods: browsers accept them whatever Access-Control-Allow-Methods says.
-SAFELISTED_METHODS: frozenset[bytes] = frozenset({b"GET", b"HEAD", b"POST"})
+SAFELISTED_METHODS: Final[frozenset[bytes]] = frozenset({b"GET", b"HEAD", b"POST"})
 
-_ALLOW_ORIGIN = b"access-control-allow-origin"
-_ALLOW_METHODS = b"access-control-allow-methods"
-_ALLOW_HEADERS = b"access-control-allow-headers"
-_ALLOW_CREDENTIALS = b"access-control-allow-credentials"
-_EXPOSE_HEADERS = b"access-control-expose-headers"
-_MAX_AGE = b"access-control-max-age"
-_VARY = b"vary"
+_ALLOW_ORIGIN: Final = b"access-control-allow-origin"
+_ALLOW_METHODS: Final = b"access-control-allow-methods"
+_ALLOW_HEADERS: Final = b"access-control-allow-headers"
+_ALLOW_CREDENTIALS: Final = b"access-control-allow-credentials"
+_EXPOSE_HEADERS: Final = b"access-control-expose-headers"
+_MAX_AGE: Final = b"access-control-max-age"
+_VARY: Final = b"vary"
 #: The response headers the policy answers with (``vary`` aside): on a route with CORS the gateway's
 #: answer is the only one, so the proxy drops the upstream's own copies of these before adding ours.
-OWN_HEADERS: frozenset[bytes] = frozenset(
+OWN_HEADERS: Final[frozenset[bytes]] = frozenset(
     {_ALLOW_ORIGIN, _ALLOW_METHODS, _ALLOW_HEADERS, _ALLOW_CREDENTIALS, _EXPOSE_HEADERS, _MAX_AGE}
 )
-_VARY_ACTUAL = (_VARY, b"Origin")
-_VARY_PREFLIGHT = (_VARY, b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
+_VARY_ACTUAL: Final = (_VARY, b"Origin")
+_VARY_PREFLIGHT: Final = (_VARY, b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers")
 
-_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+_DEFAULT_PORTS: Final = {b"http": 80, b"https": 443}
 # A serialised origin, lower-cased first: scheme "://" host [":" port]. The host is dot-separated non-empty
 # labels (so no empty label, no leading or trailing dot) or a bracketed IPv6 literal; nothing else may
 # follow (no path, query, userinfo, whitespace).
-_ORIGIN_RE = re.compile(rb"(https?)://([a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?")
+_ORIGIN_RE: Final = re.compile(
+    rb"(https?)://([a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])(?::([0-9]{1,5}))?"
+)
 # RFC 9110 §5.6.2 token (methods and header names).
-_TOKEN_RE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_MEMO_SIZE = 512  # per policy: distinct request origins remembered (clients choose them: keep it bounded)
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_MEMO_SIZE: Final = (
+    512  # per policy: distinct request origins remembered (clients choose them: keep it bounded)
+)
 
 _Origin = tuple[bytes, bytes, int]  # (scheme, host, port), lower-case, port explicit
 

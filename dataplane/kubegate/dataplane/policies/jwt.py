@@ -62,13 +62,13 @@ import json
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import jwt as pyjwt
 from jwt import exceptions as jwt_errors
 
 #: The algorithms a route may allow, and the key type (and curve) each one needs.
-ALGORITHMS: dict[str, tuple[str, str | None]] = {
+ALGORITHMS: Final[dict[str, tuple[str, str | None]]] = {
     "RS256": ("RSA", None),
     "RS384": ("RSA", None),
     "RS512": ("RSA", None),
@@ -83,32 +83,32 @@ ALGORITHMS: dict[str, tuple[str, str | None]] = {
     "HS384": ("oct", None),
     "HS512": ("oct", None),
 }
-SUPPORTED_ALGORITHMS = frozenset(ALGORITHMS)
-HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+SUPPORTED_ALGORITHMS: Final = frozenset(ALGORITHMS)
+HMAC_ALGORITHMS: Final = ("HS256", "HS384", "HS512")
 #: Longest token accepted (the token itself, after ``Bearer``).
-MAX_TOKEN_BYTES = 8192
+MAX_TOKEN_BYTES: Final = 8192
 #: Authorization values up to this size are their own cache key; longer ones are keyed by their SHA-256.
-CACHE_KEY_BYTES = 2048
+CACHE_KEY_BYTES: Final = 2048
 #: Keys tried for a token without ``kid`` (or whose ``kid`` falls back to key-less-id keys).
-MAX_KEYS_TRIED = 3
+MAX_KEYS_TRIED: Final = 3
 #: How long a verified token stays in the cache at most, whatever its ``exp``.
-CACHE_TTL = 300.0
+CACHE_TTL: Final = 300.0
 
 # The public members of each key type (private ones, such as RSA's "d", are never used to verify).
-_PUBLIC_MEMBERS = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x"), "oct": ("k",)}
-_PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi", "oth")
-_DEFAULT_ALG = {"RSA": "RS256", "OKP": "EdDSA", "oct": "HS256"}
-_EC_ALG = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+_PUBLIC_MEMBERS: Final = {"RSA": ("n", "e"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x"), "oct": ("k",)}
+_PRIVATE_MEMBERS: Final = ("d", "p", "q", "dp", "dq", "qi", "oth")
+_DEFAULT_ALG: Final = {"RSA": "RS256", "OKP": "EdDSA", "oct": "HS256"}
+_EC_ALG: Final = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 # What may appear in a compact JWS (base64url without padding, and the two dots).
-_TOKEN_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
+_TOKEN_CHARS: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_."
 # Only signature checks are PyJWT's; claims are checked here against the injected clock.
-_JWS = pyjwt.PyJWS(algorithms=sorted(SUPPORTED_ALGORITHMS))
+_JWS: Final = pyjwt.PyJWS(algorithms=sorted(SUPPORTED_ALGORITHMS))
 
-OK = 0
-FAILED = 1
-UNAVAILABLE = 2
-PENDING = 3
-OUTCOME_NAMES = ("ok", "failed", "unavailable", "pending")
+OK: Final = 0
+FAILED: Final = 1
+UNAVAILABLE: Final = 2
+PENDING: Final = 3
+OUTCOME_NAMES: Final = ("ok", "failed", "unavailable", "pending")
 
 
 class Key:
@@ -419,7 +419,7 @@ def _failure(status: int, reason: str, description: str, error: str | None = "in
 
 
 #: The failures, by reason: shared objects with fixed texts.
-FAILURES: dict[str, JwtResult] = {
+FAILURES: Final[dict[str, JwtResult]] = {
     r.reason: r
     for r in (
         _failure(401, "missing", "no bearer token in the Authorization header", None),
@@ -436,10 +436,10 @@ FAILURES: dict[str, JwtResult] = {
         _failure(403, "audience", "the token's audience (aud) is not this API", "insufficient_scope"),
     )
 }
-UNAVAILABLE_RESULT = JwtResult(
+UNAVAILABLE_RESULT: Final = JwtResult(
     UNAVAILABLE, 503, "keys_unavailable", "the token signing keys could not be loaded"
 )
-PENDING_RESULT = JwtResult(PENDING, 0, "pending", "the token signing keys are loading")
+PENDING_RESULT: Final = JwtResult(PENDING, 0, "pending", "the token signing keys are loading")
 
 
 def _number(value: object) -> bool:

@@ -19,11 +19,13 @@ endpoints is a scan of the set, done only when an endpoint reaches the threshold
 
 from __future__ import annotations
 
+from typing import Final
+
 from kubegate.compiler.policy import OutlierDetectionPolicy
 from kubegate.dataplane.policies.endpoints import EndpointSet, EndpointState
 
 #: The longest ejection, as a multiple of ``ejectionTime``.
-MAX_MULTIPLIER = 10
+MAX_MULTIPLIER: Final = 10
 
 
 class OutlierDetector:

@@ -65,7 +65,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 __all__ = [
     "EPSILON",
@@ -90,15 +90,15 @@ __all__ = [
 
 Key = str | bytes
 #: Default bound of a :class:`Gcra`'s key table.
-MAX_KEYS = 100_000
+MAX_KEYS: Final = 100_000
 #: Keys longer than this (characters of a str, bytes of a bytes) are stored as a digest.
-MAX_KEY_LENGTH = 64
+MAX_KEY_LENGTH: Final = 64
 #: Slack of the time comparisons (seconds): repeated additions of ``1/R`` round.
-EPSILON = 1e-6
+EPSILON: Final = 1e-6
 #: Expired entries dropped from the old end of the table per new key, at most.
-_SWEEP = 4
+_SWEEP: Final = 4
 #: The most replicas a :class:`ReplicaCount` accepts (a sanity bound on what the operator sends).
-MAX_REPLICAS = 10_000
+MAX_REPLICAS: Final = 10_000
 
 
 class Decision:
@@ -184,23 +184,24 @@ class Gcra:
         if len(key) > MAX_KEY_LENGTH:
             key = compact_key(key)
         table = self._table
-        tat = table.get(key)
-        if tat is None or tat < now:
-            tat = now
+        stored = table.get(key)
+        tat: float = now
+        if stored is not None:
+            del table[key]  # put back below, as the most recently used
+            if stored > now:
+                tat = stored
         ahead = tat - now
         tau = self._tau
         if ahead > tau + EPSILON:
             self.denied += 1
-            del table[key]  # stored (its TAT is in the future): now the most recently used
-            table[key] = tat
+            table[key] = tat  # (it was stored: its TAT is in the future)
             return Decision(False, ahead - tau, 0, ahead)
         self.allowed += 1
         tat += self._interval
-        if key in table:
-            del table[key]
-            table[key] = tat
-        else:
+        if stored is None:
             self._insert(key, tat, now)
+        else:
+            table[key] = tat
         ahead = tat - now
         return Decision(True, 0.0, math.floor((tau - ahead) * self.rate + EPSILON) + 1, ahead)
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
+from typing import Final
 
 from kubegate.compiler.policy import RetryPolicy
 
 #: The methods RFC 9110 (section 9.2.2) calls idempotent; every other one counts as not idempotent.
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-FAILURES = ("connect-failure", "reset", "timeout", "status")
+IDEMPOTENT_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+FAILURES: Final = ("connect-failure", "reset", "timeout", "status")
 
 
 class RetryBudget:

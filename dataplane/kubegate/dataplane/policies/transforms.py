@@ -25,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from itertools import islice
+from typing import Final
 from urllib.parse import quote
 
 from kubegate.dataplane import httpbits, pathnorm
@@ -44,16 +45,16 @@ __all__ = [
 #: Headers a transform can never set, add or remove: the hop-by-hop ones (RFC 9110 §7.6.1, the proxy
 #: frames each hop itself), ``host`` (routing; rewrite it with a hostname rewrite, not a header edit) and
 #: ``content-length`` (framing: a wrong value is request smuggling).
-FORBIDDEN: frozenset[bytes] = httpbits.HOP_BY_HOP | {b"host", b"content-length"}
-REDIRECT_CODES: frozenset[int] = frozenset({301, 302, 303, 307, 308})
-DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
+FORBIDDEN: Final[frozenset[bytes]] = httpbits.HOP_BY_HOP | {b"host", b"content-length"}
+REDIRECT_CODES: Final[frozenset[int]] = frozenset({301, 302, 303, 307, 308})
+DEFAULT_PORTS: Final[dict[str, int]] = {"http": 80, "https": 443}
 
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
+_TOKEN_RE: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 §5.6.2
 # An absolute path of pchars (RFC 3986 §3.3): no query, fragment, space or control character.
-_PATH_RE = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)+")
-_HOSTNAME_RE = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
+_PATH_RE: Final = re.compile(r"(?:/[A-Za-z0-9._~!$&'()*+,;=:@%-]*)+")
+_HOSTNAME_RE: Final = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*")
 # What may go into a Location header unescaped: printable ASCII but space (and "%", already an escape).
-_LOCATION_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+_LOCATION_SAFE: Final = "".join(chr(c) for c in range(0x21, 0x7F))
 
 
 def is_token(text: str) -> bool:
