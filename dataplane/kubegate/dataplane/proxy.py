@@ -583,6 +583,7 @@ class Exchange:
         "resp_close_delimited",
         "resp_lines",
         "resp_started",
+        "resume_args",
         "retried",
         "route",
         "sent",
@@ -640,6 +641,9 @@ class Exchange:
         self.hdict: dict[str, str] | None = None  # the headers by lower-case str name, built on first get()
         self.resp_lines: list[bytes] | None = None  # edge lines for the response (CORS, RateLimit)
         self.limit_decision: Decision | None = None  # a Global rate limit's answer, on the restart it causes
+        #: What :meth:`proceed` was called with, kept for a route with edge policies: an edge or cache step
+        #: that waits (a Global limit's Redis answer, a JWKS, a cache fill) goes on from there (resume()).
+        self.resume_args: _ResumeArgs | None = None
         self.identity: str | None = None  # who the route's auth admitted (JWT sub, API-key client)
         self.cache: Visit | None = None  # the route's response cache's state (dataplane/caching.py)
 
@@ -825,8 +829,29 @@ class Exchange:
         if expect and expect != b"100-continue":
             self.fail(417, "unsupported expectation")
             return
+        self.proceed(route, host, host_s, path, query, qpos >= 0, out, xff, proto, bool(expect))
+
+    def proceed(
+        self,
+        route: RuntimeRoute,
+        host: bytes,
+        host_s: str,
+        path: str,
+        query: bytes,
+        has_query: bool,
+        out: list[bytes],
+        xff: bytes,
+        proto: bytes,
+        expect: bool,
+    ) -> None:
+        """The request from the edge point on: its head was valid and matched ``route`` (:meth:`start`);
+        ``out`` holds its end-to-end header lines. Run again, with the same arguments, by :meth:`resume`
+        when an edge or cache step waited."""
+        client = self.client
+        gw = client.gw
         edge = route.edge
         if edge is not None:  # CORS, redirect, rewrite, request header transforms (dataplane/edge.py)
+            self.resume_args = (route, host, host_s, path, query, has_query, out, xff, proto, expect)
             edited = edge.request(
                 self,
                 host_s,
@@ -862,7 +887,7 @@ class Exchange:
             else:
                 pool_key = endpoint
 
-        lines = [b"%s %s%s HTTP/1.1" % (self.method, self.path, b"?" + query if qpos >= 0 else b"")]
+        lines = [b"%s %s%s HTTP/1.1" % (self.method, self.path, b"?" + query if has_query else b"")]
         if host:
             lines.append(b"host: " + host)
         else:  # HTTP/1.0 may come without Host; HTTP/1.1 upstreams need one: the endpoint's, in attach()
@@ -1297,10 +1322,10 @@ class Exchange:
         self.fail(status, message, extra=lines)
 
     def limited(self, decision: Decision) -> None:
-        """A Global rate limit's decision came back (from Redis, or its local fallback): start over."""
+        """A Global rate limit's decision came back (from Redis, or its local fallback): go on with it."""
         if not self.done and not self.client.closing:
             self.limit_decision = decision
-            self.start()
+            self.resume()
 
     def rate_limited(self, lines: list[bytes]) -> None:
         """Over the route's rate limit: 429, with Retry-After and the RateLimit headers in ``lines``."""
@@ -1309,9 +1334,18 @@ class Exchange:
         self.fail(429, "rate limit exceeded", extra=lines)
 
     def restart(self) -> None:
-        """Start over: the route's JWKS was loading when the request came, and its first fetch has ended."""
+        """Go on after a wait at the edge point (the route's first JWKS fetch) or the cache's lookup."""
         if not self.done and not self.client.closing:
+            self.resume()
+
+    def resume(self) -> None:
+        """Run :meth:`proceed` again from the edge point, with what it was first given: the head is not
+        parsed, checked and matched a second time, and the request keeps its route (and table)."""
+        args = self.resume_args
+        if args is None:  # (a wait comes only from the edge point, which kept them)
             self.start()
+            return
+        self.proceed(*args)
 
     def refuse(self, status: int, message: str) -> None:
         """A request the gateway will not read further (its framing or version is in doubt): answer, close."""
@@ -1381,6 +1415,10 @@ class Exchange:
         # garbage collector (which, run for them, cost a route with policies half its overhead).
         self.attempts = None
         client.exchange_finished(self, keep_alive)
+
+
+#: :meth:`Exchange.proceed`'s arguments, kept for :meth:`Exchange.resume`.
+_ResumeArgs = tuple[RuntimeRoute, bytes, str, str, bytes, bool, list[bytes], bytes, bytes, bool]
 
 
 def _https_location(host: str, port: int, target: bytes) -> bytes:
