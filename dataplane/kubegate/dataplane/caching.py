@@ -338,25 +338,15 @@ class Flight:
 
     def settle(self, entry: CachedResponse | None) -> None:
         """Wake every waiter with ``entry`` (None: go upstream alone) and end the flight."""
-        if self.context.flights.get(self.key) is self:
-            del self.context.flights[self.key]
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        waiters, self.waiters = self.waiters, []
-        for ex in waiters:
-            visit = ex.cache
-            if visit is not None:
-                visit.state = WAITED
-                visit.entry = entry
-            try:
-                ex.restart()
-            except Exception:  # one exchange's bug must not strand the others
-                logger.exception("cache waiter failed to restart")
+        self._end(WAITED, entry)
 
     def away(self) -> None:
         """Redis did not answer the leader (Redis store): every waiter bypasses the cache, as the leader
         does, and as each would have had it asked Redis itself."""
+        self._end(REDIS_AWAY, None)
+
+    def _end(self, state: int, entry: CachedResponse | None) -> None:
+        """End the flight: every waiter starts over in ``state`` with ``entry``."""
         if self.context.flights.get(self.key) is self:
             del self.context.flights[self.key]
         if self.timer is not None:
@@ -366,11 +356,11 @@ class Flight:
         for ex in waiters:
             visit = ex.cache
             if visit is not None:
-                visit.state = REDIS_AWAY
-                visit.entry = None
+                visit.state = state
+                visit.entry = entry
             try:
                 ex.restart()
-            except Exception:
+            except Exception:  # one exchange's bug must not strand the others
                 logger.exception("cache waiter failed to restart")
 
 
