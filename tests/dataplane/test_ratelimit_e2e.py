@@ -160,3 +160,33 @@ def test_redis_down_never_turns_into_a_5xx(tmp_path: Path, up: UpstreamServer) -
             assert len(fallbacks) == 1 and float(fallbacks[0].split()[-1]) >= 4
         finally:
             gw.stop()
+
+
+def test_a_limited_route_whose_cache_waits_on_redis_sends_its_ratelimit_headers_once(
+    tmp_path: Path, up: UpstreamServer
+) -> None:
+    """A request of a route with a limit and a Redis cache waits for the cache's lookup after the limit
+    admitted it, then goes on: the RateLimit lines chosen before the wait are sent once, not twice."""
+    require_redis_server()
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(f"""\
+apiVersion: kubegate.dev/v1alpha1
+kind: GatewayRoute
+metadata: {{name: limited-cache}}
+spec:
+  match: {{path: {{value: /lc}}}}
+  backends: [{{url: "{up.url}"}}]
+  rateLimit: {{requestsPerSecond: 0.01, burst: 5, scope: Local, key: Route}}
+  cache: {{ttl: 60s, store: Redis}}
+""")
+    with RedisServer() as server:
+        gw = GatewayProcess(tmp_path, routes=routes, extra=["--redis-url", server.url])
+        try:
+            wait_for(lambda: gw.table().get("routes") == 1, timeout=20)
+            for expected in ("MISS", "HIT"):
+                answer = httpx.get(gw.url + "/lc/x", timeout=10)
+                assert (answer.status_code, answer.headers["x-cache"]) == (200, expected)
+                assert len(answer.headers.get_list("ratelimit-policy")) == 1, answer.headers
+                assert len(answer.headers.get_list("ratelimit")) == 1, answer.headers
+        finally:
+            gw.stop()

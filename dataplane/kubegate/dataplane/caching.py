@@ -10,7 +10,7 @@ exchange at two named points:
    True when the request goes upstream (with a :class:`Fill` on its :class:`Visit`, ``ex.cache``, when
    the response may be stored) and False when it was answered from the cache (``ex.from_cache``) or has
    to wait: for Redis's answer, or for another request that is already fetching the same key. The
-   exchange then starts over (``ex.restart``) with what it waited for in ``visit.entry``;
+   exchange then starts over from the edge point (``ex.restart``) with what it waited for in ``visit.entry``;
    ``visit.state`` says which wait it was, so that a request waits at most once for each.
 2. :class:`Fill`, on the upstream's response: :meth:`Fill.head` decides whether it is stored and gives
    the ``X-Cache`` line, :meth:`Fill.body` keeps the body while it fits ``maxEntryBytes`` (a larger one

@@ -7,10 +7,10 @@ have one: ``RuntimeRoute.edge`` is None otherwise and the proxy skips both point
    traffic policy or backend is chosen, in this order: a CORS preflight is answered (browsers send no
    credentials with it); the credentials are checked (:mod:`.auth`: 401/403/500/503 answered here, or a
    wait for the first JWKS); the rate limit is applied (:mod:`.ratelimiting`: 429 answered here; a Global
-   limit asks Redis and the exchange starts over with the answer); a redirect is answered; otherwise the
-   path is rewritten and the request's header lines are transformed. The CORS and RateLimit headers for
-   the response are chosen on the way (kept on the exchange; the gateway's refusals carry them too, so a
-   browser page can read a 401 or a 429).
+   limit asks Redis and the exchange comes back to this point with the answer); a redirect is answered;
+   otherwise the path is rewritten and the request's header lines are transformed. The CORS and
+   RateLimit headers for the response are chosen on the way (kept on the exchange, afresh on every pass;
+   the gateway's refusals carry them too, so a browser page can read a 401 or a 429).
 2. :meth:`EdgeRuntime.response`, on the upstream's response head, before the gateway adds its framing:
    the response's header lines are transformed and the lines chosen at the request point (CORS,
    RateLimit) added.
@@ -179,9 +179,12 @@ class EdgeRuntime:
         peer_trusted: bool,
     ) -> list[bytes] | None:
         """The request point; returns the request's header lines to send, or None when it was answered
-        (or waits for a JWKS: the exchange then starts over)."""
+        (or waits for a JWKS: the exchange then comes back to this point)."""
         cors = self.cors
         auth = self.auth
+        # The lines for the response are chosen afresh on every pass: a request that waited after this
+        # point (the cache's lookup) comes through again, and must not get them twice.
+        ex.resp_lines = None
         origin = acr_method = acr_headers = authorization = api_key = xff = limit_header = None
         wanted = self.wanted
         sizes = self.wanted_sizes
@@ -219,7 +222,7 @@ class EdgeRuntime:
             ex.resp_lines = _lines(cors.response_headers(origin))
         if auth is not None:
             verdict = auth.check(authorization, api_key, query)
-            if verdict is None:  # the keys are loading: the exchange starts over once they are
+            if verdict is None:  # the keys are loading: the exchange comes back once they are
                 auth.wait(ex.restart)
                 return None
             if isinstance(verdict, Verdict):
@@ -233,7 +236,7 @@ class EdgeRuntime:
                 lines = [*lines, *(name + b": " + value for name, value in verdict.headers)]
         limit = self.limit
         if limit is not None:
-            decision = ex.limit_decision  # set when a Global decision came back and the exchange restarted
+            decision = ex.limit_decision  # set when a Global decision came back (this is the second pass)
             if decision is None:
                 key = limit.key(peer, peer_trusted, xff, limit_header, ex.identity)
                 local = limit.local
@@ -241,9 +244,9 @@ class EdgeRuntime:
                     decision = local.check(key)
                 else:
                     decision = limit.limiter.decide(key, ex.limited)
-                    if decision is None:  # asked Redis: the exchange starts over with its answer
+                    if decision is None:  # asked Redis: the exchange comes back here with its answer
                         return None
-                ex.limit_decision = decision  # counted once, whatever later makes the exchange start over
+                ex.limit_decision = decision  # counted once, however often the exchange comes through
             limit_lines = limit.lines(decision)
             if not decision.allowed:
                 ex.rate_limited([*limit_lines, *(ex.resp_lines or ())])
