@@ -11,6 +11,7 @@ process; the load generator is another process and is not counted).
     python bench/callgrind_ab.py                       # this checkout
     python bench/callgrind_ab.py --baseline /tmp/base  # and a worktree of another commit, for comparison
     python bench/callgrind_ab.py --variant plain --variant jwt   # routes with policies, auth (ratios)
+    python bench/callgrind_ab.py --variant plain --variant global  # a Global limit (starts redis-server)
 
 Needs valgrind and nginx (Debian: valgrind, nginx-light). Each measurement takes about a minute.
 """
@@ -18,6 +19,7 @@ Needs valgrind and nginx (Debian: valgrind, nginx-light). Each measurement takes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -26,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from benchlib import free_port
@@ -50,6 +53,8 @@ def variant(name: str) -> tuple[str, bytes]:
         return proxy_bench.APIKEY_SPEC, REQUEST[:-2] + b"X-API-Key: bench-api-key-0123456789\r\n\r\n"
     if name == "ratelimit":  # a Local limit high enough that every request is admitted
         return "  rateLimit: {requestsPerSecond: 1000000, burst: 1000000, scope: Local}\n", REQUEST
+    if name == "global":  # the same limit, Global: one Redis script per request (redis-server started here)
+        return "  rateLimit: {requestsPerSecond: 1000000, burst: 1000000, scope: Global}\n", REQUEST
     if name == "cache":  # every request after the first answered from the Memory store (a hit)
         return proxy_bench.CACHE_SPEC, REQUEST
     if name == "jwt":
@@ -96,7 +101,16 @@ def wait_for_traffic(
     raise RuntimeError("kubegate did not answer in time")
 
 
-def measure(label: str, src: Path, upstream: int, work: Path, n: int, spec: str, request: bytes) -> int:
+def measure(
+    label: str,
+    src: Path,
+    upstream: int,
+    work: Path,
+    n: int,
+    spec: str,
+    request: bytes,
+    extra: tuple[str, ...] = (),
+) -> int:
     port, admin = free_port(), free_port()
     routes = work / f"routes-{label}.yaml"
     routes.write_text(
@@ -110,7 +124,7 @@ def measure(label: str, src: Path, upstream: int, work: Path, n: int, spec: str,
         "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
         sys.executable, "-m", "kubegate.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
         "--admin-port", str(admin), "--routes", str(routes), "--log-level", "warning",
-        *(["--access-log"] if label == "accesslog" else []),
+        *(["--access-log"] if label == "accesslog" else []), *extra,
     ]  # fmt: skip
     with open(work / f"{label}.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -131,6 +145,26 @@ def measure(label: str, src: Path, upstream: int, work: Path, n: int, spec: str,
     return total // n
 
 
+@contextlib.contextmanager
+def _redis(work: Path) -> Iterator[str]:
+    """A redis-server on a free port (no persistence) for the ``global`` variant; its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        cwd=work,
+    )
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", type=Path, help="root of another kubegate checkout to measure too")
@@ -139,7 +173,17 @@ def main() -> int:
     ap.add_argument(
         "--variant",
         action="append",
-        choices=("plain", "plain-keyheader", "accesslog", "policies", "apikey", "jwt", "ratelimit", "cache"),
+        choices=(
+            "plain",
+            "plain-keyheader",
+            "accesslog",
+            "policies",
+            "apikey",
+            "jwt",
+            "ratelimit",
+            "global",
+            "cache",
+        ),
         help="route variants to measure (repeatable; default plain): proxy_bench.py's kubegate-* routes",
     )
     args = ap.parse_args()
@@ -159,9 +203,12 @@ def main() -> int:
             results = []
             for name in variants:
                 spec, request = variant(name)
-                results.append(
-                    (f"this checkout, {name}", measure(name, ROOT, upstream, work, args.n, spec, request))
-                )
+                with contextlib.ExitStack() as stack:
+                    extra: tuple[str, ...] = ()
+                    if name == "global":
+                        extra = ("--redis-url", stack.enter_context(_redis(work)))
+                    measured = measure(name, ROOT, upstream, work, args.n, spec, request, extra)
+                results.append((f"this checkout, {name}", measured))
             if args.baseline is not None:
                 spec, request = variant("plain")
                 measured = measure("base", args.baseline, upstream, work, args.n, spec, request)
