@@ -39,6 +39,7 @@ COMPILED = [
     "dataplane/edge.py",
     "dataplane/auth.py",
     "dataplane/ratelimiting.py",
+    "dataplane/redislimit.py",
     "dataplane/caching.py",
     "dataplane/attempts.py",
     "dataplane/balancer.py",

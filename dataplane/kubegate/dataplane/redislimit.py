@@ -52,6 +52,7 @@ from typing import Any
 
 import redis.asyncio
 import redis.exceptions
+from mypy_extensions import mypyc_attr
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -170,6 +171,7 @@ class _Batch:
         self.timer: asyncio.TimerHandle | None = None
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # compiled; the tests' fake backend subclasses it
 class RedisBackend:
     """One Redis as seen by the limiters that use it: batching, the budget, the backoff, the counters.
 
