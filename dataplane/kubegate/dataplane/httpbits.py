@@ -114,7 +114,7 @@ def lower_name(name: bytes) -> bytes:
     """``name.lower()``, through :data:`NAMES`."""
     lowered = NAMES.get(name)
     if lowered is None:
-        if len(NAMES) >= 1022:  # clients choose these: keep the memo bounded (and the usual names in it)
+        if len(NAMES) >= 1022:  # clients choose these: at most 1,024 (a miss adds two), usual names kept
             _seed_names()
         computed = name.lower()
         lowered = NAMES.setdefault(computed, computed)  # one object per lower-case name

@@ -10,14 +10,14 @@ preimage, so no comparison ever runs on a key itself.
 
 **Keys seen before**: hashing costs more than the rest of the check (OpenSSL's SHA-256 through
 ``hashlib`` was about 8,000 instructions per request, a tenth of proxying one), and a client sends the
-same key with every request. So a key that verified is remembered, as presented, next to its client: a
-request bringing it again is matched by a dict lookup and one :func:`hmac.compare_digest` against the
-remembered key, without hashing. Only keys that verified are remembered (one per client of the Secret at
-most, and never more than :data:`MAX_REMEMBERED`), so wrong keys cannot grow the memo. The lookup
-compares a presented key's bytes with a remembered one only when their SipHash values (seeded per
-process) are equal, which a client cannot aim at. The memo lives in the replica's memory, as the keys do
-in every request it reads, never in the table, a log or the admin API, and it goes with the verifier when
-a new table arrives (a key removed from the Secret is forgotten with it).
+same key with every request. So a key that verified is remembered, as presented, with its client's
+result: a request bringing it again is found by one dict lookup, without hashing. Only keys that verified
+are remembered (one per client of the Secret at most, and never more than :data:`MAX_REMEMBERED`), so
+wrong keys cannot grow the memo. The lookup compares a presented key's bytes with a remembered one only
+when their SipHash values (seeded per process) are equal, which a client cannot aim at; that is what
+stands in for a constant-time comparison on this path. The memo lives in the replica's memory, as the
+keys do in every request it reads, never in the table, a log or the admin API, and it goes with the
+verifier when a new table arrives (a key removed from the Secret is forgotten with it).
 
 ``verify`` is synchronous and allocation-light: success results are built once per client (the client
 name and the ``clientHeader`` to add upstream), failures are two shared objects. The client name is the
@@ -99,8 +99,8 @@ class ApiKeyVerifier:
         self.header = header
         self.query = query
         self._clients: dict[bytes, tuple[bytes, ApiKeyResult]] = {}
-        #: A key that verified, as presented -> (that key, its client's result): see "Keys seen before".
-        self._seen: dict[bytes, tuple[bytes, ApiKeyResult]] = {}
+        #: A key that verified, as presented -> its client's result: see "Keys seen before".
+        self._seen: dict[bytes, ApiKeyResult] = {}
         for digest_hex, client in keys.items():
             digest = bytes.fromhex(digest_hex)  # ValueError on anything but hex
             if len(digest) != 32:
@@ -127,9 +127,9 @@ class ApiKeyVerifier:
             key = self._from_query(query)
         if not key:
             return self._missing
-        seen = self._seen.get(key)
-        if seen is not None and _compare_digest(seen[0], key):
-            return seen[1]
+        seen = self._seen.get(key)  # (found only when equal to a key that verified)
+        if seen is not None:
+            return seen
         if len(key) > MAX_KEY_BYTES:
             return self._invalid
         digest = hashlib.sha256(key).digest()
@@ -137,7 +137,7 @@ class ApiKeyVerifier:
         if found is None or not _compare_digest(found[0], digest):
             return self._invalid
         if len(self._seen) < MAX_REMEMBERED:
-            self._seen[key] = (key, found[1])
+            self._seen[key] = found[1]
         return found[1]
 
     def _from_query(self, query: str) -> bytes:
